@@ -1,0 +1,228 @@
+//! The backend contract: the ops a Llama-family forward pass and sampling need, over
+//! storage + layout. Every op writes into a destination the caller allocated, so a forward
+//! pass over preallocated buffers allocates nothing (the property graph capture needs).
+//!
+//! Argument checks shared by all backends live in [`crate::check`]; a backend calls them
+//! first, so bad arguments give the same structured error everywhere.
+
+use crate::{DType, HostTensor, Layout, Result};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Silu,
+    /// tanh approximation, as in GPT-2 / `gelu_pytorch_tanh`.
+    Gelu,
+    Sqrt,
+    Recip,
+    Square,
+    Abs,
+    Tanh,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 9] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Silu,
+        UnaryOp::Gelu,
+        UnaryOp::Sqrt,
+        UnaryOp::Recip,
+        UnaryOp::Square,
+        UnaryOp::Abs,
+        UnaryOp::Tanh,
+    ];
+
+    /// The reference definition, in f64.
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Silu => x / (1.0 + (-x).exp()),
+            UnaryOp::Gelu => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Recip => 1.0 / x,
+            UnaryOp::Square => x * x,
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Tanh => x.tanh(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
+
+    pub fn eval(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Max => a.max(b),
+            BinaryOp::Min => a.min(b),
+        }
+    }
+}
+
+/// Attention over a slot-addressed KV cache, for prefill and decode alike.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams {
+    /// Multiplies q·k (usually `1/sqrt(D)`).
+    pub scale: f32,
+    /// Keys older than `pos - sliding_window + 1` are masked; 0 means no window.
+    pub sliding_window: u32,
+}
+
+/// A view of backend storage: shared storage, a strided layout and a dtype. Cloning and
+/// view operations never copy data.
+pub struct Tensor<B: Backend> {
+    storage: Arc<B::Storage>,
+    layout: Layout,
+    dtype: DType,
+}
+
+impl<B: Backend> Clone for Tensor<B> {
+    fn clone(&self) -> Self {
+        Tensor { storage: self.storage.clone(), layout: self.layout.clone(), dtype: self.dtype }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Tensor<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({}, {:?})", self.dtype, self.layout)
+    }
+}
+
+impl<B: Backend> Tensor<B> {
+    /// A tensor over a whole storage of `dims.product()` elements.
+    pub fn from_storage(storage: B::Storage, dtype: DType, dims: &[usize]) -> Self {
+        Tensor { storage: Arc::new(storage), layout: Layout::contiguous(dims), dtype }
+    }
+
+    pub fn storage(&self) -> &B::Storage {
+        &self.storage
+    }
+    pub fn storage_arc(&self) -> &Arc<B::Storage> {
+        &self.storage
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.layout.dims()
+    }
+    pub fn rank(&self) -> usize {
+        self.layout.rank()
+    }
+    pub fn numel(&self) -> usize {
+        self.layout.numel()
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.layout.is_contiguous()
+    }
+    /// True when both views share one storage.
+    pub fn same_storage(&self, other: &Tensor<B>) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    fn with_layout(&self, layout: Layout) -> Self {
+        Tensor { storage: self.storage.clone(), layout, dtype: self.dtype }
+    }
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Self> {
+        Ok(self.with_layout(self.layout.narrow(dim, start, len)?))
+    }
+    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Self> {
+        Ok(self.with_layout(self.layout.transpose(d0, d1)?))
+    }
+    pub fn permute(&self, perm: &[usize]) -> Result<Self> {
+        Ok(self.with_layout(self.layout.permute(perm)?))
+    }
+    pub fn broadcast_as(&self, dims: &[usize]) -> Result<Self> {
+        Ok(self.with_layout(self.layout.broadcast_as(dims)?))
+    }
+    pub fn reshape(&self, dims: &[usize]) -> Result<Self> {
+        Ok(self.with_layout(self.layout.reshape(dims)?))
+    }
+}
+
+/// What a backend provides. Every op validates its arguments with [`crate::check`] and
+/// writes its result into `dst`, which may not overlap an input unless stated.
+pub trait Backend: Clone + Send + Sync + Sized + 'static {
+    type Storage: Send + Sync + 'static;
+
+    /// "cpu", "cuda:0", ...
+    fn name(&self) -> String;
+
+    /// A zero-filled storage of `numel` elements.
+    fn alloc(&self, dtype: DType, numel: usize) -> Result<Self::Storage>;
+    /// A new storage holding `host`.
+    fn upload(&self, host: &HostTensor) -> Result<Self::Storage>;
+    /// Overwrite the contiguous `dst` with `host` (same dtype and element count).
+    fn write(&self, host: &HostTensor, dst: &Tensor<Self>) -> Result<()>;
+    /// The values of `src` in row-major order, as a contiguous host tensor.
+    fn download(&self, src: &Tensor<Self>) -> Result<HostTensor>;
+    /// Wait until all queued work is done.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Strided copy, converting between dtypes (floats to floats, or same dtype).
+    fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    fn unary(&self, op: UnaryOp, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// `lhs` and `rhs` broadcast to `dst`'s dims. `dst` may alias an input exactly.
+    fn binary(&self, op: BinaryOp, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// `[(Bt), M, K] x [(Bt), K, N] -> [(Bt), M, N]`; operands may be transposed views.
+    fn matmul(&self, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// `dst = x / rms(x) * weight` over the last dim (stats in f32).
+    fn rms_norm(&self, x: &Tensor<Self>, weight: &Tensor<Self>, eps: f32, dst: &Tensor<Self>) -> Result<()>;
+    /// Softmax over the last dim (in f32).
+    fn softmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// SwiGLU: `dst = silu(gate) * up`.
+    fn silu_mul(&self, gate: &Tensor<Self>, up: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// Rotary embedding, rotate-half (HF) convention. `x, dst: [T, H, D]` (x may be
+    /// strided), `cos, sin: [P, D/2]` f32 tables, `positions: [T]` i32.
+    fn rope(&self, x: &Tensor<Self>, cos: &Tensor<Self>, sin: &Tensor<Self>, positions: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// `dst[t] = table[ids[t]]`; `ids: [T]` u32, `table: [V, C]`, `dst: [T, C]`.
+    fn embedding(&self, ids: &Tensor<Self>, table: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// Write `k, v: [T, Hkv, D]` into caches `[S, Hkv, D]` at `slot_mapping: [T]` i32;
+    /// rows with a negative slot (padding) are skipped.
+    fn kv_write(&self, k: &Tensor<Self>, v: &Tensor<Self>, k_cache: &Tensor<Self>, v_cache: &Tensor<Self>, slot_mapping: &Tensor<Self>) -> Result<()>;
+    /// Causal attention over the cache. `q, dst: [T, H, D]`; caches `[S, Hkv, D]`;
+    /// query `t` attends slots `seq_start[t] + j` for `j` in `0..=positions[t]` (windowed);
+    /// `positions[t] < 0` marks a padded row, whose output is zero.
+    fn attention(
+        &self,
+        q: &Tensor<Self>,
+        k_cache: &Tensor<Self>,
+        v_cache: &Tensor<Self>,
+        seq_start: &Tensor<Self>,
+        positions: &Tensor<Self>,
+        params: AttentionParams,
+        dst: &Tensor<Self>,
+    ) -> Result<()>;
+    /// Index of the largest value of each row over the last dim (first on ties), u32.
+    fn argmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+
+    // Conveniences built on the above.
+
+    fn zeros(&self, dtype: DType, dims: &[usize]) -> Result<Tensor<Self>> {
+        let numel = dims.iter().product();
+        Ok(Tensor::from_storage(self.alloc(dtype, numel)?, dtype, dims))
+    }
+    fn tensor(&self, host: &HostTensor) -> Result<Tensor<Self>> {
+        Ok(Tensor::from_storage(self.upload(host)?, host.dtype, &host.dims))
+    }
+}

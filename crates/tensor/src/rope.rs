@@ -1,0 +1,73 @@
+//! Rotary-embedding frequency tables, computed once on the host (so the kernels stay the
+//! same for plain and scaled RoPE). Llama-3.1 scaling follows `transformers`'
+//! `_compute_llama3_parameters`.
+
+/// How `inv_freq` is adjusted for long contexts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear { factor: f32 },
+    /// Llama-3.1: low frequencies divided by `factor`, high kept, smooth in between.
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+}
+
+/// `inv_freq[i] = theta^(-2i/D)` for `i < D/2`, after scaling.
+pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f64> {
+    let half = head_dim / 2;
+    let base: Vec<f64> = (0..half).map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)).collect();
+    match *scaling {
+        RopeScaling::None => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f64).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let (factor, lo, hi) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
+            let old = original_max_position_embeddings as f64;
+            let low_wavelen = old / lo;
+            let high_wavelen = old / hi;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - lo) / (hi - lo);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// `(cos, sin)`, each `[max_pos, D/2]` row-major f32.
+pub fn tables(head_dim: usize, max_pos: usize, theta: f32, scaling: &RopeScaling) -> (Vec<f32>, Vec<f32>) {
+    let inv = inv_freq(head_dim, theta, scaling);
+    let mut cos = Vec::with_capacity(max_pos * inv.len());
+    let mut sin = Vec::with_capacity(max_pos * inv.len());
+    for p in 0..max_pos {
+        for &f in &inv {
+            // transformers computes the angle in f32: (inv_freq.float() @ position.float())
+            let angle = (f as f32) * (p as f32);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let s = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 };
+        let plain = inv_freq(128, 500000.0, &RopeScaling::None);
+        let scaled = inv_freq(128, 500000.0, &s);
+        assert_eq!(scaled[0], plain[0]);
+        assert!((scaled[63] - plain[63] / 8.0).abs() < 1e-15);
+        assert!(scaled.iter().zip(&plain).all(|(s, p)| s <= p));
+    }
+}
