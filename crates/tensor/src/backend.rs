@@ -41,7 +41,9 @@ impl UnaryOp {
             UnaryOp::Neg => -x,
             UnaryOp::Exp => x.exp(),
             UnaryOp::Silu => x / (1.0 + (-x).exp()),
-            UnaryOp::Gelu => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+            UnaryOp::Gelu => {
+                0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+            }
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Recip => 1.0 / x,
             UnaryOp::Square => x * x,
@@ -62,7 +64,8 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    pub const ALL: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
+    pub const ALL: [BinaryOp; 6] =
+        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
 
     pub fn eval(self, a: f64, b: f64) -> f64 {
         match self {
@@ -194,12 +197,26 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     fn silu_mul(&self, gate: &Tensor<Self>, up: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// Rotary embedding, rotate-half (HF) convention. `x, dst: [T, H, D]` (x may be
     /// strided), `cos, sin: [P, D/2]` f32 tables, `positions: [T]` i32.
-    fn rope(&self, x: &Tensor<Self>, cos: &Tensor<Self>, sin: &Tensor<Self>, positions: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    fn rope(
+        &self,
+        x: &Tensor<Self>,
+        cos: &Tensor<Self>,
+        sin: &Tensor<Self>,
+        positions: &Tensor<Self>,
+        dst: &Tensor<Self>,
+    ) -> Result<()>;
     /// `dst[t] = table[ids[t]]`; `ids: [T]` u32, `table: [V, C]`, `dst: [T, C]`.
     fn embedding(&self, ids: &Tensor<Self>, table: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// Write `k, v: [T, Hkv, D]` into caches `[S, Hkv, D]` at `slot_mapping: [T]` i32;
     /// rows with a negative slot (padding) are skipped.
-    fn kv_write(&self, k: &Tensor<Self>, v: &Tensor<Self>, k_cache: &Tensor<Self>, v_cache: &Tensor<Self>, slot_mapping: &Tensor<Self>) -> Result<()>;
+    fn kv_write(
+        &self,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        k_cache: &Tensor<Self>,
+        v_cache: &Tensor<Self>,
+        slot_mapping: &Tensor<Self>,
+    ) -> Result<()>;
     /// Causal attention over the cache. `q, dst: [T, H, D]`; caches `[S, Hkv, D]`;
     /// query `t` attends slots `seq_start[t] + j` for `j` in `0..=positions[t]` (windowed);
     /// `positions[t] < 0` marks a padded row, whose output is zero.

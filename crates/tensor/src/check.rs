@@ -118,7 +118,10 @@ pub fn matmul<B: Backend>(lhs: &Tensor<B>, rhs: &Tensor<B>, dst: &Tensor<B>) -> 
     same_dtype(OP, lhs, dst)?;
     for t in [lhs, rhs, dst] {
         if !(2..=3).contains(&t.rank()) {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("operands must have rank 2 or 3, got {:?}", t.dims()) });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("operands must have rank 2 or 3, got {:?}", t.dims()),
+            });
         }
     }
     let (ld, rd, dd) = (lhs.dims(), rhs.dims(), dst.dims());
@@ -153,7 +156,10 @@ pub struct Rows {
 pub fn rows<B: Backend>(op: &'static str, t: &Tensor<B>) -> Result<Rows> {
     let cols = *t.dims().last().ok_or(Error::InvalidArgument { op, msg: "rank 0".into() })?;
     let rows = if cols == 0 { 0 } else { t.numel() / cols };
-    let l = t.layout().reshape(&[rows, cols]).map_err(|_| Error::LayoutRequired { op, expected: "rows with a unit-stride last dim" })?;
+    let l = t
+        .layout()
+        .reshape(&[rows, cols])
+        .map_err(|_| Error::LayoutRequired { op, expected: "rows with a unit-stride last dim" })?;
     if cols > 1 && l.strides()[1] != 1 {
         return Err(Error::LayoutRequired { op, expected: "rows with a unit-stride last dim" });
     }
@@ -191,7 +197,13 @@ pub fn silu_mul<B: Backend>(gate: &Tensor<B>, up: &Tensor<B>, dst: &Tensor<B>) -
 }
 
 /// Returns (T, H, D).
-pub fn rope<B: Backend>(x: &Tensor<B>, cos: &Tensor<B>, sin: &Tensor<B>, positions: &Tensor<B>, dst: &Tensor<B>) -> Result<(usize, usize, usize)> {
+pub fn rope<B: Backend>(
+    x: &Tensor<B>,
+    cos: &Tensor<B>,
+    sin: &Tensor<B>,
+    positions: &Tensor<B>,
+    dst: &Tensor<B>,
+) -> Result<(usize, usize, usize)> {
     const OP: &str = "rope";
     float(OP, x)?;
     same_dtype(OP, x, dst)?;
@@ -233,7 +245,13 @@ pub fn embedding<B: Backend>(ids: &Tensor<B>, table: &Tensor<B>, dst: &Tensor<B>
 }
 
 /// Returns (T, Hkv, D, S).
-pub fn kv_write<B: Backend>(k: &Tensor<B>, v: &Tensor<B>, kc: &Tensor<B>, vc: &Tensor<B>, slots: &Tensor<B>) -> Result<(usize, usize, usize, usize)> {
+pub fn kv_write<B: Backend>(
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    kc: &Tensor<B>,
+    vc: &Tensor<B>,
+    slots: &Tensor<B>,
+) -> Result<(usize, usize, usize, usize)> {
     const OP: &str = "kv_write";
     float(OP, k)?;
     for t in [v, kc, vc] {
@@ -264,7 +282,14 @@ pub struct AttentionDims {
     pub s: usize,
 }
 
-pub fn attention<B: Backend>(q: &Tensor<B>, kc: &Tensor<B>, vc: &Tensor<B>, seq_start: &Tensor<B>, positions: &Tensor<B>, dst: &Tensor<B>) -> Result<AttentionDims> {
+pub fn attention<B: Backend>(
+    q: &Tensor<B>,
+    kc: &Tensor<B>,
+    vc: &Tensor<B>,
+    seq_start: &Tensor<B>,
+    positions: &Tensor<B>,
+    dst: &Tensor<B>,
+) -> Result<AttentionDims> {
     const OP: &str = "attention";
     float(OP, q)?;
     for t in [kc, vc, dst] {

@@ -15,7 +15,11 @@ impl HostTensor {
     pub fn new(dtype: DType, dims: Vec<usize>, data: Vec<u8>) -> Result<Self> {
         let numel: usize = dims.iter().product();
         if numel * dtype.size_in_bytes() != data.len() {
-            return Err(Error::ElementCount { op: "HostTensor::new", numel: data.len() / dtype.size_in_bytes(), shape: dims });
+            return Err(Error::ElementCount {
+                op: "HostTensor::new",
+                numel: data.len() / dtype.size_in_bytes(),
+                shape: dims,
+            });
         }
         Ok(HostTensor { dtype, dims, data })
     }

@@ -236,11 +236,7 @@ impl Layout {
             dims.push(1);
             strides.iter_mut().for_each(|s| s.push(1));
         }
-        layouts
-            .iter()
-            .zip(strides)
-            .map(|(l, s)| Layout { dims: dims.clone(), strides: s, offset: l.offset })
-            .collect()
+        layouts.iter().zip(strides).map(|(l, s)| Layout { dims: dims.clone(), strides: s, offset: l.offset }).collect()
     }
 
     /// Element index of the `i`-th element in row-major order of the view.
@@ -287,7 +283,7 @@ mod tests {
     fn reshape_views_and_refusals() {
         let l = Layout::contiguous(&[2, 3, 4]);
         let t = l.transpose(0, 1).unwrap(); // [3,2,4] strides [4,12,1]
-        // merging the last two dims of a transposed view is legal only where contiguous
+                                            // merging the last two dims of a transposed view is legal only where contiguous
         assert!(t.reshape(&[6, 4]).is_err());
         let r = t.reshape(&[3, 2, 2, 2]).unwrap();
         assert_eq!(r.strides(), &[4, 12, 2, 1]);

@@ -138,7 +138,10 @@ mod tests {
     fn rank_over_limit_is_an_error() {
         let l = Layout::contiguous(&[2; 9]);
         let t = l.transpose(0, 8).unwrap();
-        assert!(matches!(StridedMeta::new("t", &[&l, &t]), Err(Error::RankTooLarge { .. }) | Err(Error::ShapeMismatch { .. })));
+        assert!(matches!(
+            StridedMeta::new("t", &[&l, &t]),
+            Err(Error::RankTooLarge { .. }) | Err(Error::ShapeMismatch { .. })
+        ));
         let u = Layout::contiguous(&[2; 9]).transpose(0, 1).unwrap();
         assert!(matches!(StridedMeta::new("t", &[&u]), Err(Error::RankTooLarge { rank: 9, .. })));
     }
