@@ -161,6 +161,14 @@ impl<B: Backend> Tensor<B> {
     pub fn reshape(&self, dims: &[usize]) -> Result<Self> {
         Ok(self.with_layout(self.layout.reshape(dims)?))
     }
+    /// The same bits seen as another dtype of the same size (u32 <-> i32), e.g. one packed
+    /// input buffer holding token ids and positions.
+    pub fn bitcast(&self, dtype: DType) -> Result<Self> {
+        if dtype.size_in_bytes() != self.dtype.size_in_bytes() {
+            return Err(crate::Error::DTypeMismatch { op: "bitcast", lhs: self.dtype, rhs: dtype });
+        }
+        Ok(Tensor { storage: self.storage.clone(), layout: self.layout.clone(), dtype })
+    }
 }
 
 /// What a backend provides. Every op validates its arguments with [`crate::check`] and
@@ -241,5 +249,15 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     }
     fn tensor(&self, host: &HostTensor) -> Result<Tensor<Self>> {
         Ok(Tensor::from_storage(self.upload(host)?, host.dtype, &host.dims))
+    }
+    /// Fill the contiguous float `dst` with values uniform in `[-scale, scale)` from `seed`
+    /// (random weights for benchmarks). Backends may override this with a device kernel;
+    /// the default draws on the host and writes.
+    fn fill_uniform(&self, dst: &Tensor<Self>, seed: u64, scale: f32) -> Result<()> {
+        crate::check::float("fill_uniform", dst)?;
+        crate::check::contiguous("fill_uniform", dst)?;
+        let mut rng = crate::testing::Rng::seeded(seed);
+        let values = rng.vec(dst.numel(), -scale, scale);
+        self.write(&HostTensor::from_f32_as(dst.dims(), &values, dst.dtype()), dst)
     }
 }
