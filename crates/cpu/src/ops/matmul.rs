@@ -1,0 +1,105 @@
+//! Batched matmul `[(Bt), M, K] x [(Bt), K, N] -> [(Bt), M, N]` on the `gemm` crate.
+//!
+//! f32 operands are handed to `gemm` in place, with their row / column strides, so a
+//! transposed weight view (`[N, K]` seen as `[K, N]`) is never copied. bf16 / f16 operands
+//! are converted to f32 temporaries first. Either way the product accumulates in f32 into
+//! a contiguous temporary and is rounded once when stored into `dst`.
+
+use crate::storage::{with_reads, with_write, Data};
+use crate::strided::{gather_f32, scatter_f32};
+use crate::Cpu;
+use encore_tensor::check::{self, MatOperand, MatmulDims};
+use encore_tensor::{Layout, Result, Tensor};
+
+pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+    const OP: &str = "matmul";
+    let md = check::matmul(lhs, rhs, dst)?;
+    let out = with_reads(OP, &[lhs, rhs], |d| match (d[0], d[1]) {
+        (Data::F32(a), Data::F32(b)) => Ok(gemm_f32(&md, a, md.lhs, b, md.rhs)),
+        (a, b) => {
+            // Contiguous f32 copies of exactly the viewed elements.
+            let (a, a_op) = (gather_f32(OP, a, lhs.layout())?, packed(lhs.layout(), md.m, md.k));
+            let (b, b_op) = (gather_f32(OP, b, rhs.layout())?, packed(rhs.layout(), md.k, md.n));
+            Ok(gemm_f32(&md, &a, a_op, &b, b_op))
+        }
+    })?;
+    // `out` is `[(Bt), M, N]` row-major: dst's dims in row-major order.
+    with_write(OP, dst, |d| scatter_f32(OP, d, dst.layout(), &out))
+}
+
+/// The operand layout of a row-major `[(Bt), rows, cols]` gather.
+fn packed(l: &Layout, rows: usize, cols: usize) -> MatOperand {
+    MatOperand { offset: 0, batch_stride: if l.rank() == 3 { rows * cols } else { 0 }, row_stride: cols, col_stride: 1 }
+}
+
+/// `[batch, m, n]` row-major f32 product of the operands `a` (in `a_src`) and `b` (in
+/// `b_src`), whose views lie inside their slices (checked by `with_reads`).
+fn gemm_f32(md: &MatmulDims, a_src: &[f32], a: MatOperand, b_src: &[f32], b: MatOperand) -> Vec<f32> {
+    let (m, n, k) = (md.m, md.n, md.k);
+    let mut out = vec![0.0f32; md.batch * m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    for (bi, c) in out.chunks_exact_mut(m * n).enumerate() {
+        let a_ptr = a_src[a.offset + bi * a.batch_stride..].as_ptr();
+        let b_ptr = b_src[b.offset + bi * b.batch_stride..].as_ptr();
+        // SAFETY: `c` is an exclusive m x n row-major buffer (row stride n, column stride 1).
+        // Every element gemm reads is `ptr + i * row_stride + j * col_stride` with i, j below
+        // the operand's dims; the operand's view (checked against its slice length by
+        // `with_reads`) contains exactly those elements, so all reads are in bounds. The
+        // slices outlive the call and nothing writes to them meanwhile (read guards held).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a_ptr,
+                a.col_stride as isize,
+                a.row_stride as isize,
+                b_ptr,
+                b.col_stride as isize,
+                b.row_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_reads_strided_operands_in_place() {
+        // a: 2x3 stored transposed (3x2 row-major); b: 3x2 row-major.
+        let a_t = [1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0];
+        let b = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let md = MatmulDims {
+            batch: 1,
+            m: 2,
+            n: 2,
+            k: 3,
+            lhs: MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: 2 },
+            rhs: MatOperand { offset: 0, batch_stride: 0, row_stride: 2, col_stride: 1 },
+            dst: MatOperand { offset: 0, batch_stride: 0, row_stride: 2, col_stride: 1 },
+        };
+        assert_eq!(gemm_f32(&md, &a_t, md.lhs, &b, md.rhs), vec![22.0, 28.0, 49.0, 64.0]);
+    }
+
+    #[test]
+    fn an_empty_reduction_gives_zeros() {
+        let op = MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: 1 };
+        let md = MatmulDims { batch: 2, m: 2, n: 3, k: 0, lhs: op, rhs: op, dst: op };
+        assert_eq!(gemm_f32(&md, &[], op, &[], op), vec![0.0; 12]);
+    }
+}
