@@ -1,0 +1,239 @@
+//! Token sampling on the host: greedy, temperature, top-k, top-p, min-p and repetition
+//! penalty, with a seed that makes sampled output reproducible. (Greedy decoding never
+//! reaches this: the device's argmax is read back instead of the logits.)
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1.0 means no nucleus cut.
+    pub top_p: f32,
+    /// 0 means no min-p cut.
+    pub min_p: f32,
+    /// 1.0 means no penalty (CTRL-style: positive logits divided, negative multiplied).
+    pub repetition_penalty: f32,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            max_tokens: 64,
+            stop: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Check every value; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("--temperature must be a finite value >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("--top-p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..1.0).contains(&self.min_p) {
+            return Err(format!("--min-p must be in [0, 1), got {}", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(format!("--repetition-penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        if self.max_tokens == 0 {
+            return Err("--max-tokens must be at least 1".into());
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return Err("--stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// True when the next token is the argmax of the raw logits.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 && self.repetition_penalty == 1.0
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = StdRng::seed_from_u64(params.seed);
+        Sampler { params, rng }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The next token from one row of logits; `history` holds the prompt and generated ids.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        let mut l: Vec<f32> = logits.to_vec();
+        if p.repetition_penalty != 1.0 {
+            let mut seen = vec![false; l.len()];
+            for &t in history {
+                if let Some(s) = seen.get_mut(t as usize) {
+                    if !*s {
+                        *s = true;
+                        let v = &mut l[t as usize];
+                        *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                    }
+                }
+            }
+        }
+        if p.temperature == 0.0 {
+            return argmax(&l);
+        }
+        // candidates sorted by logit, descending (stable: lower id first on ties)
+        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
+        idx.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
+        if p.top_k > 0 && p.top_k < idx.len() {
+            idx.truncate(p.top_k);
+        }
+        let max = l[idx[0] as usize];
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (((l[i as usize] - max) / p.temperature) as f64).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= sum);
+        if p.min_p > 0.0 {
+            let cut = probs[0] * p.min_p as f64;
+            let keep = probs.iter().take_while(|&&q| q >= cut).count().max(1);
+            probs.truncate(keep);
+        }
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (j, q) in probs.iter().enumerate() {
+                acc += q;
+                if acc >= p.top_p as f64 {
+                    keep = j + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+        }
+        let total: f64 = probs.iter().sum();
+        let mut r = self.rng.random::<f64>() * total;
+        for (j, q) in probs.iter().enumerate() {
+            if r < *q {
+                return idx[j];
+            }
+            r -= q;
+        }
+        idx[probs.len() - 1]
+    }
+}
+
+/// First index of the largest value.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Where the earliest stop string ends in `text`, if any (the text is cut before it).
+pub fn find_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f32) -> SamplingParams {
+        SamplingParams { temperature: t, seed: 7, ..Default::default() }
+    }
+
+    #[test]
+    fn greedy_takes_first_max() {
+        let mut s = Sampler::new(params(0.0));
+        assert_eq!(s.sample(&[0.5, 2.0, 2.0, -1.0], &[]), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_seed_matters() {
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() });
+            (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_k_limits_support() {
+        let logits = [1.0, 3.0, 2.0, 0.5];
+        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..params(5.0) });
+        assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
+        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 2, ..params(5.0) });
+        let got: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
+        assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps the first two
+        let logits = [3.0, 2.0, 1.0, 0.0];
+        let mut s = Sampler::new(SamplingParams { top_p: 0.7, ..params(1.0) });
+        let got: Vec<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
+        assert!(got.iter().all(|&t| t <= 1) && got.contains(&1));
+    }
+
+    #[test]
+    fn min_p_cuts_unlikely_tokens() {
+        let logits = [5.0, 4.9, 0.0, 0.0];
+        let mut s = Sampler::new(SamplingParams { min_p: 0.5, ..params(1.0) });
+        assert!((0..300).all(|_| s.sample(&logits, &[]) <= 1));
+    }
+
+    #[test]
+    fn repetition_penalty_changes_greedy_choice() {
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0) });
+        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1]), 0);
+        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[]), 1);
+    }
+
+    #[test]
+    fn invalid_values_name_the_flag() {
+        let bad = [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { min_p: 1.5, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams { max_tokens: 0, ..Default::default() },
+        ];
+        let flags = ["--temperature", "--top-p", "--min-p", "--repetition-penalty", "--max-tokens"];
+        for (p, f) in bad.iter().zip(flags) {
+            assert!(p.validate().unwrap_err().contains(f));
+        }
+        assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn stop_strings_cut_at_the_earliest() {
+        let stop = vec!["\n\n".to_string(), "END".to_string()];
+        assert_eq!(find_stop("abc END x\n\n", &stop), Some(4));
+        assert_eq!(find_stop("abc", &stop), None);
+    }
+}

@@ -1,0 +1,334 @@
+//! The one decoder for Llama (2, 3, 3.1, 3.2), Mistral and Qwen2/2.5, switched by config
+//! flags: q/k/v bias (Qwen2), tied embeddings, RoPE scaling (in the tables), sliding window.
+//!
+//! Written once against the `Backend` contract. The forward pass writes into the buffers of
+//! a [`RunState`] and reads its per-step inputs from a [`StepInputs`], both allocated before
+//! the first step, so a decode step allocates nothing and can be captured as is.
+//!
+//! q/k/v and gate/up are fused into one matmul each at load; the halves are strided views
+//! of the fused output (rope, kv_write and silu_mul read them through launch metadata).
+
+use crate::config::ModelConfig;
+use crate::kv_cache::KvCache;
+use crate::weights::WeightSource;
+use crate::ModelError;
+use encore_tensor::rope;
+use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, Tensor};
+
+struct Layer<B: Backend> {
+    attn_norm: Tensor<B>,        // [C]
+    qkv: Tensor<B>,              // [(H + 2 Hkv) D, C]
+    qkv_bias: Option<Tensor<B>>, // [(H + 2 Hkv) D]
+    o_proj: Tensor<B>,           // [C, H D]
+    mlp_norm: Tensor<B>,         // [C]
+    gate_up: Tensor<B>,          // [2 I, C]
+    down: Tensor<B>,             // [C, I]
+}
+
+pub struct Llama<B: Backend> {
+    pub cfg: ModelConfig,
+    pub dtype: DType,
+    embed: Tensor<B>,   // [V, C]
+    layers: Vec<Layer<B>>,
+    norm: Tensor<B>,    // [C]
+    lm_head: Tensor<B>, // [V, C]; the embedding itself when tied
+    cos: Tensor<B>,     // [P, D/2] f32
+    sin: Tensor<B>,     // [P, D/2] f32
+}
+
+/// Activation buffers for up to `max_tokens` rows per step, and logits for up to
+/// `max_logit_rows` rows. Steps with fewer rows use leading views.
+pub struct RunState<B: Backend> {
+    pub max_tokens: usize,
+    pub max_logit_rows: usize,
+    x: Tensor<B>,       // [T, C] residual stream
+    xn: Tensor<B>,      // [T, C] normed input of a block
+    tmp: Tensor<B>,     // [T, C] block output before the residual add
+    qkv: Tensor<B>,     // [T, (H + 2 Hkv) D]
+    q: Tensor<B>,       // [T, H, D] after rope
+    k: Tensor<B>,       // [T, Hkv, D] after rope
+    attn: Tensor<B>,    // [T, H, D]
+    gate_up: Tensor<B>, // [T, 2 I]
+    act: Tensor<B>,     // [T, I]
+    pub logits: Tensor<B>, // [R, V]
+    pub next: Tensor<B>,   // [R] u32, argmax of logits
+}
+
+/// Everything a step reads from the host, packed in ONE i32 buffer `[4, T]` so a step is
+/// fed by one host-to-device copy: row 0 token ids (as u32), row 1 positions, row 2 the
+/// slot of each row's sequence start, row 3 the slot each row's K/V goes to. A padded row
+/// has position -1 and slot -1 (kernels skip it).
+pub struct StepInputs<B: Backend> {
+    pub max_tokens: usize,
+    pub packed: Tensor<B>, // [4, T] i32
+}
+
+/// Host side of [`StepInputs`] for one step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostInputs {
+    pub ids: Vec<u32>,
+    pub positions: Vec<i32>,
+    pub seq_start: Vec<i32>,
+}
+
+impl HostInputs {
+    pub fn push(&mut self, id: u32, position: i32, seq_start: i32) {
+        self.ids.push(id);
+        self.positions.push(position);
+        self.seq_start.push(seq_start);
+    }
+
+    /// Pad to `rows` with sentinel rows (id 0, position -1).
+    pub fn pad_to(&mut self, rows: usize) {
+        while self.ids.len() < rows {
+            self.push(0, -1, 0);
+        }
+    }
+
+    /// The packed `[4, max_tokens]` words; unused columns are padding.
+    pub fn pack(&self, max_tokens: usize) -> Vec<i32> {
+        let mut w = vec![0i32; 4 * max_tokens];
+        for c in max_tokens.min(self.ids.len())..max_tokens {
+            w[max_tokens + c] = -1;
+            w[3 * max_tokens + c] = -1;
+        }
+        for (i, ((&id, &p), &s)) in self.ids.iter().zip(&self.positions).zip(&self.seq_start).enumerate() {
+            w[i] = id as i32;
+            w[max_tokens + i] = p;
+            w[2 * max_tokens + i] = s;
+            w[3 * max_tokens + i] = if p < 0 { -1 } else { s + p };
+        }
+        w
+    }
+}
+
+impl<B: Backend> StepInputs<B> {
+    pub fn new(b: &B, max_tokens: usize) -> TResult<Self> {
+        Ok(StepInputs { max_tokens, packed: b.zeros(DType::I32, &[4, max_tokens])? })
+    }
+    fn row(&self, r: usize, t: usize) -> TResult<Tensor<B>> {
+        self.packed.narrow(0, r, 1)?.narrow(1, 0, t)?.reshape(&[t])
+    }
+    pub fn ids(&self, t: usize) -> TResult<Tensor<B>> {
+        self.row(0, t)?.bitcast(DType::U32)
+    }
+    pub fn positions(&self, t: usize) -> TResult<Tensor<B>> {
+        self.row(1, t)
+    }
+    pub fn seq_start(&self, t: usize) -> TResult<Tensor<B>> {
+        self.row(2, t)
+    }
+    pub fn slot_mapping(&self, t: usize) -> TResult<Tensor<B>> {
+        self.row(3, t)
+    }
+    /// The one host-to-device copy of a step.
+    pub fn upload(&self, b: &B, host: &HostInputs) -> TResult<()> {
+        if host.ids.len() > self.max_tokens {
+            return Err(encore_tensor::Error::InvalidArgument {
+                op: "StepInputs::upload",
+                msg: format!("{} rows exceed the {} the inputs were sized for", host.ids.len(), self.max_tokens),
+            });
+        }
+        b.write(&HostTensor::from_i32(&[4, self.max_tokens], &host.pack(self.max_tokens)), &self.packed)
+    }
+}
+
+fn concat_rows(parts: &[HostTensor]) -> HostTensor {
+    let cols = parts[0].dims[1..].to_vec();
+    let rows: usize = parts.iter().map(|p| p.dims[0]).sum();
+    let mut dims = vec![rows];
+    dims.extend(cols);
+    HostTensor { dtype: parts[0].dtype, dims, data: parts.iter().flat_map(|p| p.data.iter().copied()).collect() }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Load from a weight source (safetensors or GGUF) under Hugging Face tensor names.
+    /// `max_ctx` bounds the RoPE tables.
+    pub fn load(b: &B, cfg: ModelConfig, src: &dyn WeightSource, dtype: DType, max_ctx: usize) -> Result<Self, ModelError> {
+        let (c, h, hkv, d, i) = dims(&cfg);
+        let get = |name: &str, dims: &[usize]| -> Result<HostTensor, ModelError> {
+            let t = src.get(name, dtype)?;
+            if t.dims != dims {
+                return Err(ModelError::TensorShape { name: name.to_string(), expected: dims.to_vec(), found: t.dims.clone() });
+            }
+            Ok(t)
+        };
+        let up = |t: HostTensor| b.tensor(&t).map_err(ModelError::from);
+        let embed = up(get("model.embed_tokens.weight", &[cfg.vocab_size, c])?)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let qkv = concat_rows(&[
+                get(&format!("{p}.self_attn.q_proj.weight"), &[h * d, c])?,
+                get(&format!("{p}.self_attn.k_proj.weight"), &[hkv * d, c])?,
+                get(&format!("{p}.self_attn.v_proj.weight"), &[hkv * d, c])?,
+            ]);
+            let qkv_bias = if cfg.attention_bias {
+                Some(up(concat_rows(&[
+                    get(&format!("{p}.self_attn.q_proj.bias"), &[h * d])?,
+                    get(&format!("{p}.self_attn.k_proj.bias"), &[hkv * d])?,
+                    get(&format!("{p}.self_attn.v_proj.bias"), &[hkv * d])?,
+                ]))?)
+            } else {
+                None
+            };
+            let gate_up = concat_rows(&[
+                get(&format!("{p}.mlp.gate_proj.weight"), &[i, c])?,
+                get(&format!("{p}.mlp.up_proj.weight"), &[i, c])?,
+            ]);
+            layers.push(Layer {
+                attn_norm: up(get(&format!("{p}.input_layernorm.weight"), &[c])?)?,
+                qkv: up(qkv)?,
+                qkv_bias,
+                o_proj: up(get(&format!("{p}.self_attn.o_proj.weight"), &[c, h * d])?)?,
+                mlp_norm: up(get(&format!("{p}.post_attention_layernorm.weight"), &[c])?)?,
+                gate_up: up(gate_up)?,
+                down: up(get(&format!("{p}.mlp.down_proj.weight"), &[c, i])?)?,
+            });
+        }
+        let norm = up(get("model.norm.weight", &[c])?)?;
+        let lm_head = if cfg.tie_word_embeddings || !src.has("lm_head.weight") {
+            embed.clone()
+        } else {
+            up(get("lm_head.weight", &[cfg.vocab_size, c])?)?
+        };
+        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
+        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+    }
+
+    /// Random weights created on the backend (no files): uniform, scaled like an
+    /// initialised model so activations stay finite; norms are ones.
+    pub fn random(b: &B, cfg: ModelConfig, dtype: DType, max_ctx: usize, seed: u64) -> Result<Self, ModelError> {
+        let (c, h, hkv, d, i) = dims(&cfg);
+        let mut seed = seed;
+        let mut rand = |dims: &[usize], scale: f32| -> TResult<Tensor<B>> {
+            let t = b.zeros(dtype, dims)?;
+            seed = seed.wrapping_add(0x9E37_79B9);
+            b.fill_uniform(&t, seed, scale)?;
+            Ok(t)
+        };
+        let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let embed = rand(&[cfg.vocab_size, c], 1.0)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            layers.push(Layer {
+                attn_norm: ones(b, dtype, c)?,
+                qkv: rand(&[(h + 2 * hkv) * d, c], w(c))?,
+                qkv_bias: if cfg.attention_bias { Some(rand(&[(h + 2 * hkv) * d], 0.1)?) } else { None },
+                o_proj: rand(&[c, h * d], w(h * d))?,
+                mlp_norm: ones(b, dtype, c)?,
+                gate_up: rand(&[2 * i, c], w(c))?,
+                down: rand(&[c, i], w(i))?,
+            });
+        }
+        let norm = ones(b, dtype, c)?;
+        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { rand(&[cfg.vocab_size, c], w(c))? };
+        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
+        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+    }
+
+    /// Bytes of weights one decode step reads (the HBM floor's numerator).
+    pub fn weight_bytes(&self) -> usize {
+        let bytes = |t: &Tensor<B>| t.numel() * t.dtype().size_in_bytes();
+        let mut n = bytes(&self.norm) + bytes(&self.lm_head);
+        for l in &self.layers {
+            n += bytes(&l.attn_norm) + bytes(&l.qkv) + bytes(&l.o_proj) + bytes(&l.mlp_norm);
+            n += bytes(&l.gate_up) + bytes(&l.down) + l.qkv_bias.as_ref().map_or(0, bytes);
+        }
+        n
+    }
+
+    pub fn new_state(&self, b: &B, max_tokens: usize, max_logit_rows: usize) -> TResult<RunState<B>> {
+        let (c, h, hkv, d, i) = dims(&self.cfg);
+        let (t, dt) = (max_tokens, self.dtype);
+        Ok(RunState {
+            max_tokens,
+            max_logit_rows,
+            x: b.zeros(dt, &[t, c])?,
+            xn: b.zeros(dt, &[t, c])?,
+            tmp: b.zeros(dt, &[t, c])?,
+            qkv: b.zeros(dt, &[t, (h + 2 * hkv) * d])?,
+            q: b.zeros(dt, &[t, h, d])?,
+            k: b.zeros(dt, &[t, hkv, d])?,
+            attn: b.zeros(dt, &[t, h, d])?,
+            gate_up: b.zeros(dt, &[t, 2 * i])?,
+            act: b.zeros(dt, &[t, i])?,
+            logits: b.zeros(dt, &[max_logit_rows, self.cfg.vocab_size])?,
+            next: b.zeros(DType::U32, &[max_logit_rows])?,
+        })
+    }
+
+    pub fn new_cache(&self, b: &B, max_seqs: usize, max_ctx: usize) -> TResult<KvCache<B>> {
+        let (_, _, hkv, d, _) = dims(&self.cfg);
+        KvCache::new(b, self.dtype, self.cfg.num_hidden_layers, max_seqs, max_ctx, hkv, d)
+    }
+
+    /// One forward pass over `t` rows of `inp`. Logits (and their argmax in `st.next`) are
+    /// computed for rows `logit_rows.0 .. logit_rows.0 + logit_rows.1` into the first rows
+    /// of `st.logits`. Allocates nothing.
+    pub fn forward(&self, b: &B, st: &RunState<B>, inp: &StepInputs<B>, cache: &KvCache<B>, t: usize, logit_rows: (usize, usize)) -> TResult<()> {
+        let (_, h, hkv, d, i) = dims(&self.cfg);
+        let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
+        let (x, xn, tmp) = (rows(&st.x)?, rows(&st.xn)?, rows(&st.tmp)?);
+        let (qkv, q, k, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.k)?, rows(&st.attn)?);
+        let (gate_up, act) = (rows(&st.gate_up)?, rows(&st.act)?);
+        let positions = inp.positions(t)?;
+        let (seq_start, slots) = (inp.seq_start(t)?, inp.slot_mapping(t)?);
+        let params = AttentionParams {
+            scale: 1.0 / (d as f32).sqrt(),
+            sliding_window: self.cfg.sliding_window.unwrap_or(0) as u32,
+        };
+        let eps = self.cfg.rms_norm_eps as f32;
+
+        // embed
+        b.embedding(&inp.ids(t)?, &self.embed, &x)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // attention block: x += o_proj(attn(rope(q), rope(k), v))
+            b.rms_norm(&x, &layer.attn_norm, eps, &xn)?;
+            b.matmul(&xn, &layer.qkv.transpose(0, 1)?, &qkv)?;
+            if let Some(bias) = &layer.qkv_bias {
+                b.binary(BinaryOp::Add, &qkv, bias, &qkv)?;
+            }
+            let q_raw = qkv.narrow(1, 0, h * d)?.reshape(&[t, h, d])?;
+            let k_raw = qkv.narrow(1, h * d, hkv * d)?.reshape(&[t, hkv, d])?;
+            let v_raw = qkv.narrow(1, (h + hkv) * d, hkv * d)?.reshape(&[t, hkv, d])?;
+            b.rope(&q_raw, &self.cos, &self.sin, &positions, &q)?;
+            b.rope(&k_raw, &self.cos, &self.sin, &positions, &k)?;
+            b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
+            b.attention(&q, &cache.k[l], &cache.v[l], &seq_start, &positions, params, &attn)?;
+            b.matmul(&attn.reshape(&[t, h * d])?, &layer.o_proj.transpose(0, 1)?, &tmp)?;
+            b.binary(BinaryOp::Add, &x, &tmp, &x)?;
+            // MLP block: x += down(silu(gate) * up)
+            b.rms_norm(&x, &layer.mlp_norm, eps, &xn)?;
+            b.matmul(&xn, &layer.gate_up.transpose(0, 1)?, &gate_up)?;
+            b.silu_mul(&gate_up.narrow(1, 0, i)?, &gate_up.narrow(1, i, i)?, &act)?;
+            b.matmul(&act, &layer.down.transpose(0, 1)?, &tmp)?;
+            b.binary(BinaryOp::Add, &x, &tmp, &x)?;
+        }
+        // head: logits of the requested rows, and their argmax
+        let (start, n) = logit_rows;
+        let xr = x.narrow(0, start, n)?;
+        let xnr = xn.narrow(0, start, n)?;
+        b.rms_norm(&xr, &self.norm, eps, &xnr)?;
+        let logits = st.logits.narrow(0, 0, n)?;
+        b.matmul(&xnr, &self.lm_head.transpose(0, 1)?, &logits)?;
+        b.argmax(&logits, &st.next.narrow(0, 0, n)?)
+    }
+}
+
+/// (C, H, Hkv, D, I)
+fn dims(cfg: &ModelConfig) -> (usize, usize, usize, usize, usize) {
+    (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size)
+}
+
+fn ones<B: Backend>(b: &B, dtype: DType, n: usize) -> TResult<Tensor<B>> {
+    b.tensor(&HostTensor::from_f32_as(&[n], &vec![1.0; n], dtype))
+}
+
+fn rope_tables<B: Backend>(b: &B, cfg: &ModelConfig, max_ctx: usize) -> Result<(Tensor<B>, Tensor<B>), ModelError> {
+    let d = cfg.head_dim;
+    let (cos, sin) = rope::tables(d, max_ctx, cfg.rope_theta as f32, &cfg.rope_scaling);
+    let cos = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &cos))?;
+    let sin = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &sin))?;
+    Ok((cos, sin))
+}
