@@ -1,8 +1,19 @@
 //! Models: HF config parsing, weight loaders (safetensors, GGUF), tokenizer and chat
 //! template, and the one decoder that serves Llama, Mistral and Qwen2 (flags, not copies).
 
+pub mod chat;
+pub mod config;
+pub mod dequant;
+pub mod error;
+pub mod gguf;
+pub mod golden;
+pub mod hub;
 pub mod kv_cache;
 pub mod llama;
+pub mod safetensors;
+pub mod tokenizer;
+pub mod weights;
 
+pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use llama::{Llama, RunState, StepInputs};

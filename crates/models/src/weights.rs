@@ -1,0 +1,155 @@
+//! The weight-source contract the decoder loads through: tensors looked up by their exact
+//! Hugging Face names ("model.layers.0.self_attn.q_proj.weight"), returned as contiguous
+//! [`HostTensor`]s already converted to the compute dtype. Implemented by
+//! [`crate::safetensors::SafetensorsWeights`] and [`crate::gguf::GgufWeights`]; [`open_weights`]
+//! picks one from a path. Also the load progress bar and the shape check the decoder uses.
+
+use crate::error::{ModelError, Result};
+use encore_tensor::{DType, HostTensor};
+use half::{bf16, f16};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::Path;
+
+pub trait WeightSource: Send + Sync {
+    /// Every tensor name, sorted.
+    fn names(&self) -> Vec<String>;
+    /// HF shape of `name` without loading it; `None` if absent.
+    fn dims(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor converted (or dequantised) to `dtype`, which must be a float dtype.
+    fn get(&self, name: &str, dtype: DType) -> Result<HostTensor>;
+    fn has(&self, name: &str) -> bool {
+        self.dims(name).is_some()
+    }
+    /// `get`, after checking that the stored shape is `dims`.
+    fn get_shaped(&self, name: &str, dims: &[usize], dtype: DType) -> Result<HostTensor> {
+        match self.dims(name) {
+            Some(actual) => expect_shape(name, &actual, dims)?,
+            None => return Err(self.missing(name)),
+        }
+        self.get(name, dtype)
+    }
+    /// The error for an absent tensor, naming the files searched.
+    fn missing(&self, name: &str) -> ModelError;
+}
+
+/// Opens `path`: a `.gguf` file, a `.safetensors` file, or a directory holding
+/// `model.safetensors` or `model.safetensors.index.json` (sharded).
+pub fn open_weights(path: &Path) -> Result<Box<dyn WeightSource>> {
+    if path.is_dir() {
+        return Ok(Box::new(crate::safetensors::SafetensorsWeights::open_dir(path)?));
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => Ok(Box::new(crate::gguf::GgufWeights::new(crate::gguf::GgufFile::open(path)?)?)),
+        Some("json") => Ok(Box::new(crate::safetensors::SafetensorsWeights::open_index(path)?)),
+        _ => Ok(Box::new(crate::safetensors::SafetensorsWeights::open_file(path)?)),
+    }
+}
+
+/// The one-line error for a tensor whose shape disagrees with the config.
+pub fn expect_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(ModelError::TensorShape { name: name.to_string(), expected: expected.to_vec(), found: actual.to_vec() })
+    }
+}
+
+/// Converts `data`, stored as `from` (f32, bf16 or f16 little-endian), to `to`.
+pub(crate) fn convert(name: &str, from: DType, data: &[u8], dims: Vec<usize>, to: DType) -> Result<HostTensor> {
+    if !to.is_float() {
+        return Err(ModelError::UnsupportedTensorType { name: name.to_string(), dtype: format!("{to} (requested)") });
+    }
+    if from == to {
+        return Ok(HostTensor::new(to, dims, data.to_vec())?);
+    }
+    let out: Vec<u8> = match (from, to) {
+        // bf16 -> f32 is exact and is the common path for f32 runs of bf16 checkpoints.
+        (DType::BF16, DType::F32) => {
+            data.chunks_exact(2).flat_map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect()
+        }
+        (DType::F16, DType::F32) => {
+            data.chunks_exact(2).flat_map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect()
+        }
+        _ => {
+            let t = HostTensor::new(from, dims.clone(), data.to_vec())?;
+            return Ok(t.cast(to)?);
+        }
+    };
+    Ok(HostTensor::new(to, dims, out)?)
+}
+
+/// f32 values (from dequantisation) stored as `dtype`.
+pub(crate) fn from_f32(name: &str, dims: Vec<usize>, values: &[f32], dtype: DType) -> Result<HostTensor> {
+    if !dtype.is_float() {
+        return Err(ModelError::UnsupportedTensorType {
+            name: name.to_string(),
+            dtype: format!("{dtype} (requested)"),
+        });
+    }
+    Ok(HostTensor::from_f32_as(&dims, values, dtype))
+}
+
+/// A bytes-loaded progress bar on stderr, drawn only when stderr is a terminal. Each `get`
+/// advances it; it clears itself once every byte was loaded or the source is dropped.
+pub(crate) struct LoadProgress {
+    bar: ProgressBar,
+}
+
+impl LoadProgress {
+    pub(crate) fn new(total_bytes: u64, what: &str) -> Self {
+        let target =
+            if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(Some(total_bytes), target);
+        if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(format!("loading {what}"));
+        LoadProgress { bar }
+    }
+
+    pub(crate) fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+        if self.bar.length().is_some_and(|len| self.bar.position() >= len) {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for LoadProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use encore_tensor::testing::Rng;
+
+    #[test]
+    fn convert_between_float_dtypes_matches_host_tensor_cast() {
+        let mut rng = Rng::fresh("convert_between_float_dtypes_matches_host_tensor_cast");
+        let values = rng.vec(64, -10.0, 10.0);
+        for from in DType::FLOATS {
+            let src = HostTensor::from_f32_as(&[8, 8], &values, from);
+            for to in DType::FLOATS {
+                let got = convert("w", from, &src.data, vec![8, 8], to).unwrap();
+                assert_eq!(got, src.cast(to).unwrap(), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn expect_shape_names_the_tensor_and_both_shapes() {
+        let err = expect_shape("model.norm.weight", &[64], &[128]).unwrap_err().to_string();
+        assert_eq!(err, "tensor `model.norm.weight`: expected shape [128], found [64]");
+        assert!(expect_shape("x", &[2, 3], &[2, 3]).is_ok());
+    }
+
+    #[test]
+    fn integer_compute_dtype_is_refused() {
+        let err = convert("w", DType::F32, &[0; 4], vec![1], DType::U32).unwrap_err();
+        assert!(err.to_string().contains("`w`"), "{err}");
+    }
+}

