@@ -1,0 +1,251 @@
+//! The kernel table: every `extern "C"` entry point of `kernels/*.cu`, resolved ONCE when the
+//! module is loaded (`cuModuleGetFunction` per entry) into typed fields indexed by op and
+//! dtype, so a launch never looks a kernel up by string. Also embeds the fatbin that
+//! build.rs compiles (`OUT_DIR/encore_kernels.fatbin`).
+//!
+//! Index conventions: dtypes in [`DType::FLOATS`] order (f32, bf16, f16, see [`float_index`]),
+//! unary ops in [`UnaryOp::ALL`] order, binary ops in [`BinaryOp::ALL`] order.
+
+use std::ffi::CString;
+
+use cudarc::driver::sys;
+use encore_tensor::{BinaryOp, DType, UnaryOp};
+
+use crate::error::drv;
+use crate::CudaError;
+
+/// The kernels of every `kernels/*.cu`, as one fatbin (SASS per arch plus PTX).
+pub static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/encore_kernels.fatbin"));
+
+/// One resolved entry point.
+#[derive(Debug)]
+pub struct Kernel {
+    pub(crate) func: sys::CUfunction,
+    pub name: &'static str,
+}
+
+// SAFETY: a CUfunction is an immutable driver handle valid for the life of its module (the
+// device keeps the module loaded as long as the table lives); the driver API may be called
+// with it from any thread.
+unsafe impl Send for Kernel {}
+// SAFETY: as above; nothing in a Kernel is ever mutated after load.
+unsafe impl Sync for Kernel {}
+
+/// Index of a float dtype in [`DType::FLOATS`] order; `None` for the integer dtypes.
+pub fn float_index(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::F32 => Some(0),
+        DType::BF16 => Some(1),
+        DType::F16 => Some(2),
+        DType::U32 | DType::I32 => None,
+    }
+}
+
+pub fn unary_index(op: UnaryOp) -> usize {
+    UnaryOp::ALL.iter().position(|&o| o == op).expect("UnaryOp::ALL lists every op")
+}
+
+pub fn binary_index(op: BinaryOp) -> usize {
+    BinaryOp::ALL.iter().position(|&o| o == op).expect("BinaryOp::ALL lists every op")
+}
+
+/// `[<op>_f32, <op>_bf16, <op>_f16]`.
+macro_rules! per_dtype {
+    ($op:literal) => {
+        [concat!($op, "_f32"), concat!($op, "_bf16"), concat!($op, "_f16")]
+    };
+}
+
+/// Entry names, in the index order of the table fields.
+const COPY: [[&str; 3]; 3] = [per_dtype!("copy_f32"), per_dtype!("copy_bf16"), per_dtype!("copy_f16")];
+const UNARY: [[&str; 3]; 9] = [
+    per_dtype!("unary_neg"),
+    per_dtype!("unary_exp"),
+    per_dtype!("unary_silu"),
+    per_dtype!("unary_gelu"),
+    per_dtype!("unary_sqrt"),
+    per_dtype!("unary_recip"),
+    per_dtype!("unary_square"),
+    per_dtype!("unary_abs"),
+    per_dtype!("unary_tanh"),
+];
+const BINARY: [[&str; 3]; 6] = [
+    per_dtype!("binary_add"),
+    per_dtype!("binary_sub"),
+    per_dtype!("binary_mul"),
+    per_dtype!("binary_div"),
+    per_dtype!("binary_max"),
+    per_dtype!("binary_min"),
+];
+
+/// Every kernel of the module. Field comments name the `.cu` file and the entry pattern.
+#[derive(Debug)]
+pub struct Kernels {
+    /// copy.cu `copy_<src>_<dst>`: `[src][dst]` float dtypes.
+    pub copy: [[Kernel; 3]; 3],
+    /// copy.cu `copy_u32_u32`, `copy_i32_i32`: bit copies.
+    pub copy_u32: Kernel,
+    pub copy_i32: Kernel,
+    /// unary.cu `unary_<op>_<dtype>`: `[op][dtype]`.
+    pub unary: [[Kernel; 3]; 9],
+    /// binary.cu `binary_<op>_<dtype>`: `[op][dtype]`.
+    pub binary: [[Kernel; 3]; 6],
+    pub silu_mul: [Kernel; 3],
+    pub rms_norm: [Kernel; 3],
+    pub softmax: [Kernel; 3],
+    pub argmax: [Kernel; 3],
+    pub rope: [Kernel; 3],
+    pub embedding: [Kernel; 3],
+    pub kv_write: [Kernel; 3],
+    /// attention.cu `attention_<dtype>`: 16-byte vector loads (D a multiple of 16 bytes,
+    /// aligned operands).
+    pub attention: [Kernel; 3],
+    /// attention.cu `attention_scalar_<dtype>`: element loads, any D up to 256.
+    pub attention_scalar: [Kernel; 3],
+    /// attention.cu `attention_merge_<dtype>`: combines the splits of a split-K launch.
+    pub attention_merge: [Kernel; 3],
+}
+
+impl Kernels {
+    /// Resolve every entry point of `module` (the module loaded from [`FATBIN`]).
+    pub fn load(module: sys::CUmodule) -> Result<Self, CudaError> {
+        let one = |name: &'static str| get(module, name);
+        let three = |names: [&'static str; 3]| -> Result<[Kernel; 3], CudaError> {
+            let [a, b, c] = names;
+            Ok([get(module, a)?, get(module, b)?, get(module, c)?])
+        };
+        let table = |names: &[[&'static str; 3]]| -> Result<Vec<[Kernel; 3]>, CudaError> {
+            names.iter().map(|n| three(*n)).collect()
+        };
+        Ok(Kernels {
+            copy: vec_to_array(table(&COPY)?),
+            copy_u32: one("copy_u32_u32")?,
+            copy_i32: one("copy_i32_i32")?,
+            unary: vec_to_array(table(&UNARY)?),
+            binary: vec_to_array(table(&BINARY)?),
+            silu_mul: three(per_dtype!("silu_mul"))?,
+            rms_norm: three(per_dtype!("rms_norm"))?,
+            softmax: three(per_dtype!("softmax"))?,
+            argmax: three(per_dtype!("argmax"))?,
+            rope: three(per_dtype!("rope"))?,
+            embedding: three(per_dtype!("embedding"))?,
+            kv_write: three(per_dtype!("kv_write"))?,
+            attention: three(per_dtype!("attention"))?,
+            attention_scalar: three(per_dtype!("attention_scalar"))?,
+            attention_merge: three(per_dtype!("attention_merge"))?,
+        })
+    }
+
+    /// Every kernel in the table (for checks and diagnostics).
+    pub fn all(&self) -> Vec<&Kernel> {
+        let mut v: Vec<&Kernel> = self.copy.iter().flatten().collect();
+        v.extend([&self.copy_u32, &self.copy_i32]);
+        v.extend(self.unary.iter().flatten());
+        v.extend(self.binary.iter().flatten());
+        for k in [
+            &self.silu_mul,
+            &self.rms_norm,
+            &self.softmax,
+            &self.argmax,
+            &self.rope,
+            &self.embedding,
+            &self.kv_write,
+            &self.attention,
+            &self.attention_scalar,
+            &self.attention_merge,
+        ] {
+            v.extend(k.iter());
+        }
+        v
+    }
+}
+
+fn vec_to_array<const N: usize>(v: Vec<[Kernel; 3]>) -> [[Kernel; 3]; N] {
+    v.try_into().unwrap_or_else(|v: Vec<_>| panic!("kernel table has {} rows, expected {N}", v.len()))
+}
+
+fn get(module: sys::CUmodule, name: &'static str) -> Result<Kernel, CudaError> {
+    let cname = CString::new(name).expect("kernel names have no NUL");
+    let mut func: sys::CUfunction = std::ptr::null_mut();
+    // SAFETY: `module` is a loaded module (caller contract of `load`), `func` is a valid
+    // out-pointer and `cname` a NUL-terminated string that outlives the call.
+    let r = unsafe { sys::cuModuleGetFunction(&mut func, module, cname.as_ptr()) };
+    drv("cuModuleGetFunction", r).map_err(|e| match e {
+        CudaError::Driver { call, msg } => CudaError::Driver { call, msg: format!("{name}: {msg}") },
+        other => other,
+    })?;
+    Ok(Kernel { func, name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_tables_follow_the_enum_orders() {
+        for (i, op) in UnaryOp::ALL.iter().enumerate() {
+            assert_eq!(unary_index(*op), i);
+            let name = format!("unary_{}_bf16", format!("{op:?}").to_lowercase());
+            assert_eq!(UNARY[i][1], name);
+        }
+        for (i, op) in BinaryOp::ALL.iter().enumerate() {
+            assert_eq!(binary_index(*op), i);
+            assert_eq!(BINARY[i][2], format!("binary_{}_f16", format!("{op:?}").to_lowercase()));
+        }
+        for (i, dt) in DType::FLOATS.iter().enumerate() {
+            assert_eq!(float_index(*dt), Some(i));
+            assert_eq!(COPY[i][i], format!("copy_{dt}_{dt}"));
+        }
+    }
+
+    /// Every entry point defined in kernels/*.cu (an instantiation line `OP(name, ...)` or an
+    /// `extern "C" __global__ void name(` definition), read from the sources.
+    fn entries_in_sources() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "cu") {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let line = line.trim();
+                let is_inst =
+                    line.starts_with(|c: char| c.is_ascii_uppercase()) && line.ends_with(')') && !line.starts_with("#");
+                if line.ends_with('\\') {
+                    continue; // a macro body
+                }
+                if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+                    names.push(rest.split('(').next().unwrap().to_string());
+                } else if is_inst {
+                    names.push(line.split(['(', ',']).nth(1).unwrap().trim().to_string());
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_table_names_exactly_the_entries_of_the_sources() {
+        let mut table: Vec<String> =
+            COPY.iter().chain(&UNARY).chain(&BINARY).flatten().map(|s| s.to_string()).collect();
+        table.extend(["copy_u32_u32".to_string(), "copy_i32_i32".to_string()]);
+        for op in [
+            "silu_mul",
+            "rms_norm",
+            "softmax",
+            "argmax",
+            "rope",
+            "embedding",
+            "kv_write",
+            "attention",
+            "attention_scalar",
+            "attention_merge",
+        ] {
+            table.extend(DType::FLOATS.map(|dt| format!("{op}_{dt}")));
+        }
+        table.sort();
+        assert_eq!(table, entries_in_sources());
+    }
+}
