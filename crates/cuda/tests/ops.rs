@@ -1,0 +1,287 @@
+#![cfg(feature = "cuda")]
+//! GPU tests of the CUDA kernels (run on a GPU host only; here they must compile):
+//!
+//! - the backend-parity suite of `encore_cpu::parity` (written once, run on every backend),
+//!   one test per op and launch-parameter mode (inline, cached, upload); the strided ops
+//!   also assert that the mode was really used (launch counters);
+//! - direct CUDA-vs-CPU comparisons at model shapes the parity suite does not reach:
+//!   attention at decode (split-K path) and prefill shapes, the scalar (unaligned) attention
+//!   path, wide rows for rms_norm / softmax / argmax, embedding rows that are not whole
+//!   16-byte vectors.
+
+use encore_cpu::{parity, Cpu};
+use encore_cuda::{Cuda, LaunchParamMode};
+use encore_tensor::testing::{assert_close, round_to, Rng};
+use encore_tensor::{AttentionParams, Backend, DType, HostTensor, Tensor};
+
+fn cuda(mode: LaunchParamMode) -> Cuda {
+    let c = Cuda::new(0).expect("CUDA device 0 (these tests run on a GPU host)");
+    c.device().set_launch_mode(mode);
+    c
+}
+
+/// Run `cases` on the GPU in `mode`; when `strided`, the op's launches must have used the
+/// mode for their non-contiguous metadata.
+fn run_in_mode(mode: LaunchParamMode, strided: bool, cases: impl FnOnce(&Cuda)) {
+    let b = cuda(mode);
+    let before = b.device().launch_stats();
+    cases(&b);
+    b.synchronize().expect("synchronize after the cases");
+    let used = b.device().launch_stats().since(&before);
+    if strided {
+        let n = match mode {
+            LaunchParamMode::Inline => used.inline,
+            LaunchParamMode::Cached => used.cached,
+            LaunchParamMode::Upload => used.upload,
+        };
+        assert!(n > 0, "{mode}: no strided launch used the mode ({used:?})");
+    }
+}
+
+/// One test per (op, mode): `parity!(name, cases_fn, strided)`.
+macro_rules! parity {
+    ($name:ident, $cases:path, $strided:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn inline() {
+                run_in_mode(LaunchParamMode::Inline, $strided, |b| $cases(b));
+            }
+            #[test]
+            fn cached() {
+                run_in_mode(LaunchParamMode::Cached, $strided, |b| $cases(b));
+            }
+            #[test]
+            fn upload() {
+                run_in_mode(LaunchParamMode::Upload, $strided, |b| $cases(b));
+            }
+        }
+    };
+}
+
+parity!(memory, parity::memory_cases, true); // strided downloads gather with copy
+parity!(copy, parity::copy_cases, true);
+parity!(unary, parity::unary_cases, true);
+parity!(binary, parity::binary_cases, true);
+parity!(silu_mul, parity::silu_mul_cases, true);
+parity!(rope, parity::rope_cases, true);
+parity!(kv_write, parity::kv_write_cases, true);
+parity!(embedding, parity::embedding_cases, false);
+parity!(rms_norm, parity::rms_norm_cases, false);
+parity!(softmax, parity::softmax_cases, false);
+parity!(argmax, parity::argmax_cases, false);
+parity!(matmul, parity::matmul_cases, false);
+parity!(attention, parity::attention_cases, false);
+
+#[test]
+fn name_names_the_device() {
+    assert_eq!(cuda(LaunchParamMode::Inline).name(), "cuda:0");
+}
+
+// ---- direct CUDA-vs-CPU comparisons ---------------------------------------------------------
+
+/// The same host tensor on both backends.
+fn both(gpu: &Cuda, host: &HostTensor) -> (Tensor<Cuda>, Tensor<Cpu>) {
+    (gpu.tensor(host).expect("upload to the GPU"), Cpu.tensor(host).expect("upload to the CPU"))
+}
+
+fn random(rng: &mut Rng, dtype: DType, dims: &[usize], lo: f32, hi: f32) -> HostTensor {
+    let n = dims.iter().product();
+    HostTensor::from_f32_as(dims, &round_to(dtype, &rng.vec(n, lo, hi)), dtype)
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A contiguous `[dims]` view starting one element into its storage: its address is not
+/// 16-byte aligned, which sends attention to its scalar path.
+fn misaligned(gpu: &Cuda, host: &HostTensor) -> Tensor<Cuda> {
+    let es = host.dtype.size_in_bytes();
+    let mut data = vec![0u8; es];
+    data.extend_from_slice(&host.data);
+    let n = host.numel();
+    let padded = HostTensor::new(host.dtype, vec![n + 1], data).expect("padded host tensor");
+    let t = gpu.tensor(&padded).expect("upload");
+    t.narrow(0, 1, n).and_then(|t| t.reshape(&host.dims)).expect("misaligned view")
+}
+
+/// Attention rows: `(seq_start, position)`.
+fn attention_vs_cpu(
+    what: &str,
+    dtype: DType,
+    rows: &[(i32, i32)],
+    (h, hkv, d, slots): (usize, usize, usize, usize),
+    window: u32,
+    misalign_q: bool,
+) {
+    let mut rng = Rng::fresh(what);
+    let gpu = cuda(LaunchParamMode::Inline);
+    let t = rows.len();
+    let q = random(&mut rng, dtype, &[t, h, d], -1.0, 1.0);
+    let kc = random(&mut rng, dtype, &[slots, hkv, d], -1.0, 1.0);
+    let vc = random(&mut rng, dtype, &[slots, hkv, d], -2.0, 2.0);
+    let starts = HostTensor::from_i32(&[t], &rows.iter().map(|r| r.0).collect::<Vec<_>>());
+    let pos = HostTensor::from_i32(&[t], &rows.iter().map(|r| r.1).collect::<Vec<_>>());
+    let params = AttentionParams { scale: 1.0 / (d as f32).sqrt(), sliding_window: window };
+
+    let (gq, cq) = both(&gpu, &q);
+    let gq = if misalign_q { misaligned(&gpu, &q) } else { gq };
+    let (gk, ck) = both(&gpu, &kc);
+    let (gv, cv) = both(&gpu, &vc);
+    let (gs, cs) = both(&gpu, &starts);
+    let (gp, cp) = both(&gpu, &pos);
+    // Random destinations: padded rows must come back as zeros.
+    let out0 = random(&mut rng, dtype, &[t, h, d], -9.0, 9.0);
+    let (go, co) = both(&gpu, &out0);
+    gpu.attention(&gq, &gk, &gv, &gs, &gp, params, &go).expect("cuda attention");
+    Cpu.attention(&cq, &ck, &cv, &cs, &cp, params, &co).expect("cpu attention");
+    let want = Cpu.download(&co).unwrap().to_f32();
+    let got = gpu.download(&go).unwrap().to_f32();
+    assert_close(what, dtype, &got, &f64s(&want));
+    for (i, r) in rows.iter().enumerate() {
+        if r.1 < 0 {
+            assert!(got[i * h * d..(i + 1) * h * d].iter().all(|&x| x == 0.0), "{what}: padded row {i} is not zero");
+        }
+    }
+}
+
+/// Decode: 3 sequences at different positions (up to 700), H=8, Hkv=2, D=64. T*H = 24
+/// queries is far below 2 * SMs, so this runs the split-K kernel and the merge.
+const DECODE_ROWS: [(i32, i32); 3] = [(0, 700), (704, 1), (1024, 345)];
+const DECODE_SHAPE: (usize, usize, usize, usize) = (8, 2, 64, 1536);
+
+#[test]
+fn attention_decode_matches_cpu() {
+    for dt in DType::FLOATS {
+        attention_vs_cpu(&format!("attention decode {dt}"), dt, &DECODE_ROWS, DECODE_SHAPE, 0, false);
+    }
+}
+
+#[test]
+fn attention_decode_with_a_window_and_a_padded_row_matches_cpu() {
+    let rows = [(0, 700), (704, -1), (1024, 345), (704, 130)];
+    for dt in DType::FLOATS {
+        attention_vs_cpu(&format!("attention decode window {dt}"), dt, &rows, DECODE_SHAPE, 128, false);
+    }
+}
+
+#[test]
+fn attention_decode_scalar_path_and_odd_head_dims_match_cpu() {
+    // q one element off 16-byte alignment: the element-load kernel.
+    attention_vs_cpu("attention decode scalar bf16", DType::BF16, &DECODE_ROWS, DECODE_SHAPE, 0, true);
+    // D = 36 bf16 is not a whole number of 16-byte vectors: the element-load kernel too.
+    attention_vs_cpu("attention decode D=36 bf16", DType::BF16, &DECODE_ROWS, (8, 2, 36, 1536), 0, false);
+    // D = 72 bf16 is 9 vectors: the vector kernel with idle lanes in each 16-lane group.
+    attention_vs_cpu("attention decode D=72 bf16", DType::BF16, &DECODE_ROWS, (8, 2, 72, 1536), 0, false);
+}
+
+#[test]
+fn attention_decode_large_heads_matches_cpu() {
+    // D = 128 and 256 (Gemma-style), GQA 4:1, the shapes of real models.
+    for d in [128, 256] {
+        attention_vs_cpu(
+            &format!("attention decode D={d} bf16"),
+            DType::BF16,
+            &DECODE_ROWS,
+            (16, 4, d, 1536),
+            0,
+            false,
+        );
+    }
+}
+
+/// Prefill: T = 37 rows (30 tokens of a new sequence, 7 continuing one at position 500).
+/// T*H = 296 queries: one block per query, no split.
+#[test]
+fn attention_prefill_matches_cpu() {
+    let mut rows: Vec<(i32, i32)> = (0..30).map(|p| (0, p)).collect();
+    rows.extend((500..507).map(|p| (600, p)));
+    for dt in DType::FLOATS {
+        attention_vs_cpu(&format!("attention prefill {dt}"), dt, &rows, DECODE_SHAPE, 0, false);
+    }
+    attention_vs_cpu("attention prefill window bf16", DType::BF16, &rows, DECODE_SHAPE, 16, false);
+}
+
+/// Attention reads positions from device memory: the same tensors with new position values
+/// (what a replayed decode graph does) give the new result.
+#[test]
+fn attention_follows_positions_written_in_place() {
+    let mut rng = Rng::fresh("attention positions in place");
+    let gpu = cuda(LaunchParamMode::Inline);
+    let (h, hkv, d, slots) = DECODE_SHAPE;
+    let dt = DType::BF16;
+    let q = gpu.tensor(&random(&mut rng, dt, &[1, h, d], -1.0, 1.0)).unwrap();
+    let kc = gpu.tensor(&random(&mut rng, dt, &[slots, hkv, d], -1.0, 1.0)).unwrap();
+    let vc = gpu.tensor(&random(&mut rng, dt, &[slots, hkv, d], -2.0, 2.0)).unwrap();
+    let starts = gpu.tensor(&HostTensor::from_i32(&[1], &[0])).unwrap();
+    let pos = gpu.tensor(&HostTensor::from_i32(&[1], &[10])).unwrap();
+    let out = gpu.zeros(dt, &[1, h, d]).unwrap();
+    let params = AttentionParams { scale: 0.125, sliding_window: 0 };
+    gpu.attention(&q, &kc, &vc, &starts, &pos, params, &out).unwrap();
+    let short = gpu.download(&out).unwrap();
+    gpu.write(&HostTensor::from_i32(&[1], &[900]), &pos).unwrap();
+    gpu.attention(&q, &kc, &vc, &starts, &pos, params, &out).unwrap();
+    let long = gpu.download(&out).unwrap();
+    assert_ne!(short, long, "the second launch must see position 900");
+}
+
+#[test]
+fn wide_rows_match_cpu() {
+    let mut rng = Rng::fresh("wide rows");
+    let gpu = cuda(LaunchParamMode::Inline);
+    for dt in DType::FLOATS {
+        // rms_norm over a hidden size of 8192 (1024 threads per row), 3 rows.
+        let x = random(&mut rng, dt, &[3, 8192], -2.0, 2.0);
+        let w = random(&mut rng, dt, &[8192], 0.5, 1.5);
+        let (gx, cx) = both(&gpu, &x);
+        let (gw, cw) = both(&gpu, &w);
+        let (go, co) = (gpu.zeros(dt, &[3, 8192]).unwrap(), Cpu.zeros(dt, &[3, 8192]).unwrap());
+        gpu.rms_norm(&gx, &gw, 1e-5, &go).unwrap();
+        Cpu.rms_norm(&cx, &cw, 1e-5, &co).unwrap();
+        let want = f64s(&Cpu.download(&co).unwrap().to_f32());
+        assert_close(&format!("rms_norm 8192 {dt}"), dt, &gpu.download(&go).unwrap().to_f32(), &want);
+
+        // softmax over 32000 columns.
+        let x = random(&mut rng, dt, &[2, 32000], -8.0, 8.0);
+        let (gx, cx) = both(&gpu, &x);
+        let (go, co) = (gpu.zeros(dt, &[2, 32000]).unwrap(), Cpu.zeros(dt, &[2, 32000]).unwrap());
+        gpu.softmax(&gx, &go).unwrap();
+        Cpu.softmax(&cx, &co).unwrap();
+        let want = f64s(&Cpu.download(&co).unwrap().to_f32());
+        assert_close(&format!("softmax 32000 {dt}"), dt, &gpu.download(&go).unwrap().to_f32(), &want);
+
+        // argmax over a Llama-3 vocabulary, the max planted twice: the first index wins.
+        let v = 128_256;
+        let mut vals = round_to(dt, &rng.vec(2 * v, -4.0, 4.0));
+        for (row, at) in [(0, 77_777), (1, 5)] {
+            vals[row * v + at] = 10.0;
+            vals[row * v + at + 40_000] = 10.0;
+        }
+        let x = HostTensor::from_f32_as(&[2, v], &vals, dt);
+        let (gx, cx) = both(&gpu, &x);
+        let (go, co) = (gpu.zeros(DType::U32, &[2]).unwrap(), Cpu.zeros(DType::U32, &[2]).unwrap());
+        gpu.argmax(&gx, &go).unwrap();
+        Cpu.argmax(&cx, &co).unwrap();
+        let got = gpu.download(&go).unwrap().to_u32().unwrap();
+        assert_eq!(got, vec![77_777, 5], "argmax {dt}");
+        assert_eq!(got, Cpu.download(&co).unwrap().to_u32().unwrap(), "argmax {dt} vs cpu");
+    }
+}
+
+#[test]
+fn embedding_rows_that_are_not_whole_vectors_match_cpu() {
+    let mut rng = Rng::fresh("embedding element path");
+    let gpu = cuda(LaunchParamMode::Inline);
+    for dt in DType::FLOATS {
+        // C = 20: not a multiple of 16 bytes for bf16/f16 (element copies); f32 rows are.
+        let table = random(&mut rng, dt, &[50, 20], -1.0, 1.0);
+        let ids = HostTensor::from_u32(&[6], &[3, 49, 0, 3, 17, 25]);
+        let (gt, ct) = both(&gpu, &table);
+        let (gi, ci) = both(&gpu, &ids);
+        let (go, co) = (gpu.zeros(dt, &[6, 20]).unwrap(), Cpu.zeros(dt, &[6, 20]).unwrap());
+        gpu.embedding(&gi, &gt, &go).unwrap();
+        Cpu.embedding(&ci, &ct, &co).unwrap();
+        assert_eq!(gpu.download(&go).unwrap(), Cpu.download(&co).unwrap(), "embedding {dt}");
+    }
+}
