@@ -160,7 +160,11 @@ pub(crate) fn f32s<'a>(op: &'static str, data: &'a Data, layout: &Layout) -> Res
 pub(crate) fn i32s<'a>(op: &'static str, data: &'a Data, layout: &Layout) -> Result<&'a [i32]> {
     match data {
         Data::I32(v) if layout.is_contiguous() => Ok(&v[layout.offset()..layout.offset() + layout.numel()]),
-        Data::I32(_) => Err(Error::LayoutRequired { op, expected: "contiguous" }),
+        // a u32 storage seen through `Tensor::bitcast`: same bits
+        Data::U32(v) if layout.is_contiguous() => {
+            Ok(bytemuck::cast_slice(&v[layout.offset()..layout.offset() + layout.numel()]))
+        }
+        Data::I32(_) | Data::U32(_) => Err(Error::LayoutRequired { op, expected: "contiguous" }),
         d => Err(Error::DTypeMismatch { op, lhs: d.dtype(), rhs: DType::I32 }),
     }
 }
@@ -169,7 +173,11 @@ pub(crate) fn i32s<'a>(op: &'static str, data: &'a Data, layout: &Layout) -> Res
 pub(crate) fn u32s<'a>(op: &'static str, data: &'a Data, layout: &Layout) -> Result<&'a [u32]> {
     match data {
         Data::U32(v) if layout.is_contiguous() => Ok(&v[layout.offset()..layout.offset() + layout.numel()]),
-        Data::U32(_) => Err(Error::LayoutRequired { op, expected: "contiguous" }),
+        // an i32 storage seen through `Tensor::bitcast` (the packed step inputs): same bits
+        Data::I32(v) if layout.is_contiguous() => {
+            Ok(bytemuck::cast_slice(&v[layout.offset()..layout.offset() + layout.numel()]))
+        }
+        Data::U32(_) | Data::I32(_) => Err(Error::LayoutRequired { op, expected: "contiguous" }),
         d => Err(Error::DTypeMismatch { op, lhs: d.dtype(), rhs: DType::U32 }),
     }
 }
@@ -215,7 +223,7 @@ mod tests {
     #[test]
     fn scatter_casts_between_floats_and_refuses_ints() {
         let mut d = Data::zeros(DType::BF16, 2);
-        scatter("t", &mut d, &Layout::contiguous(&[2]), &Data::F32(vec![1.0, 1.00390625])).unwrap();
+        scatter("t", &mut d, &Layout::contiguous(&[2]), &Data::F32(vec![1.0, 1.0 + 1.0 / 256.0])).unwrap();
         // 1 + 2^-8 is a tie between two bf16 values: round to even gives 1.0
         assert_eq!(d, Data::BF16(vec![bf16::ONE, bf16::ONE]));
         let err = scatter("t", &mut d, &Layout::contiguous(&[2]), &Data::U32(vec![1, 2]));
