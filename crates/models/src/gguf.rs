@@ -148,7 +148,10 @@ impl<'a> Reader<'a> {
         let n = self.u64(what)?;
         let left = (self.buf.len() - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > left {
-            return Err(format!("{what} = {n} at byte {} is more than the file can hold", self.pos - 8));
+            return Err(format!(
+                "{what} = {n} at byte {} needs more bytes than the file has (truncated or corrupt)",
+                self.pos - 8
+            ));
         }
         Ok(n as usize)
     }

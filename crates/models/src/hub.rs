@@ -163,11 +163,12 @@ pub struct ModelFiles {
     pub path: PathBuf,
     pub config: ModelConfig,
     pub weights: Box<dyn WeightSource>,
-    pub tokenizer: Tokenizer,
+    /// `None` for a folder without `tokenizer.json` (the tiny golden models: ids only).
+    pub tokenizer: Option<Tokenizer>,
     pub chat_template: Option<ChatTemplate>,
 }
 
-/// Opens a `.gguf` file, or a folder with `config.json`, safetensors weights and
+/// Opens a `.gguf` file, or a folder with `config.json`, safetensors weights and usually
 /// `tokenizer.json` (EOS ids of `generation_config.json` are added to the config's).
 pub fn open_model(path: &Path) -> Result<ModelFiles> {
     if path.is_file() {
@@ -183,7 +184,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
             None => None,
         };
         let weights = Box::new(GgufWeights::new(file)?);
-        return Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer, chat_template });
+        return Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer: Some(tokenizer), chat_template });
     }
     let mut config = ModelConfig::from_file(&path.join("config.json"))?;
     let generation = path.join("generation_config.json");
@@ -204,7 +205,8 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
         }
     }
     let weights = Box::new(SafetensorsWeights::open_dir(path)?);
-    let tokenizer = Tokenizer::from_file(&path.join("tokenizer.json"))?;
+    let tokenizer_json = path.join("tokenizer.json");
+    let tokenizer = if tokenizer_json.is_file() { Some(Tokenizer::from_file(&tokenizer_json)?) } else { None };
     let tc = path.join("tokenizer_config.json");
     let chat_template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { None };
     Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer, chat_template })
