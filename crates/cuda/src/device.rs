@@ -440,26 +440,23 @@ impl CudaDevice {
     ///   captured: owned by the graph and every exec made from it, since each replay copies
     ///   from them again; candle frees them right after capture, a replay hazard).
     pub fn prepare_meta(&self, meta: StridedMeta) -> Result<PreparedMeta, CudaError> {
-        let mode =
-            if meta.is_contiguous() || meta.info != 0 { LaunchParamMode::Inline } else { self.effective_launch_mode() };
-        let mut words = [0u32; MAX_INFO_WORDS];
-        let n = info_words_into(&meta, &mut words);
-        if n == 0 {
+        let mode = if meta.is_contiguous() || meta.info != 0 || meta.rank == 0 {
+            LaunchParamMode::Inline
+        } else {
+            self.effective_launch_mode()
+        };
+        if mode == LaunchParamMode::Inline {
             self.0.counters.prepared(LaunchParamMode::Inline, 0);
             return Ok(PreparedMeta { meta, upload: None });
         }
-        match mode {
-            LaunchParamMode::Inline => {
-                self.0.counters.prepared(LaunchParamMode::Inline, 0);
-                Ok(PreparedMeta { meta, upload: None })
-            }
-            LaunchParamMode::Cached => {
-                let ptr = self.0.cache.get_or_insert(&words[..n], self.is_capturing())?;
-                self.0.counters.prepared(LaunchParamMode::Cached, 0);
-                Ok(PreparedMeta { meta: meta.with_info_ptr(ptr), upload: None })
-            }
-            LaunchParamMode::Upload => self.upload_meta(meta, words[..n].into()),
+        let mut words = [0u32; MAX_INFO_WORDS];
+        let n = info_words_into(&meta, &mut words);
+        if mode == LaunchParamMode::Cached {
+            let ptr = self.0.cache.get_or_insert(&words[..n], self.is_capturing())?;
+            self.0.counters.prepared(LaunchParamMode::Cached, 0);
+            return Ok(PreparedMeta { meta: meta.with_info_ptr(ptr), upload: None });
         }
+        self.upload_meta(meta, words[..n].into())
     }
 
     fn upload_meta(&self, meta: StridedMeta, words: Box<[u32]>) -> Result<PreparedMeta, CudaError> {
