@@ -1,1 +1,47 @@
-//! placeholder
+//! The backend-parity suite, written once and generic over any [`Backend`]: the CPU
+//! tests (`crates/cpu/tests/parity.rs`) and the CUDA tests call these very bodies.
+//!
+//! Each `<op>_cases` builds fresh random inputs (seed printed; replay with
+//! `ENCORE_TEST_SEED`), never zeros, rounded to the dtype, in several layouts (contiguous,
+//! offset, narrowed, transposed, broadcast where the op allows), for every float dtype;
+//! runs the op; and compares the download with a float64 reference computed here, under
+//! `encore_tensor::testing::tolerance`. Destinations are views over random storage, and
+//! the elements around them must come back untouched. Each also checks that bad
+//! arguments give the structured `encore_tensor::Error` variant, never a panic.
+//!
+//! A failing case panics with the op, layouts and dtype in the message.
+
+mod attention;
+mod elementwise;
+mod index;
+mod inputs;
+mod matmul;
+mod rope;
+mod rows;
+
+pub use attention::attention_cases;
+pub use elementwise::{binary_cases, copy_cases, memory_cases, silu_mul_cases, unary_cases};
+pub use index::{embedding_cases, kv_write_cases};
+pub use inputs::{input, output, Input, Output, View};
+pub use matmul::matmul_cases;
+pub use rope::rope_cases;
+pub use rows::{argmax_cases, rms_norm_cases, softmax_cases};
+
+use encore_tensor::Backend;
+
+/// Every parity case, in the order a forward pass meets the ops.
+pub fn run_all<B: Backend>(b: &B) {
+    memory_cases(b);
+    copy_cases(b);
+    embedding_cases(b);
+    rms_norm_cases(b);
+    matmul_cases(b);
+    rope_cases(b);
+    kv_write_cases(b);
+    attention_cases(b);
+    unary_cases(b);
+    binary_cases(b);
+    silu_mul_cases(b);
+    softmax_cases(b);
+    argmax_cases(b);
+}

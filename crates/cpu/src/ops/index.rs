@@ -51,11 +51,14 @@ pub(crate) fn kv_write(
     let row = hkv * d;
     for (cache, rows) in [(k_cache, &k_rows), (v_cache, &v_rows)] {
         let off = cache.layout().offset();
-        with_write(OP, cache, |data| match (data, rows) {
-            (Data::F32(c), Data::F32(r)) => Ok(put_rows(&mut c[off..], row, r, &slots)),
-            (Data::BF16(c), Data::BF16(r)) => Ok(put_rows(&mut c[off..], row, r, &slots)),
-            (Data::F16(c), Data::F16(r)) => Ok(put_rows(&mut c[off..], row, r, &slots)),
-            (c, r) => Err(Error::DTypeMismatch { op: OP, lhs: r.dtype(), rhs: c.dtype() }),
+        with_write(OP, cache, |data| {
+            match (data, rows) {
+                (Data::F32(c), Data::F32(r)) => put_rows(&mut c[off..], row, r, &slots),
+                (Data::BF16(c), Data::BF16(r)) => put_rows(&mut c[off..], row, r, &slots),
+                (Data::F16(c), Data::F16(r)) => put_rows(&mut c[off..], row, r, &slots),
+                (c, r) => return Err(Error::DTypeMismatch { op: OP, lhs: r.dtype(), rhs: c.dtype() }),
+            }
+            Ok(())
         })?;
     }
     Ok(())
