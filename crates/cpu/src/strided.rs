@@ -138,6 +138,9 @@ pub(crate) fn scatter(op: &'static str, data: &mut Data, layout: &Layout, values
         (Data::F16(d), Data::F16(s)) => scatter_with(d, layout, s, |x| x),
         (Data::U32(d), Data::U32(s)) => scatter_with(d, layout, s, |x| x),
         (Data::I32(d), Data::I32(s)) => scatter_with(d, layout, s, |x| x),
+        // u32 <-> i32 views of one storage (`Tensor::bitcast`): same bits
+        (Data::U32(d), Data::I32(s)) => scatter_with(d, layout, s, |x| x as u32),
+        (Data::I32(d), Data::U32(s)) => scatter_with(d, layout, s, |x| x as i32),
         (d, s) if d.dtype().is_float() && s.dtype().is_float() => {
             let values = gather_f32(op, s, &Layout::contiguous(&[s.len()]))?;
             scatter_f32(op, d, layout, &values)?;

@@ -35,6 +35,17 @@ pub fn memory_cases<B: Backend>(b: &B) {
         let w = dt.size_in_bytes();
         assert_eq!(&tt.data[w..2 * w], &after[s..s + w], "transposed download {dt}");
     }
+    // u32 <-> i32 views of one storage (`Tensor::bitcast`) read and write the same bits
+    let bits: Vec<u32> = (0..8).map(|_| rng.next_u64() as u32 | 1 << 31).collect();
+    let t = ints(b, DType::I32, &[8], &bits);
+    let u = t.bitcast(DType::U32).unwrap();
+    assert_eq!(b.download(&u).unwrap(), HostTensor::from_u32(&[8], &bits), "bitcast download");
+    let fresh: Vec<u32> = bits.iter().map(|x| x.rotate_left(7)).collect();
+    b.write(&HostTensor::from_u32(&[8], &fresh), &u).unwrap();
+    assert_eq!(b.download(&t).unwrap().to_u32().unwrap(), fresh, "bitcast write");
+    let dst = b.zeros(DType::U32, &[8]).unwrap();
+    b.copy(&u, &dst).unwrap();
+    assert_eq!(b.download(&dst).unwrap().to_u32().unwrap(), fresh, "bitcast copy");
     b.synchronize().unwrap();
 }
 
