@@ -1,5 +1,6 @@
-//! `encore bench`: decode-step benchmark (random-weight presets or a model folder) and
-//! `encore bench launch` (the launch-metadata micro-benchmark). CUDA only.
+//! `encore bench`: the decode-step benchmark (random-weight presets created on the GPU, or
+//! a model folder's config) and `encore bench launch` (the launch-metadata micro-benchmark).
+//! CUDA only: a build without the `cuda` feature says so.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -8,8 +9,137 @@ use clap::Args;
 pub struct BenchArgs {
     /// `launch` runs the launch-metadata micro-benchmark instead of a model.
     what: Option<String>,
+    /// Model shape(s), comma-separated: smollm2-135m, qwen2.5-0.5b, llama-3.2-1b,
+    /// qwen2.5-1.5b, qwen2.5-7b, llama-3.1-8b (random weights created on the GPU).
+    #[arg(long, default_value = "llama-3.2-1b")]
+    preset: String,
+    /// A model folder: its config.json shape is benchmarked (weights random).
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8")]
+    batch: String,
+    /// KV-cache positions per sequence.
+    #[arg(long, default_value_t = 1024)]
+    ctx: usize,
+    /// Position every row decodes at.
+    #[arg(long, default_value_t = 300)]
+    pos: usize,
+    /// Timed steps per mode (launch: repetitions).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Comma-separated: eager, graph-upload, graph-cached, graph-inline
+    /// (launch: upload, cached, inline).
+    #[arg(long, default_value = "eager,graph-upload,graph-cached,graph-inline")]
+    modes: String,
+    /// Prompt tokens for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prefill: usize,
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// launch: strided ops in the chain.
+    #[arg(long, default_value_t = 256)]
+    ops: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn list<T: std::str::FromStr<Err = String>>(flag: &str, s: &str) -> Result<Vec<T>> {
+    s.split(',').map(|x| x.trim().parse::<T>().map_err(|e| anyhow::anyhow!("{flag}: {e}"))).collect()
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|x| match x.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{flag}: `{x}` is not a positive integer"),
+        })
+        .collect()
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    bail!("bench {:?}: not built yet", a.what)
+    let dtype: encore_tensor::DType = a.dtype.parse().map_err(|e: String| anyhow::anyhow!("--dtype: {e}"))?;
+    if !dtype.is_float() {
+        bail!("--dtype: {dtype} is not a float dtype");
+    }
+    let ordinal = match a.device.parse::<encore_engine::Device>() {
+        Ok(encore_engine::Device::Cuda(n)) => n,
+        Ok(encore_engine::Device::Cpu) => bail!("--device: bench measures CUDA decode; use cuda or cuda:N"),
+        Err(e) => bail!("--device: {e}"),
+    };
+    match a.what.as_deref() {
+        None => bench_model(&a, dtype, ordinal),
+        Some("launch") => bench_launch(&a, dtype, ordinal),
+        Some(x) => bail!("bench: unknown benchmark `{x}` (expected nothing or `launch`)"),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_model(_: &BenchArgs, _: encore_tensor::DType, _: usize) -> Result<()> {
+    bail!("bench: this encore was built without CUDA; rebuild with `--features cuda`")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_launch(a: &BenchArgs, d: encore_tensor::DType, o: usize) -> Result<()> {
+    bench_model(a, d, o)
+}
+
+#[cfg(feature = "cuda")]
+fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
+    use encore_engine::bench::{run_bench, BenchConfig, BenchMode};
+    let modes: Vec<BenchMode> = list("--modes", &a.modes)?;
+    let batches = usizes("--batch", &a.batch)?;
+    let models: Vec<(String, encore_models::config::ModelConfig)> = match &a.model {
+        Some(dir) => {
+            vec![(dir.display().to_string(), encore_models::config::ModelConfig::from_file(&dir.join("config.json"))?)]
+        }
+        None => a
+            .preset
+            .split(',')
+            .map(|p| Ok((p.trim().to_string(), encore_models::presets::preset(p.trim())?)))
+            .collect::<Result<_>>()?,
+    };
+    let mut reports = Vec::new();
+    for (name, model) in models {
+        let cfg = BenchConfig {
+            name,
+            model,
+            batches: batches.clone(),
+            ctx: a.ctx,
+            pos: a.pos,
+            steps: a.steps,
+            modes: modes.clone(),
+            prefill_tokens: a.prefill,
+            dtype,
+            ordinal,
+        };
+        let r = run_bench(&cfg)?;
+        println!("{}", r.to_table());
+        reports.push(r.to_json());
+    }
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)
+            .map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn bench_launch(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
+    use encore_cuda::{CudaDevice, LaunchBenchConfig, LaunchParamMode};
+    let modes: Vec<LaunchParamMode> = list("--modes", &a.modes)?;
+    let dev = CudaDevice::new(ordinal).map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))?;
+    let cfg = LaunchBenchConfig { ops: a.ops, reps: a.steps, dtype, modes, ..Default::default() };
+    let r = encore_cuda::bench_launch(&dev, cfg)?;
+    println!("{}", r.to_table());
+    if let Some(path) = &a.json {
+        std::fs::write(path, r.to_json()).map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -108,7 +108,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut ids = Vec::new();
     for p in &prompts {
         let ids_p = if a.chat {
-            let tmpl = files.chat_template.as_ref().with_context(|| format!("--chat: {} has no chat template", path.display()))?;
+            let tmpl = files
+                .chat_template
+                .as_ref()
+                .with_context(|| format!("--chat: {} has no chat template", path.display()))?;
             let mut msgs = Vec::new();
             if let Some(s) = &a.system {
                 msgs.push(Message::new("system", s));
@@ -122,7 +125,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let open_secs = t0.elapsed().as_secs_f64();
 
-    let cfg = EngineConfig { device, dtype, max_ctx: a.max_ctx, graphs: !a.no_graphs, launch_params, ..Default::default() };
+    let cfg =
+        EngineConfig { device, dtype, max_ctx: a.max_ctx, graphs: !a.no_graphs, launch_params, ..Default::default() };
     let single = prompts.len() == 1;
     let mut decoders: Vec<_> = prompts.iter().map(|_| tok.stream_decoder(true)).collect();
     let mut texts = vec![String::new(); prompts.len()];
@@ -130,7 +134,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let holdback = a.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
     let mut stdout = std::io::stdout().lock();
     let mut io_error = None;
-    if single {
+    if single && !a.chat {
         let _ = write!(stdout, "{}", prompts[0]);
         let _ = stdout.flush();
     }
@@ -176,6 +180,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if single {
         let rest = &texts[0][printed..];
         writeln!(stdout, "{rest}")?;
+        stdout.flush()?;
     } else {
         for (i, (p, t)) in prompts.iter().zip(&texts).enumerate() {
             writeln!(stdout, "[{i}] {p}{t}")?;

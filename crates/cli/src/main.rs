@@ -17,16 +17,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt (streams to stdout; timings to stderr).
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Benchmark decode steps (eager vs graphs x launch-parameter modes), or kernel launches.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Generate(args) => generate::run(*args),
+        Command::Bench(args) => bench::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

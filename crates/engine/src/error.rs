@@ -8,7 +8,9 @@ pub enum EngineError {
     Model(#[from] encore_models::ModelError),
     #[error("{0}")]
     Config(String),
-    #[error("the sequence needs {needed} positions but the context holds {max_ctx} (raise --max-ctx or shorten the prompt)")]
+    #[error(
+        "the sequence needs {needed} positions but the context holds {max_ctx} (raise --max-ctx or shorten the prompt)"
+    )]
     ContextFull { needed: usize, max_ctx: usize },
     #[error("--device {0}: {1}")]
     Device(String, String),

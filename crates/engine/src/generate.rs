@@ -54,7 +54,11 @@ pub fn generate<B: Backend>(
     mut on_token: impl FnMut(usize, u32) -> Flow,
 ) -> Result<Generation, EngineError> {
     if prompts.len() > runner.cfg.max_batch {
-        return Err(EngineError::Config(format!("{} prompts exceed the batch of {}", prompts.len(), runner.cfg.max_batch)));
+        return Err(EngineError::Config(format!(
+            "{} prompts exceed the batch of {}",
+            prompts.len(),
+            runner.cfg.max_batch
+        )));
     }
     if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
         return Err(EngineError::Config(format!("prompt {i} is empty after tokenisation")));
@@ -76,7 +80,8 @@ pub fn generate<B: Backend>(
             return Err(EngineError::ContextFull { needed: p.len() + 1, max_ctx: runner.cfg.max_ctx });
         }
         runner.prefill(s, p, 0)?;
-        next[s] = if greedy { runner.read_next(1)?[0] } else { samplers[s].sample(&runner.read_logits(1)?[0], &history[s]) };
+        next[s] =
+            if greedy { runner.read_next(1)?[0] } else { samplers[s].sample(&runner.read_logits(1)?[0], &history[s]) };
         out.stats.prompt_tokens += p.len();
     }
     out.stats.prefill_secs = t0.elapsed().as_secs_f64();
@@ -98,7 +103,10 @@ pub fn generate<B: Backend>(
             history[s].push(tok);
             out.stats.generated_tokens += 1;
             let pos = history[s].len() - 1;
-            if on_token(s, tok) == Flow::Stop || out.tokens[s].len() >= params.max_tokens || pos + 1 >= runner.cfg.max_ctx {
+            if on_token(s, tok) == Flow::Stop
+                || out.tokens[s].len() >= params.max_tokens
+                || pos + 1 >= runner.cfg.max_ctx
+            {
                 live[s] = false;
                 continue;
             }

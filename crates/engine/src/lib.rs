@@ -1,6 +1,8 @@
 //! The engine: picks the backend at run time, runs prefill and decode steps over
 //! preallocated buffers (eagerly or as captured graphs), samples, and drives generation.
 
+#[cfg(feature = "cuda")]
+pub mod bench;
 pub mod buckets;
 pub mod device;
 mod error;

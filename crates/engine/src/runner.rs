@@ -40,7 +40,10 @@ pub struct DecodeRow {
 impl<B: Backend> ModelRunner<B> {
     pub fn new(backend: B, model: Llama<B>, cfg: RunnerConfig) -> Result<Self, EngineError> {
         if cfg.max_batch > cfg.max_seqs {
-            return Err(EngineError::Config(format!("max batch {} exceeds max sequences {}", cfg.max_batch, cfg.max_seqs)));
+            return Err(EngineError::Config(format!(
+                "max batch {} exceeds max sequences {}",
+                cfg.max_batch, cfg.max_seqs
+            )));
         }
         let rows = cfg.prefill_chunk.max(cfg.max_batch);
         let cache = model.new_cache(&backend, cfg.max_seqs, cfg.max_ctx)?;
@@ -51,7 +54,10 @@ impl<B: Backend> ModelRunner<B> {
 
     fn check_pos(&self, seq: usize, end: usize) -> Result<(), EngineError> {
         if seq >= self.cfg.max_seqs {
-            return Err(EngineError::Config(format!("sequence {seq} is beyond the {} sequence slots", self.cfg.max_seqs)));
+            return Err(EngineError::Config(format!(
+                "sequence {seq} is beyond the {} sequence slots",
+                self.cfg.max_seqs
+            )));
         }
         if end > self.cfg.max_ctx {
             return Err(EngineError::ContextFull { needed: end, max_ctx: self.cfg.max_ctx });

@@ -62,7 +62,8 @@ pub fn run_generate(
     if max_ctx == 0 {
         return Err(EngineError::Config("--max-ctx must be at least 1".into()));
     }
-    let rc = RunnerConfig { max_seqs: prompts.len(), max_ctx, prefill_chunk: cfg.prefill_chunk, max_batch: prompts.len() };
+    let rc =
+        RunnerConfig { max_seqs: prompts.len(), max_ctx, prefill_chunk: cfg.prefill_chunk, max_batch: prompts.len() };
     match cfg.device {
         Device::Cpu => {
             let b = encore_cpu::Cpu;

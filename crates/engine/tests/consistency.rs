@@ -52,7 +52,8 @@ fn tokens(n: usize) -> Vec<u32> {
 
 #[test]
 fn decode_after_prefill_matches_longer_prefill() {
-    for (arch, bias, window) in [(Arch::Llama, false, None), (Arch::Qwen2, true, None), (Arch::Mistral, false, Some(5))] {
+    for (arch, bias, window) in [(Arch::Llama, false, None), (Arch::Qwen2, true, None), (Arch::Mistral, false, Some(5))]
+    {
         let toks = tokens(13); // 13 > prefill_chunk: the prefill runs in two chunks
         let mut r = runner(tiny(arch, bias, window), 1);
         r.prefill(0, &toks, 0).unwrap();
@@ -72,8 +73,11 @@ fn padded_batch_matches_each_sequence_alone() {
     for (s, p) in prompts.iter().enumerate() {
         batch.prefill(s, &p[..p.len() - 1], 0).unwrap();
     }
-    let rows: Vec<DecodeRow> =
-        prompts.iter().enumerate().map(|(s, p)| DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1 }).collect();
+    let rows: Vec<DecodeRow> = prompts
+        .iter()
+        .enumerate()
+        .map(|(s, p)| DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1 })
+        .collect();
     batch.decode_eager(&rows, 4).unwrap();
     let got = batch.read_logits(3).unwrap();
     for (s, p) in prompts.iter().enumerate() {

@@ -10,6 +10,7 @@ pub mod golden;
 pub mod hub;
 pub mod kv_cache;
 pub mod llama;
+pub mod presets;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;

@@ -28,7 +28,7 @@ struct Layer<B: Backend> {
 pub struct Llama<B: Backend> {
     pub cfg: ModelConfig,
     pub dtype: DType,
-    embed: Tensor<B>,   // [V, C]
+    embed: Tensor<B>, // [V, C]
     layers: Vec<Layer<B>>,
     norm: Tensor<B>,    // [C]
     lm_head: Tensor<B>, // [V, C]; the embedding itself when tied
@@ -41,15 +41,15 @@ pub struct Llama<B: Backend> {
 pub struct RunState<B: Backend> {
     pub max_tokens: usize,
     pub max_logit_rows: usize,
-    x: Tensor<B>,       // [T, C] residual stream
-    xn: Tensor<B>,      // [T, C] normed input of a block
-    tmp: Tensor<B>,     // [T, C] block output before the residual add
-    qkv: Tensor<B>,     // [T, (H + 2 Hkv) D]
-    q: Tensor<B>,       // [T, H, D] after rope
-    k: Tensor<B>,       // [T, Hkv, D] after rope
-    attn: Tensor<B>,    // [T, H, D]
-    gate_up: Tensor<B>, // [T, 2 I]
-    act: Tensor<B>,     // [T, I]
+    x: Tensor<B>,          // [T, C] residual stream
+    xn: Tensor<B>,         // [T, C] normed input of a block
+    tmp: Tensor<B>,        // [T, C] block output before the residual add
+    qkv: Tensor<B>,        // [T, (H + 2 Hkv) D]
+    q: Tensor<B>,          // [T, H, D] after rope
+    k: Tensor<B>,          // [T, Hkv, D] after rope
+    attn: Tensor<B>,       // [T, H, D]
+    gate_up: Tensor<B>,    // [T, 2 I]
+    act: Tensor<B>,        // [T, I]
     pub logits: Tensor<B>, // [R, V]
     pub next: Tensor<B>,   // [R] u32, argmax of logits
 }
@@ -144,12 +144,22 @@ fn concat_rows(parts: &[HostTensor]) -> HostTensor {
 impl<B: Backend> Llama<B> {
     /// Load from a weight source (safetensors or GGUF) under Hugging Face tensor names.
     /// `max_ctx` bounds the RoPE tables.
-    pub fn load(b: &B, cfg: ModelConfig, src: &dyn WeightSource, dtype: DType, max_ctx: usize) -> Result<Self, ModelError> {
+    pub fn load(
+        b: &B,
+        cfg: ModelConfig,
+        src: &dyn WeightSource,
+        dtype: DType,
+        max_ctx: usize,
+    ) -> Result<Self, ModelError> {
         let (c, h, hkv, d, i) = dims(&cfg);
         let get = |name: &str, dims: &[usize]| -> Result<HostTensor, ModelError> {
             let t = src.get(name, dtype)?;
             if t.dims != dims {
-                return Err(ModelError::TensorShape { name: name.to_string(), expected: dims.to_vec(), found: t.dims.clone() });
+                return Err(ModelError::TensorShape {
+                    name: name.to_string(),
+                    expected: dims.to_vec(),
+                    found: t.dims.clone(),
+                });
             }
             Ok(t)
         };
@@ -266,7 +276,15 @@ impl<B: Backend> Llama<B> {
     /// One forward pass over `t` rows of `inp`. Logits (and their argmax in `st.next`) are
     /// computed for rows `logit_rows.0 .. logit_rows.0 + logit_rows.1` into the first rows
     /// of `st.logits`. Allocates nothing.
-    pub fn forward(&self, b: &B, st: &RunState<B>, inp: &StepInputs<B>, cache: &KvCache<B>, t: usize, logit_rows: (usize, usize)) -> TResult<()> {
+    pub fn forward(
+        &self,
+        b: &B,
+        st: &RunState<B>,
+        inp: &StepInputs<B>,
+        cache: &KvCache<B>,
+        t: usize,
+        logit_rows: (usize, usize),
+    ) -> TResult<()> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
         let (x, xn, tmp) = (rows(&st.x)?, rows(&st.xn)?, rows(&st.tmp)?);
@@ -278,7 +296,7 @@ impl<B: Backend> Llama<B> {
             scale: 1.0 / (d as f32).sqrt(),
             sliding_window: self.cfg.sliding_window.unwrap_or(0) as u32,
         };
-        let eps = self.cfg.rms_norm_eps as f32;
+        let eps = self.cfg.rms_norm_eps;
 
         // embed
         b.embedding(&inp.ids(t)?, &self.embed, &x)?;
@@ -327,7 +345,7 @@ fn ones<B: Backend>(b: &B, dtype: DType, n: usize) -> TResult<Tensor<B>> {
 
 fn rope_tables<B: Backend>(b: &B, cfg: &ModelConfig, max_ctx: usize) -> Result<(Tensor<B>, Tensor<B>), ModelError> {
     let d = cfg.head_dim;
-    let (cos, sin) = rope::tables(d, max_ctx, cfg.rope_theta as f32, &cfg.rope_scaling);
+    let (cos, sin) = rope::tables(d, max_ctx, cfg.rope_theta, &cfg.rope_scaling);
     let cos = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &cos))?;
     let sin = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &sin))?;
     Ok((cos, sin))

@@ -155,7 +155,7 @@ pub struct Rows {
 
 pub fn rows<B: Backend>(op: &'static str, t: &Tensor<B>) -> Result<Rows> {
     let cols = *t.dims().last().ok_or(Error::InvalidArgument { op, msg: "rank 0".into() })?;
-    let rows = if cols == 0 { 0 } else { t.numel() / cols };
+    let rows = t.numel().checked_div(cols).unwrap_or(0);
     let l = t
         .layout()
         .reshape(&[rows, cols])

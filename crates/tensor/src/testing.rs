@@ -72,7 +72,7 @@ pub fn assert_close(what: &str, dtype: DType, got: &[f32], want: &[f64]) {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
         let allowed = atol + rtol * w.abs();
-        let bad = !(err <= allowed);
+        let bad = err.is_nan() || err > allowed; // NaN never passes
         if bad && worst.is_none_or(|(_, e)| err > e) {
             worst = Some((i, err));
         }

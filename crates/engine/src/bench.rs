@@ -1,0 +1,345 @@
+//! `encore bench`: decode-step benchmark on CUDA, per mode (eager, graph x upload | cached |
+//! inline), on random weights created on the device from a preset shape or on a model
+//! folder. Per row: ms per step, tokens/s, % of the HBM floor (weight bytes over the
+//! device-to-device copy bandwidth measured in the same run), kernels per step, graph nodes
+//! by type, capture ms, graph memory, host microseconds per step; plus prefill tokens/s.
+//!
+//! Timing: wall clock around `steps` steps with the stream synchronised before and after
+//! (launch-bound steps are what is measured, so host time per step is reported too). Every
+//! step runs the full serving path: host inputs packed, ONE HtoD copy, then the eager
+//! forward or one graph replay. Each row also re-checks that the greedy tokens equal the
+//! eager step's (all rows decode at one fixed position, so every step is identical).
+
+use crate::graph_runner::GraphDecoder;
+use crate::runner::{DecodeRow, ModelRunner, RunnerConfig};
+use crate::EngineError;
+use encore_cuda::{Cuda, LaunchParamMode, NodeAudit};
+use encore_models::config::ModelConfig;
+use encore_models::Llama;
+use encore_tensor::testing::Rng;
+use encore_tensor::{Backend, DType};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchMode {
+    Eager,
+    Graph(LaunchParamMode),
+}
+
+impl std::str::FromStr for BenchMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "eager" => Ok(BenchMode::Eager),
+            _ => match s.strip_prefix("graph-").map(str::parse) {
+                Some(Ok(m)) => Ok(BenchMode::Graph(m)),
+                _ => Err(format!("unknown mode `{s}` (expected eager, graph-upload, graph-cached or graph-inline)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BenchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchMode::Eager => f.write_str("eager"),
+            BenchMode::Graph(m) => write!(f, "graph-{}", m.as_str()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub name: String,
+    pub model: ModelConfig,
+    pub batches: Vec<usize>,
+    pub ctx: usize,
+    /// Position every row decodes at (the anchor uses 300).
+    pub pos: usize,
+    pub steps: usize,
+    pub modes: Vec<BenchMode>,
+    pub prefill_tokens: usize,
+    pub dtype: DType,
+    pub ordinal: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BenchRow {
+    pub batch: usize,
+    pub mode: String,
+    pub ms_per_step: f64,
+    /// Graph replay alone (no input copy), for graph modes.
+    pub replay_ms: Option<f64>,
+    pub tokens_per_s: f64,
+    pub pct_of_floor: f64,
+    pub kernels_per_step: u64,
+    pub strided_launches_per_step: u64,
+    pub audit: Option<NodeAudit>,
+    pub capture_ms: Option<f64>,
+    pub graph_mem_bytes: Option<i64>,
+    pub host_us_per_step: f64,
+    /// Greedy tokens equal the eager step's.
+    pub tokens_match_eager: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub ctx: usize,
+    pub pos: usize,
+    pub copy_gbps: f64,
+    pub weight_bytes: usize,
+    pub floor_ms: f64,
+    pub prefill_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub rows: Vec<BenchRow>,
+}
+
+fn sync(b: &Cuda) -> Result<(), EngineError> {
+    Ok(b.synchronize()?)
+}
+
+/// Device-to-device copy bandwidth in bytes/s (bytes read + written), through our copy
+/// kernel over 1 GiB.
+fn copy_bandwidth(b: &Cuda) -> Result<f64, EngineError> {
+    let n = 256 << 20; // f32 elements = 1 GiB
+    let src = b.zeros(DType::F32, &[n])?;
+    b.fill_uniform(&src, 7, 1.0)?;
+    let dst = b.zeros(DType::F32, &[n])?;
+    for _ in 0..3 {
+        b.copy(&src, &dst)?;
+    }
+    sync(b)?;
+    let reps = 10;
+    let t = Instant::now();
+    for _ in 0..reps {
+        b.copy(&src, &dst)?;
+    }
+    sync(b)?;
+    Ok(2.0 * (n * 4) as f64 * reps as f64 / t.elapsed().as_secs_f64())
+}
+
+pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
+    let b = Cuda::new(cfg.ordinal).map_err(|e| EngineError::Device(format!("cuda:{}", cfg.ordinal), e.to_string()))?;
+    let dev = b.device().clone();
+    let copy_bw = copy_bandwidth(&b)?;
+    let max_batch = *cfg.batches.iter().max().ok_or_else(|| EngineError::Config("--batch: no batch sizes".into()))?;
+    if cfg.pos + 1 > cfg.ctx {
+        return Err(EngineError::Config(format!("--pos {} must be below --ctx {}", cfg.pos, cfg.ctx)));
+    }
+    let model = Llama::random(&b, cfg.model.clone(), cfg.dtype, cfg.ctx, 1234)?;
+    let weight_bytes = model.weight_bytes();
+    let rc = RunnerConfig { max_seqs: max_batch, max_ctx: cfg.ctx, prefill_chunk: cfg.prefill_tokens, max_batch };
+    let mut runner = ModelRunner::new(b.clone(), model, rc)?;
+    for (i, t) in runner.cache.k.iter().chain(&runner.cache.v).enumerate() {
+        b.fill_uniform(t, 99 + i as u64, 1.0)?; // attention reads real numbers, not zeros
+    }
+    let mut rng = Rng::seeded(5);
+    let vocab = cfg.model.vocab_size;
+    let floor_ms = weight_bytes as f64 / copy_bw * 1e3;
+    let mut report = BenchReport {
+        model: cfg.name.clone(),
+        device: dev.name(),
+        dtype: cfg.dtype.to_string(),
+        ctx: cfg.ctx,
+        pos: cfg.pos,
+        copy_gbps: copy_bw / 1e9,
+        weight_bytes,
+        floor_ms,
+        prefill_tokens: cfg.prefill_tokens,
+        ..Default::default()
+    };
+
+    // prefill: one prompt of `prefill_tokens` tokens, median of 3 after a warm-up
+    dev.set_launch_mode(LaunchParamMode::Inline);
+    let prompt: Vec<u32> = (0..cfg.prefill_tokens).map(|_| rng.below(vocab) as u32).collect();
+    runner.prefill(0, &prompt, 0)?;
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        sync(&b)?;
+        let t = Instant::now();
+        runner.prefill(0, &prompt, 0)?;
+        sync(&b)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    report.prefill_tok_s = cfg.prefill_tokens as f64 / times[1];
+
+    for &batch in &cfg.batches {
+        let rows: Vec<DecodeRow> =
+            (0..batch).map(|s| DecodeRow { seq: s, token: rng.below(vocab) as u32, pos: cfg.pos }).collect();
+        // the eager tokens every mode must reproduce
+        dev.set_launch_mode(LaunchParamMode::Inline);
+        runner.decode_eager(&rows, batch)?;
+        let want = runner.read_next(batch)?;
+        for &mode in &cfg.modes {
+            let row = bench_mode(&b, &mut runner, &rows, batch, mode, cfg.steps, &want)?;
+            let mut row = row;
+            row.tokens_per_s = batch as f64 * 1e3 / row.ms_per_step;
+            row.pct_of_floor = 100.0 * floor_ms / row.ms_per_step;
+            report.rows.push(row);
+        }
+    }
+    dev.set_launch_mode(LaunchParamMode::Inline);
+    Ok(report)
+}
+
+fn bench_mode(
+    b: &Cuda,
+    runner: &mut ModelRunner<Cuda>,
+    rows: &[DecodeRow],
+    batch: usize,
+    mode: BenchMode,
+    steps: usize,
+    want: &[u32],
+) -> Result<BenchRow, EngineError> {
+    let dev = b.device().clone();
+    let mut row = BenchRow { batch, mode: mode.to_string(), ..Default::default() };
+    match mode {
+        BenchMode::Eager => {
+            dev.set_launch_mode(LaunchParamMode::Inline);
+            for _ in 0..3 {
+                runner.decode_eager(rows, batch)?;
+            }
+            let s0 = dev.launch_stats();
+            runner.decode_eager(rows, batch)?;
+            let d = dev.launch_stats().since(&s0);
+            row.kernels_per_step = d.kernels;
+            row.strided_launches_per_step = d.inline + d.cached + d.upload;
+            sync(b)?;
+            let t = Instant::now();
+            for _ in 0..steps {
+                runner.decode_eager(rows, batch)?;
+            }
+            let host = t.elapsed().as_secs_f64();
+            sync(b)?;
+            row.ms_per_step = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            row.host_us_per_step = host * 1e6 / steps as f64;
+        }
+        BenchMode::Graph(m) => {
+            dev.set_launch_mode(m);
+            sync(b)?;
+            let (free0, _) = dev.mem_info().map_err(encore_tensor::Error::from)?;
+            let graphs = GraphDecoder::capture_buckets(runner, &[batch], m, None)?;
+            sync(b)?;
+            let (free1, _) = dev.mem_info().map_err(encore_tensor::Error::from)?;
+            if let Some((_, why)) = graphs.fallbacks().first() {
+                return Err(EngineError::Config(format!("{mode} batch {batch}: capture failed: {why}")));
+            }
+            row.capture_ms = Some(graphs.capture_ms());
+            row.graph_mem_bytes = Some(free0 as i64 - free1 as i64);
+            let audit = graphs.audits()[0].1;
+            row.audit = Some(audit);
+            row.kernels_per_step = audit.kernel as u64;
+            let s0 = dev.launch_stats();
+            runner.decode_eager(rows, batch)?;
+            let d = dev.launch_stats().since(&s0);
+            row.strided_launches_per_step = d.inline + d.cached + d.upload;
+            let host = runner.decode_inputs(rows, batch)?;
+            let step = |runner: &mut ModelRunner<Cuda>| -> Result<(), EngineError> {
+                runner.inputs.upload(&runner.backend, &host)?;
+                graphs.replay(batch)?;
+                Ok(())
+            };
+            for _ in 0..5 {
+                step(runner)?;
+            }
+            sync(b)?;
+            let t = Instant::now();
+            for _ in 0..steps {
+                step(runner)?;
+            }
+            let host_s = t.elapsed().as_secs_f64();
+            sync(b)?;
+            row.ms_per_step = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            row.host_us_per_step = host_s * 1e6 / steps as f64;
+            let t = Instant::now();
+            for _ in 0..steps {
+                graphs.replay(batch)?;
+            }
+            sync(b)?;
+            row.replay_ms = Some(t.elapsed().as_secs_f64() * 1e3 / steps as f64);
+        }
+    }
+    row.tokens_match_eager = runner.read_next(batch)? == want;
+    dev.set_launch_mode(LaunchParamMode::Inline);
+    Ok(row)
+}
+
+impl BenchReport {
+    pub fn to_table(&self) -> String {
+        let mut s = format!(
+            "{} on {} ({}), ctx {}, pos {}: weights {:.3} GB, copy {:.0} GB/s, floor {:.3} ms, prefill {} tok at {:.0} tok/s\n",
+            self.model,
+            self.device,
+            self.dtype,
+            self.ctx,
+            self.pos,
+            self.weight_bytes as f64 / 1e9,
+            self.copy_gbps,
+            self.floor_ms,
+            self.prefill_tokens,
+            self.prefill_tok_s
+        );
+        s += &format!(
+            "{:>5} {:<13} {:>9} {:>9} {:>10} {:>7} {:>8} {:>8} {:>10} {:>9} {:>9} {:>5}  nodes\n",
+            "batch",
+            "mode",
+            "ms/step",
+            "replay",
+            "tok/s",
+            "%floor",
+            "kernels",
+            "strided",
+            "capture",
+            "graphMiB",
+            "host_us",
+            "same"
+        );
+        for r in &self.rows {
+            let opt = |x: Option<f64>, p: usize| x.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
+            s += &format!(
+                "{:>5} {:<13} {:>9.4} {:>9} {:>10.1} {:>7.1} {:>8} {:>8} {:>10} {:>9} {:>9.1} {:>5}  {}\n",
+                r.batch,
+                r.mode,
+                r.ms_per_step,
+                opt(r.replay_ms, 4),
+                r.tokens_per_s,
+                r.pct_of_floor,
+                r.kernels_per_step,
+                r.strided_launches_per_step,
+                opt(r.capture_ms, 1),
+                r.graph_mem_bytes.map(|m| format!("{:.1}", m as f64 / (1 << 20) as f64)).unwrap_or_else(|| "-".into()),
+                r.host_us_per_step,
+                if r.tokens_match_eager { "yes" } else { "NO" },
+                r.audit.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            );
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "batch": r.batch, "mode": r.mode, "ms_per_step": r.ms_per_step, "replay_ms": r.replay_ms,
+                    "tokens_per_s": r.tokens_per_s, "pct_of_floor": r.pct_of_floor,
+                    "kernels_per_step": r.kernels_per_step, "strided_launches_per_step": r.strided_launches_per_step,
+                    "nodes": r.audit.map(|a| serde_json::json!({"total": a.total(), "kernel": a.kernel, "memcpy": a.memcpy,
+                        "memset": a.memset, "mem_alloc": a.mem_alloc, "mem_free": a.mem_free, "other": a.other})),
+                    "capture_ms": r.capture_ms, "graph_mem_bytes": r.graph_mem_bytes,
+                    "host_us_per_step": r.host_us_per_step, "tokens_match_eager": r.tokens_match_eager,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "model": self.model, "device": self.device, "dtype": self.dtype, "ctx": self.ctx, "pos": self.pos,
+            "copy_GBps": self.copy_gbps, "weight_bytes": self.weight_bytes, "floor_ms": self.floor_ms,
+            "prefill_tokens": self.prefill_tokens, "prefill_tok_s": self.prefill_tok_s, "rows": rows,
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Decode graphs: one captured CUDA graph per batch bucket, replayed with one packed
+//! host-to-device input copy and one `cuGraphLaunch` per step.
+//!
+//! Capture protocol, per bucket, largest first: fill the step inputs with sentinel rows
+//! (position -1, slot -1: kv_write skips them, attention writes zeros), run one eager step
+//! (in `cached` mode this fills the ParamCache; the pool also reaches its steady state),
+//! then capture the same step. The graph reads its inputs from the static `StepInputs`
+//! buffer and context lengths from device memory, so one graph per bucket serves every
+//! position. A bucket whose capture fails is logged (once, in the report) and runs eagerly.
+
+use crate::buckets::batch_buckets;
+use crate::generate::DecodeStep;
+use crate::runner::{DecodeRow, ModelRunner};
+use crate::EngineError;
+use encore_cuda::{capture, CacheGuard, Cuda, CudaError, GraphExec, LaunchParamMode, NodeAudit};
+use encore_models::llama::HostInputs;
+
+struct BucketGraph {
+    bucket: usize,
+    exec: GraphExec,
+    audit: NodeAudit,
+    // keeps the ParamCache pins of the graph alive as long as the exec replays it
+    _graph: encore_cuda::Graph,
+}
+
+pub struct GraphDecoder {
+    graphs: Vec<BucketGraph>,
+    fallbacks: Vec<(usize, String)>,
+    capture_ms: f64,
+    _cache: Option<CacheGuard>,
+}
+
+/// Test hook: make the capture of this bucket fail (a synchronisation inside the capture).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailCapture(pub usize);
+
+impl GraphDecoder {
+    /// Capture every bucket of `runner.cfg.max_batch` with the device in `mode`.
+    pub fn capture(
+        runner: &mut ModelRunner<Cuda>,
+        mode: LaunchParamMode,
+        fail: Option<FailCapture>,
+    ) -> Result<Self, EngineError> {
+        let buckets = batch_buckets(runner.cfg.max_batch);
+        Self::capture_buckets(runner, &buckets, mode, fail)
+    }
+
+    pub fn capture_buckets(
+        runner: &mut ModelRunner<Cuda>,
+        buckets: &[usize],
+        mode: LaunchParamMode,
+        fail: Option<FailCapture>,
+    ) -> Result<Self, EngineError> {
+        let dev = runner.backend.device().clone();
+        dev.set_launch_mode(mode);
+        let cache = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
+        let mut me = GraphDecoder { graphs: Vec::new(), fallbacks: Vec::new(), capture_ms: 0.0, _cache: cache };
+        let mut order = buckets.to_vec();
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        let t0 = std::time::Instant::now();
+        for bucket in order {
+            match Self::capture_one(runner, bucket, fail) {
+                Ok(g) => me.graphs.push(g),
+                Err(e) => me.fallbacks.push((bucket, e.to_string())),
+            }
+        }
+        me.capture_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(me)
+    }
+
+    fn capture_one(
+        runner: &mut ModelRunner<Cuda>,
+        bucket: usize,
+        fail: Option<FailCapture>,
+    ) -> Result<BucketGraph, EngineError> {
+        let mut pad = HostInputs::default();
+        pad.pad_to(bucket);
+        runner.inputs.upload(&runner.backend, &pad)?;
+        let ModelRunner { backend, model, cache, state, inputs, .. } = &*runner;
+        let step = || model.forward(backend, state, inputs, cache, bucket, (0, bucket));
+        step()?; // warm-up: fills the ParamCache in cached mode
+        let dev = backend.device();
+        let graph = capture(dev, || {
+            step().map_err(CudaError::from)?;
+            if fail == Some(FailCapture(bucket)) {
+                dev.synchronize()?; // a capture rule violation, on purpose
+            }
+            Ok(())
+        })
+        .map_err(encore_tensor::Error::from)?;
+        let audit = graph.audit();
+        let exec = graph.instantiate().map_err(encore_tensor::Error::from)?;
+        Ok(BucketGraph { bucket, exec, audit, _graph: graph })
+    }
+
+    pub fn fallbacks(&self) -> &[(usize, String)] {
+        &self.fallbacks
+    }
+
+    pub fn capture_ms(&self) -> f64 {
+        self.capture_ms
+    }
+
+    /// Node audit of each captured bucket, largest first.
+    pub fn audits(&self) -> Vec<(usize, NodeAudit)> {
+        self.graphs.iter().map(|g| (g.bucket, g.audit)).collect()
+    }
+
+    /// Replay the graph of `bucket` over the inputs already in the step buffer; false if
+    /// the bucket has no graph.
+    pub fn replay(&self, bucket: usize) -> Result<bool, EngineError> {
+        match self.graphs.iter().find(|g| g.bucket == bucket) {
+            Some(g) => {
+                g.exec.replay().map_err(encore_tensor::Error::from)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+impl DecodeStep<Cuda> for GraphDecoder {
+    fn decode(&mut self, runner: &mut ModelRunner<Cuda>, rows: &[DecodeRow], bucket: usize) -> Result<(), EngineError> {
+        let host = runner.decode_inputs(rows, bucket)?;
+        runner.inputs.upload(&runner.backend, &host)?; // the one HtoD copy of the step
+        if !self.replay(bucket)? {
+            runner.model.forward(&runner.backend, &runner.state, &runner.inputs, &runner.cache, bucket, (0, bucket))?;
+        }
+        Ok(())
+    }
+}
