@@ -593,3 +593,15 @@ fn launch_bench_runs_and_every_mode_agrees() {
     assert!(report.to_json().contains("\"bench\":\"launch\""));
     assert_eq!(dev.launch_mode(), LaunchParamMode::Inline, "the bench restores the mode");
 }
+
+/// The full launch benchmark (default config) for `.gpu/run.sh` when the CLI has no
+/// `encore bench launch`: `graph --ignored --exact launch_bench_full --nocapture`.
+#[test]
+#[ignore = "a benchmark: run it explicitly"]
+fn launch_bench_full() {
+    let dev = device();
+    let report = bench_launch(&dev, LaunchBenchConfig::default()).unwrap();
+    println!("{}", report.to_table());
+    println!("{}", report.to_json());
+    assert!(report.all_match(), "a replay or a mode gave different bits:\n{}", report.to_table());
+}

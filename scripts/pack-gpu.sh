@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Build everything a GPU host needs into .gpu/ (gitignored), for hosts with no Rust and no
+# network (GPU.md): the release `encore` binary (if crates/cli exists), the GPU test
+# executables of encore-cuda and encore-engine, and .gpu/run.sh, which runs them all there
+# (then the encore-cuda ones again under compute-sanitizer memcheck), runs the launch
+# benchmark, and prints a pass/fail summary with the benchmark table last.
+#
+# Usage:  bash scripts/pack-gpu.sh            then on the GPU host:  bash .gpu/run.sh
+# Env:    PACK_PACKAGES  test packages (default "encore-cuda encore-engine")
+#         PACK_EXTRA     extra repo paths to copy into .gpu/ (keeping their relative path)
+#
+# To add a step on the GPU host, add a `step` line near the end of the run.sh text below.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/.gpu"
+PACKAGES="${PACK_PACKAGES:-encore-cuda encore-engine}"
+cd "$ROOT"
+
+# nvcc: the kernels are compiled into the binaries at build time.
+bash scripts/setup-cuda.sh >/dev/null
+
+rm -rf "$OUT"
+mkdir -p "$OUT/tests"
+
+# 1. The encore binary.
+if [[ -f crates/cli/Cargo.toml ]]; then
+    echo "pack-gpu: building encore (release, --features cuda)"
+    cargo build --release -p encore-cli --features cuda
+    cp target/release/encore "$OUT/encore"
+else
+    echo "pack-gpu: crates/cli missing, no encore binary"
+fi
+
+# 2. The GPU test executables, named <package>.<target> (cargo's JSON lists them).
+pkg_args=()
+for p in $PACKAGES; do
+    pkg_args+=(-p "$p")
+done
+echo "pack-gpu: building test executables of: $PACKAGES"
+cargo test --release --features cuda --no-run --message-format=json "${pkg_args[@]}" >"$OUT/.cargo-tests.json"
+python3 - "$OUT/.cargo-tests.json" "$OUT/tests" <<'PY'
+import json, shutil, sys, os
+src, dst = sys.argv[1], sys.argv[2]
+seen = set()
+for line in open(src):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"].get("test"):
+        continue
+    pkg = m["package_id"]
+    # package_id: "path+file:///.../crates/cuda#encore-cuda@0.1.0" or "encore-cuda 0.1.0 (...)"
+    name = pkg.split("#")[-1].split("@")[0] if "#" in pkg else pkg.split()[0]
+    if "/" in name:
+        name = os.path.basename(name)
+    target = m["target"]["name"]
+    kind = m["target"]["kind"][0]
+    label = f"{name}.{target}" if kind != "lib" else f"{name}.lib"
+    if label in seen:
+        continue
+    seen.add(label)
+    shutil.copy2(m["executable"], os.path.join(dst, label))
+    print(f"pack-gpu:   {label}")
+PY
+rm -f "$OUT/.cargo-tests.json"
+
+# 3. Anything else a GPU run reads.
+for p in ${PACK_EXTRA:-}; do
+    mkdir -p "$OUT/$(dirname "$p")"
+    cp -r "$p" "$OUT/$p"
+done
+
+# 4. The runner.
+cat >"$OUT/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU host (no Rust needed): every test executable, then the encore-cuda ones
+# under compute-sanitizer memcheck, then the launch benchmark; a summary and the benchmark
+# table come last. Exit status: 0 when every step passed (skipped steps do not fail).
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$HERE"
+LOGS="$HERE/logs"
+mkdir -p "$LOGS"
+SUMMARY=()
+FAILED=0
+
+# step NAME CMD...: run CMD with its output in logs/NAME.log (and on the terminal).
+step() {
+    local name="$1"; shift
+    local t0=$SECONDS
+    echo "=== $name"
+    if "$@" 2>&1 | tee "$LOGS/$name.log"; then
+        SUMMARY+=("PASS  $(printf '%5ss' $((SECONDS - t0)))  $name")
+    else
+        SUMMARY+=("FAIL  $(printf '%5ss' $((SECONDS - t0)))  $name  (logs/$name.log)")
+        FAILED=1
+    fi
+}
+
+skip() {
+    SUMMARY+=("SKIP         $1  ($2)")
+}
+
+find_tool() {
+    local t="$1" d
+    if command -v "$t" >/dev/null 2>&1; then command -v "$t"; return 0; fi
+    for d in /usr/local/cuda/bin /usr/local/cuda-13*/bin /opt/cuda/bin; do
+        if [[ -x "$d/$t" ]]; then echo "$d/$t"; return 0; fi
+    done
+    return 1
+}
+
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+fi
+
+# 1. Every test executable.
+for t in tests/*; do
+    step "test.$(basename "$t")" "$t" --test-threads=8
+done
+
+# 2. encore-cuda under compute-sanitizer memcheck (bench tests skipped: slow under memcheck).
+if SAN="$(find_tool compute-sanitizer)"; then
+    for t in tests/encore-cuda.*; do
+        [[ -e "$t" ]] || continue
+        step "memcheck.$(basename "$t")" "$SAN" --tool memcheck --error-exitcode 1 --target-processes all \
+            "$t" --test-threads=4 --skip launch_bench
+    done
+else
+    skip "memcheck" "compute-sanitizer not found"
+fi
+
+# 3. The launch benchmark: `encore bench launch` when the CLI has it, else the bench test.
+BENCH="$LOGS/bench-launch.txt"
+if [[ -x ./encore ]] && ./encore bench launch --help >/dev/null 2>&1; then
+    step "bench.launch" bash -o pipefail -c "./encore bench launch | tee '$BENCH'"
+elif [[ -x tests/encore-cuda.graph ]]; then
+    step "bench.launch" bash -o pipefail -c "tests/encore-cuda.graph --ignored --exact launch_bench_full --nocapture | tee '$BENCH'"
+else
+    skip "bench.launch" "no encore binary with 'bench launch' and no encore-cuda.graph test"
+fi
+
+# Add further steps here: step NAME CMD...
+
+echo
+echo "=== summary"
+printf '%s\n' "${SUMMARY[@]}"
+if [[ -s "$BENCH" ]]; then
+    echo
+    echo "=== launch benchmark"
+    grep -E '^(launch bench|\|)' "$BENCH" || cat "$BENCH"
+fi
+exit $FAILED
+RUN
+chmod +x "$OUT/run.sh"
+
+du -sh "$OUT" | awk '{print "pack-gpu: " $1 " in .gpu/"}'
+echo "pack-gpu: on the GPU host run: bash .gpu/run.sh"
