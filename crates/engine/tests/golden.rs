@@ -1,0 +1,80 @@
+//! The decoder against Hugging Face transformers, on the CPU backend in f32: logits of the
+//! tiny random-weight Llama-3 / Qwen2 / Mistral models (prefill rows and 8 decode steps),
+//! and the real SmolLM2's greedy tokens. Golden files: tests/golden, written by
+//! tools/golden.py (the failing assertion names it).
+
+use encore_cpu::Cpu;
+use encore_engine::{generate, Eager, Flow, ModelRunner, RunnerConfig, SamplingParams};
+use encore_models::golden::{golden_dir, GreedyGolden, LogitsGolden};
+use encore_models::hub::{default_model_path, open_model};
+use encore_models::llama::HostInputs;
+use encore_models::{Llama, StepInputs};
+use encore_tensor::{Backend, DType};
+
+/// Max |ours - HF| over the row, against a bound scaled by the row's magnitude.
+fn check_row(what: &str, got: &[f32], want: &[f32]) {
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 2e-4 * scale, "{what}: max |logit diff| {diff:e} (row scale {scale})");
+}
+
+#[test]
+fn tiny_models_match_transformers_logits() {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+        let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
+        let why = format!("{name} (golden by {})", g.generator);
+        let files = open_model(&g.model_dir).unwrap();
+        let b = Cpu;
+        let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::F32, 64).unwrap();
+        let v = files.config.vocab_size;
+        let t = g.prompt_ids.len();
+        let state = model.new_state(&b, t, t).unwrap();
+        let inputs = StepInputs::new(&b, t).unwrap();
+        let cache = model.new_cache(&b, 1, 64).unwrap();
+        let mut host = HostInputs::default();
+        for (p, &id) in g.prompt_ids.iter().enumerate() {
+            host.push(id, p as i32, 0);
+        }
+        inputs.upload(&b, &host).unwrap();
+        model.forward(&b, &state, &inputs, &cache, t, (0, t)).unwrap();
+        let got = b.download(&state.logits).unwrap().to_f32();
+        let want = g.prefill_logits.to_f32();
+        for r in 0..t {
+            check_row(&format!("{why} prefill row {r}"), &got[r * v..(r + 1) * v], &want[r * v..(r + 1) * v]);
+        }
+        let want = g.decode_logits.to_f32();
+        for (k, &id) in g.decode_ids.iter().enumerate() {
+            let mut host = HostInputs::default();
+            host.push(id, (t + k) as i32, 0);
+            inputs.upload(&b, &host).unwrap();
+            model.forward(&b, &state, &inputs, &cache, 1, (0, 1)).unwrap();
+            let got = b.download(&state.logits.narrow(0, 0, 1).unwrap()).unwrap().to_f32();
+            check_row(&format!("{why} decode step {k}"), &got, &want[k * v..(k + 1) * v]);
+        }
+    }
+}
+
+#[test]
+fn smollm2_greedy_tokens_match_transformers() {
+    let golden = GreedyGolden::load(&golden_dir().join("smollm2.json")).unwrap();
+    let files = open_model(&default_model_path().expect("fetching the default model")).unwrap();
+    let prompts: Vec<Vec<u32>> = golden.cases.iter().map(|c| c.prompt_ids.clone()).collect();
+    let n = golden.cases[0].generated_ids.len();
+    let b = Cpu;
+    let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::F32, 256).unwrap();
+    let rc = RunnerConfig { max_seqs: prompts.len(), max_ctx: 256, prefill_chunk: 64, max_batch: prompts.len() };
+    let mut runner = ModelRunner::new(b, model, rc).unwrap();
+    let params = SamplingParams { max_tokens: n, ..Default::default() };
+    // EOS is not special in the golden run: generate exactly n tokens
+    let out = generate(&mut runner, &mut Eager, &prompts, &params, &[], |_, _| Flow::Continue).unwrap();
+    for (c, got) in golden.cases.iter().zip(&out.tokens) {
+        assert_eq!(
+            got,
+            &c.generated_ids,
+            "SmolLM2 greedy for {:?} (golden {} by {})",
+            c.prompt,
+            golden.path.display(),
+            golden.generator
+        );
+    }
+}
