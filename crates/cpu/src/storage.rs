@@ -3,7 +3,10 @@
 //! inputs, computes into a temporary, drops the guards, then takes one write guard on the
 //! destination ([`with_reads`] then [`with_write`]). Read guards are taken in address
 //! order, one per distinct storage, and a writer never holds a second lock, so ops running
-//! on several threads over shared storages cannot deadlock.
+//! on several threads over shared storages cannot deadlock. (One caveat: an op called from
+//! inside a rayon task may be run by a worker that is waiting in another op's parallel loop
+//! with read guards held; if it writes a storage that op reads, the two ops race anyway,
+//! and here they deadlock.)
 
 use crate::Cpu;
 use encore_tensor::{DType, Error, Result, Tensor};

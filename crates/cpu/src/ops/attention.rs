@@ -91,6 +91,7 @@ impl Rows<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use encore_tensor::{Backend, DType, HostTensor};
 
     #[test]
     fn one_key_returns_its_value_and_padding_is_zero() {
@@ -106,5 +107,16 @@ mod tests {
         let rows =
             Rows { q: &q, starts: &[1, 1], pos: &[1, 1], ad, params: AttentionParams { sliding_window: 1, ..params } };
         assert_eq!(&rows.attend(&k, &v)[..2], &[30.0, 40.0]);
+    }
+
+    #[test]
+    fn keys_past_the_cache_are_an_error() {
+        let q = Cpu.zeros(DType::F32, &[1, 2, 4]).unwrap();
+        let cache = Cpu.zeros(DType::F32, &[8, 1, 4]).unwrap();
+        let start = Cpu.tensor(&HostTensor::from_i32(&[1], &[5])).unwrap();
+        let pos = Cpu.tensor(&HostTensor::from_i32(&[1], &[3])).unwrap();
+        let params = AttentionParams { scale: 1.0, sliding_window: 0 };
+        let r = attention(&q, &cache, &cache, &start, &pos, params, &q.clone());
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
     }
 }

@@ -77,6 +77,7 @@ fn put_rows<T: Copy>(cache: &mut [T], row: usize, rows: &[T], slots: &[i32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use encore_tensor::{Backend, DType, HostTensor};
 
     #[test]
     fn put_rows_skips_padding_and_take_rows_repeats() {
@@ -84,5 +85,17 @@ mod tests {
         put_rows(&mut cache, 2, &[1, 2, 3, 4, 5, 6], &[2, -1, 0]);
         assert_eq!(cache, [5, 6, 0, 0, 1, 2]);
         assert_eq!(take_rows(&cache, 2, &[2, 2, 0]), vec![1, 2, 1, 2, 5, 6]);
+    }
+
+    #[test]
+    fn out_of_range_ids_and_slots_are_errors() {
+        let table = Cpu.tensor(&HostTensor::from_f32(&[3, 2], &[1.0; 6])).unwrap();
+        let ids = Cpu.tensor(&HostTensor::from_u32(&[2], &[0, 3])).unwrap();
+        let out = Cpu.zeros(DType::F32, &[2, 2]).unwrap();
+        assert!(matches!(embedding(&ids, &table, &out), Err(Error::InvalidArgument { .. })));
+        let k = Cpu.zeros(DType::F32, &[2, 1, 2]).unwrap();
+        let cache = Cpu.zeros(DType::F32, &[4, 1, 2]).unwrap();
+        let slots = Cpu.tensor(&HostTensor::from_i32(&[2], &[-1, 4])).unwrap();
+        assert!(matches!(kv_write(&k, &k, &cache, &cache, &slots), Err(Error::InvalidArgument { .. })));
     }
 }

@@ -78,6 +78,7 @@ fn gemm_f32(md: &MatmulDims, a_src: &[f32], a: MatOperand, b_src: &[f32], b: Mat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use encore_tensor::{Backend, DType, HostTensor};
 
     #[test]
     fn gemm_reads_strided_operands_in_place() {
@@ -101,5 +102,16 @@ mod tests {
         let op = MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: 1 };
         let md = MatmulDims { batch: 2, m: 2, n: 3, k: 0, lhs: op, rhs: op, dst: op };
         assert_eq!(gemm_f32(&md, &[], op, &[], op), vec![0.0; 12]);
+    }
+
+    #[test]
+    fn broadcast_rows_are_read_in_place() {
+        // lhs [1, 3] broadcast to [2, 3] (row stride 0), which BLAS backends may refuse
+        let a = Cpu.tensor(&HostTensor::from_f32(&[1, 3], &[1.0, 2.0, 3.0])).unwrap();
+        let a = a.broadcast_as(&[2, 3]).unwrap();
+        let b = Cpu.tensor(&HostTensor::from_f32(&[3, 1], &[1.0, 1.0, 1.0])).unwrap();
+        let out = Cpu.zeros(DType::F32, &[2, 1]).unwrap();
+        matmul(&a, &b, &out).unwrap();
+        assert_eq!(Cpu.download(&out).unwrap().to_f32(), vec![6.0, 6.0]);
     }
 }

@@ -62,6 +62,7 @@ fn rotate_half(head: &mut [f32], c: &[f32], s: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use encore_tensor::{Backend, DType, HostTensor};
 
     #[test]
     fn a_quarter_turn_maps_first_half_to_second() {
@@ -69,5 +70,14 @@ mod tests {
         let mut head = [1.0f32, 2.0, 3.0, 4.0];
         rotate_half(&mut head, &[0.0, 0.0], &[1.0, 1.0]);
         assert_eq!(head, [-3.0, -4.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn a_position_past_the_table_is_an_error() {
+        let x = Cpu.zeros(DType::F32, &[1, 1, 4]).unwrap();
+        let table = Cpu.zeros(DType::F32, &[3, 2]).unwrap();
+        let pos = Cpu.tensor(&HostTensor::from_i32(&[1], &[3])).unwrap();
+        let out = Cpu.zeros(DType::F32, &[1, 1, 4]).unwrap();
+        assert!(matches!(rope(&x, &table, &table, &pos, &out), Err(Error::InvalidArgument { .. })));
     }
 }

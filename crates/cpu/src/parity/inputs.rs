@@ -141,6 +141,13 @@ pub fn broadcast(values: &[f32], dims: &[usize], to: &[usize]) -> Vec<f32> {
 /// `dims` with rank 9, one over the limit, small enough to allocate.
 pub const RANK_9: [usize; 9] = [2, 1, 2, 1, 1, 2, 1, 1, 2];
 
+/// A strided (so no backend can take a contiguous shortcut) `RANK_9` view.
+pub fn rank_9<B: Backend>(b: &B, dtype: DType) -> Tensor<B> {
+    let mut dims = RANK_9;
+    dims[8] += 1;
+    b.zeros(dtype, &dims).expect("alloc").narrow(8, 1, RANK_9[8]).expect("narrow")
+}
+
 /// Assert that a call returned the named error variant.
 macro_rules! expect_err {
     ($what:expr, $call:expr, $pat:pat) => {{
