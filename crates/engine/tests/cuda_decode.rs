@@ -1,0 +1,255 @@
+//! Decode on CUDA (runs on a GPU host only; `--features cuda`):
+//! - a graph replay gives bit-identical logits and tokens to the eager step it came from,
+//!   over 256 greedy steps at batch 1 and for 3 sequences in the 4-bucket, with a prefill
+//!   interleaved between replays;
+//! - the decode graph audits to kernel nodes only in `inline` and warm `cached` modes, and
+//!   to one alloc + memcpy + free group per strided launch in `upload` mode;
+//! - a forced capture failure falls back to eager for that bucket with the same tokens;
+//! - the model on CUDA agrees with transformers' goldens (f32) and with the CPU backend
+//!   (bf16: greedy tokens, top-5 at the first difference, |logprob diff| <= 5e-2).
+#![cfg(feature = "cuda")]
+
+use encore_cpu::Cpu;
+use encore_cuda::{Cuda, LaunchParamMode};
+use encore_engine::graph_runner::{FailCapture, GraphDecoder};
+use encore_engine::{generate, DecodeRow, Eager, Flow, ModelRunner, RunnerConfig, SamplingParams};
+use encore_models::config::{Arch, ModelConfig};
+use encore_models::golden::{golden_dir, LogitsGolden};
+use encore_models::hub::open_model;
+use encore_models::Llama;
+use encore_tensor::rope::RopeScaling;
+use encore_tensor::testing::Rng;
+use encore_tensor::{Backend, DType};
+
+fn small(vocab: usize) -> ModelConfig {
+    ModelConfig {
+        arch: Arch::Llama,
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 3,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        vocab_size: vocab,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: RopeScaling::None,
+        max_position_embeddings: 4096,
+        tie_word_embeddings: false,
+        attention_bias: true,
+        sliding_window: None,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+        torch_dtype: None,
+    }
+}
+
+fn cuda_runner(max_batch: usize, max_ctx: usize) -> ModelRunner<Cuda> {
+    let b = Cuda::new(0).unwrap();
+    let model = Llama::random(&b, small(1000), DType::BF16, max_ctx, 3).unwrap();
+    let rc = RunnerConfig { max_seqs: max_batch + 1, max_ctx, prefill_chunk: 64, max_batch };
+    ModelRunner::new(b, model, rc).unwrap()
+}
+
+fn logits_bits(r: &ModelRunner<Cuda>, n: usize) -> Vec<u8> {
+    r.backend.download(&r.state.logits.narrow(0, 0, n).unwrap()).unwrap().data
+}
+
+/// Greedy decode of `prompts` (one per sequence) for `steps`; each step runs eagerly, then
+/// the same step by graph replay; logits and tokens must be equal bit for bit. (Re-running
+/// a step writes the same K/V into the same slots, so the two runs see the same cache.)
+fn replay_matches_eager(mode: LaunchParamMode, prompts: &[Vec<u32>], steps: usize, interleave_prefill: bool) {
+    let n = prompts.len();
+    let bucket = n.next_power_of_two();
+    let mut r = cuda_runner(bucket, 512);
+    let graphs = GraphDecoder::capture(&mut r, mode, None).unwrap();
+    assert!(graphs.fallbacks().is_empty(), "{:?}", graphs.fallbacks());
+    let mut rows: Vec<DecodeRow> = Vec::new();
+    for (s, p) in prompts.iter().enumerate() {
+        r.prefill(s, &p[..p.len() - 1], 0).unwrap();
+        rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1 });
+    }
+    let mut rng = Rng::fresh("replay_matches_eager");
+    for step in 0..steps {
+        r.decode_eager(&rows, bucket).unwrap();
+        let (eager_logits, eager_next) = (logits_bits(&r, n), r.read_next(n).unwrap());
+        if interleave_prefill && step % 16 == 5 {
+            // another sequence's prefill between replays must not disturb the graph
+            let extra: Vec<u32> = (0..1 + rng.below(40)).map(|_| rng.below(1000) as u32).collect();
+            r.prefill(bucket, &extra, 0).unwrap();
+        }
+        let host = r.decode_inputs(&rows, bucket).unwrap();
+        r.inputs.upload(&r.backend, &host).unwrap();
+        assert!(graphs.replay(bucket).unwrap());
+        assert_eq!(logits_bits(&r, n), eager_logits, "{mode:?} step {step}: replay logits differ from eager");
+        let next = r.read_next(n).unwrap();
+        assert_eq!(next, eager_next, "{mode:?} step {step}");
+        for (row, t) in rows.iter_mut().zip(next) {
+            row.token = t;
+            row.pos += 1;
+        }
+    }
+}
+
+fn prompts(lens: &[usize]) -> Vec<Vec<u32>> {
+    let mut rng = Rng::fresh("prompts");
+    lens.iter().map(|&l| (0..l).map(|_| rng.below(1000) as u32).collect()).collect()
+}
+
+#[test]
+fn graph_replay_is_bit_identical_to_eager_batch1_256_steps() {
+    replay_matches_eager(LaunchParamMode::Inline, &prompts(&[7]), 256, false);
+}
+
+#[test]
+fn graph_replay_is_bit_identical_for_3_sequences_in_bucket_4_with_prefill_between() {
+    replay_matches_eager(LaunchParamMode::Inline, &prompts(&[5, 17, 2]), 256, true);
+}
+
+#[test]
+fn graph_replay_is_bit_identical_in_cached_and_upload_modes() {
+    replay_matches_eager(LaunchParamMode::Cached, &prompts(&[9, 3, 12]), 48, true);
+    replay_matches_eager(LaunchParamMode::Upload, &prompts(&[4]), 48, false);
+}
+
+#[test]
+fn decode_graph_audits_kernels_only_except_upload() {
+    for mode in [LaunchParamMode::Inline, LaunchParamMode::Cached, LaunchParamMode::Upload] {
+        let mut r = cuda_runner(8, 256);
+        let dev = r.backend.device().clone();
+        dev.set_launch_mode(mode);
+        let _guard = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
+        // strided launches of one step, counted eagerly
+        let rows = [DecodeRow { seq: 0, token: 1, pos: 0 }];
+        let s0 = dev.launch_stats();
+        r.decode_eager(&rows, 8).unwrap();
+        let d = dev.launch_stats().since(&s0);
+        let graphs = GraphDecoder::capture(&mut r, mode, None).unwrap();
+        for (bucket, a) in graphs.audits() {
+            match mode {
+                LaunchParamMode::Upload => {
+                    assert!(d.upload > 0, "the decode step has strided launches");
+                    assert_eq!(a.kernel as u64, d.kernels, "bucket {bucket}: {a}");
+                    for (what, n) in [("alloc", a.mem_alloc), ("memcpy", a.memcpy), ("free", a.mem_free)] {
+                        assert_eq!(n as u64, d.upload, "bucket {bucket}: one {what} per strided launch: {a}");
+                    }
+                }
+                _ => assert!(a.kernels_only() && a.kernel as u64 == d.kernels, "{mode:?} bucket {bucket}: {a}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn failed_capture_falls_back_to_eager_with_the_same_tokens() {
+    let ps = prompts(&[6, 11]);
+    let params = SamplingParams { max_tokens: 40, ..Default::default() };
+    let mut r = cuda_runner(2, 256);
+    let eager = generate(&mut r, &mut Eager, &ps, &params, &[], |_, _| Flow::Continue).unwrap();
+    let mut r = cuda_runner(2, 256);
+    let mut graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, Some(FailCapture(2))).unwrap();
+    assert_eq!(graphs.fallbacks().len(), 1);
+    assert_eq!(graphs.fallbacks()[0].0, 2);
+    assert!(graphs.fallbacks()[0].1.contains("capture"), "{:?}", graphs.fallbacks());
+    let out = generate(&mut r, &mut graphs, &ps, &params, &[], |_, _| Flow::Continue).unwrap();
+    assert_eq!(out.tokens, eager.tokens);
+    // the device stays usable: a later capture of the same bucket works
+    let ok = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
+    assert!(ok.fallbacks().is_empty());
+}
+
+#[test]
+fn tiny_models_on_cuda_f32_match_transformers() {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+        let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
+        let files = open_model(&g.model_dir).unwrap();
+        let b = Cuda::new(0).unwrap();
+        let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::F32, 64).unwrap();
+        let rc = RunnerConfig { max_seqs: 1, max_ctx: 64, prefill_chunk: 16, max_batch: 1 };
+        let mut r = ModelRunner::new(b, model, rc).unwrap();
+        let v = files.config.vocab_size;
+        let t = g.prompt_ids.len();
+        r.prefill(0, &g.prompt_ids, 0).unwrap();
+        let want = g.prefill_logits.to_f32();
+        let mut rows = vec![(r.read_logits(1).unwrap().remove(0), want[(t - 1) * v..t * v].to_vec())];
+        let want = g.decode_logits.to_f32();
+        for (k, &id) in g.decode_ids.iter().enumerate() {
+            r.decode_eager(&[DecodeRow { seq: 0, token: id, pos: t + k }], 1).unwrap();
+            rows.push((r.read_logits(1).unwrap().remove(0), want[k * v..(k + 1) * v].to_vec()));
+        }
+        for (i, (got, want)) in rows.iter().enumerate() {
+            let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 2e-3, "{name} row {i}: max |logit diff| {diff} vs transformers (golden by {})", g.generator);
+        }
+    }
+}
+
+fn log_softmax(l: &[f32]) -> Vec<f64> {
+    let m = l.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+    let s: f64 = l.iter().map(|&x| (x as f64 - m).exp()).sum();
+    l.iter().map(|&x| x as f64 - m - s.ln()).collect()
+}
+
+fn top5(l: &[f32]) -> Vec<u32> {
+    let mut i: Vec<u32> = (0..l.len() as u32).collect();
+    i.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+    i.truncate(5);
+    i
+}
+
+/// The vLLM/SGLang-style agreement check of a bf16 CUDA run against the f32 CPU run of the
+/// same weights: same greedy tokens until the first difference, where each side's token is
+/// in the other's top-5, and |logprob difference| <= 5e-2 for every token before it.
+fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
+    let files = open_model(dir).unwrap();
+    let prompt: Vec<u32> = prompts(&[12])[0].iter().map(|&t| t % files.config.vocab_size as u32).collect();
+    let cpu = Cpu;
+    let model = Llama::load(&cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 128).unwrap();
+    let rc = RunnerConfig { max_seqs: 1, max_ctx: 128, prefill_chunk: 32, max_batch: 1 };
+    let mut rc_cpu = ModelRunner::new(cpu, model, rc.clone()).unwrap();
+    let b = Cuda::new(0).unwrap();
+    let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::BF16, 128).unwrap();
+    let mut rc_gpu = ModelRunner::new(b, model, rc).unwrap();
+    rc_cpu.prefill(0, &prompt, 0).unwrap();
+    rc_gpu.prefill(0, &prompt, 0).unwrap();
+    for step in 0..steps {
+        let pos = prompt.len() + step;
+        let (lc, lg) = (rc_cpu.read_logits(1).unwrap().remove(0), rc_gpu.read_logits(1).unwrap().remove(0));
+        let (tc, tg) = (encore_engine::sampler::argmax(&lc), encore_engine::sampler::argmax(&lg));
+        let (pc, pg) = (log_softmax(&lc), log_softmax(&lg));
+        if tc != tg {
+            assert!(
+                top5(&lg).contains(&tc) && top5(&lc).contains(&tg),
+                "{}: step {step}: tokens {tc} (cpu) vs {tg} (cuda) not in each other's top-5",
+                dir.display()
+            );
+            eprintln!(
+                "{}: first difference at step {step}: cpu {tc} (lp {:.3}/{:.3}) cuda {tg}",
+                dir.display(),
+                pc[tc as usize],
+                pg[tc as usize]
+            );
+            return;
+        }
+        let d = (pc[tc as usize] - pg[tc as usize]).abs();
+        assert!(d <= 5e-2, "{}: step {step}: |logprob diff| {d} > 5e-2", dir.display());
+        rc_cpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos }], 1).unwrap();
+        rc_gpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos }], 1).unwrap();
+    }
+}
+
+#[test]
+fn tiny_models_bf16_on_cuda_agree_with_cpu() {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+        bf16_cuda_agrees_with_cpu(&golden_dir().join(name), 32);
+    }
+}
+
+/// A random-weight Llama-3.2-1B in HF layout, written on the GPU host by
+/// shared/tools/gen_random_hf.py into $ENCORE_RANDOM_LLAMA_1B (the GPU run script does it).
+#[test]
+fn random_llama_3_2_1b_bf16_on_cuda_agrees_with_cpu() {
+    let dir = std::env::var("ENCORE_RANDOM_LLAMA_1B")
+        .expect("set ENCORE_RANDOM_LLAMA_1B to a folder written by gen_random_hf.py llama-3.2-1b");
+    bf16_cuda_agrees_with_cpu(std::path::Path::new(&dir), 32);
+}
