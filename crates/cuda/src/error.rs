@@ -18,7 +18,18 @@ pub enum CudaError {
     #[error("CUDA is not available: {0}")]
     Unavailable(String),
     #[error("{0}")]
-    Tensor(#[from] encore_tensor::Error),
+    Tensor(encore_tensor::Error),
+}
+
+/// A tensor-layer error; its `CaptureViolation` stays a capture violation here, so an op
+/// that went through the backend contract inside `graph::capture` still reads as one.
+impl From<encore_tensor::Error> for CudaError {
+    fn from(e: encore_tensor::Error) -> Self {
+        match e {
+            encore_tensor::Error::CaptureViolation { op } => CudaError::CaptureViolation { op },
+            other => CudaError::Tensor(other),
+        }
+    }
 }
 
 impl CudaError {
@@ -26,6 +37,7 @@ impl CudaError {
         CudaError::CaptureViolation { op: op.to_string() }
     }
 
+    /// True for `CaptureViolation` (what a decode-graph runner falls back to eager on).
     pub fn is_capture_violation(&self) -> bool {
         matches!(self, CudaError::CaptureViolation { .. })
     }
@@ -72,4 +84,21 @@ pub(crate) fn blas_lt(call: &'static str, s: cudarc::cublaslt::sys::cublasStatus
         return Ok(());
     }
     Err(CudaError::Blas { call, msg: format!("{s:?}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_violations_survive_the_round_trip_through_the_tensor_error() {
+        let e: encore_tensor::Error = CudaError::capture("allocation").into();
+        assert!(matches!(&e, encore_tensor::Error::CaptureViolation { op } if op == "allocation"));
+        let back = CudaError::from(e);
+        assert!(back.is_capture_violation(), "{back:?}");
+        let other = CudaError::from(encore_tensor::Error::TooLarge { op: "copy", numel: 3 });
+        assert!(matches!(other, CudaError::Tensor(encore_tensor::Error::TooLarge { .. })));
+        let b: encore_tensor::Error = CudaError::Driver { call: "cuLaunchKernel", msg: "boom".into() }.into();
+        assert!(b.to_string().contains("cuLaunchKernel failed: boom"), "{b}");
+    }
 }

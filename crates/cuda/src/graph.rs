@@ -75,8 +75,16 @@ struct CaptureKeep {
 
 impl Drop for CaptureKeep {
     fn drop(&mut self) {
-        if let Some(inner) = self.dev.upgrade() {
-            inner.pool.return_graph_blocks(std::mem::take(&mut self.blocks));
+        let blocks = std::mem::take(&mut self.blocks);
+        match self.dev.upgrade() {
+            Some(inner) => inner.pool.return_graph_blocks(blocks),
+            // Only the device's own drop (it drains its retired keeps, context current,
+            // stream synced) can drop a keep after the last device handle: free directly.
+            None => {
+                for b in blocks {
+                    let _ = crate::alloc::RawAlloc::free(&crate::alloc::DriverAlloc, b.ptr);
+                }
+            }
         }
     }
 }
