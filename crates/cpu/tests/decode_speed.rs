@@ -1,4 +1,4 @@
-//! How fast the CPU backend decodes a SmolLM2-135M-shaped model in f32 (random weights,
+//! How fast the CPU backend decodes a SmolLM2-135M-shaped model in f32 / bf16 (random weights,
 //! the op sequence of one Llama decode step). Ignored by default; run with
 //! `cargo test --release -p encore-cpu --test decode_speed -- --ignored --nocapture`.
 
@@ -33,38 +33,47 @@ struct Layer {
     v_cache: Tensor<Cpu>,
 }
 
-fn weight(rng: &mut Rng, dims: &[usize]) -> Tensor<Cpu> {
-    let n: usize = dims.iter().product();
-    let s = 1.0 / (dims[dims.len() - 1] as f32).sqrt();
-    Cpu.tensor(&HostTensor::from_f32(dims, &rng.vec(n, -s, s))).unwrap()
+#[test]
+#[ignore]
+fn smollm2_135m_f32_decode_step() {
+    decode(DType::F32);
 }
 
 #[test]
 #[ignore]
-fn smollm2_135m_f32_decode_step() {
+fn smollm2_135m_bf16_decode_step() {
+    decode(DType::BF16);
+}
+
+fn decode(dt: DType) {
     let b = Cpu;
     let mut rng = Rng::fresh("decode_speed");
-    let embed = weight(&mut rng, &[V, C]);
+    let mut weight = |dims: &[usize]| {
+        let n: usize = dims.iter().product();
+        let s = 1.0 / (dims[dims.len() - 1] as f32).sqrt();
+        Cpu.tensor(&HostTensor::from_f32_as(dims, &rng.vec(n, -s, s), dt)).unwrap()
+    };
+    let embed = weight(&[V, C]);
     let layers: Vec<Layer> = (0..L)
         .map(|_| Layer {
-            attn_norm: weight(&mut rng, &[C]),
-            q: weight(&mut rng, &[H * D, C]),
-            k: weight(&mut rng, &[HKV * D, C]),
-            v: weight(&mut rng, &[HKV * D, C]),
-            o: weight(&mut rng, &[C, H * D]),
-            mlp_norm: weight(&mut rng, &[C]),
-            gate: weight(&mut rng, &[I, C]),
-            up: weight(&mut rng, &[I, C]),
-            down: weight(&mut rng, &[C, I]),
-            k_cache: b.zeros(DType::F32, &[S, HKV, D]).unwrap(),
-            v_cache: b.zeros(DType::F32, &[S, HKV, D]).unwrap(),
+            attn_norm: weight(&[C]),
+            q: weight(&[H * D, C]),
+            k: weight(&[HKV * D, C]),
+            v: weight(&[HKV * D, C]),
+            o: weight(&[C, H * D]),
+            mlp_norm: weight(&[C]),
+            gate: weight(&[I, C]),
+            up: weight(&[I, C]),
+            down: weight(&[C, I]),
+            k_cache: b.zeros(dt, &[S, HKV, D]).unwrap(),
+            v_cache: b.zeros(dt, &[S, HKV, D]).unwrap(),
         })
         .collect();
-    let final_norm = weight(&mut rng, &[C]);
+    let final_norm = weight(&[C]);
     let (cos, sin) = tables(D, S, 100000.0, &RopeScaling::None);
     let cos = b.tensor(&HostTensor::from_f32(&[S, D / 2], &cos)).unwrap();
     let sin = b.tensor(&HostTensor::from_f32(&[S, D / 2], &sin)).unwrap();
-    let z = |dims: &[usize]| b.zeros(DType::F32, dims).unwrap();
+    let z = |dims: &[usize]| b.zeros(dt, dims).unwrap();
     let (x, xn, q, k, v, att, mlp_g, mlp_u) = (
         z(&[1, C]),
         z(&[1, C]),
@@ -117,7 +126,7 @@ fn smollm2_135m_f32_decode_step() {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     eprintln!(
-        "SmolLM2-135M shape, f32, batch 1, context <= 24, {} rayon threads: median {median:.1} ms/token ({:.1} tokens/s)",
+        "SmolLM2-135M shape, {dt}, batch 1, context <= 24, {} rayon threads: median {median:.1} ms/token ({:.1} tokens/s)",
         rayon::current_num_threads(),
         1e3 / median
     );

@@ -1,15 +1,19 @@
 //! Batched matmul `[(Bt), M, K] x [(Bt), K, N] -> [(Bt), M, N]` on the `gemm` crate.
 //!
 //! f32 operands are handed to `gemm` in place, with their row / column strides, so a
-//! transposed weight view (`[N, K]` seen as `[K, N]`) is never copied. bf16 / f16 operands
-//! are converted to f32 temporaries first. Either way the product accumulates in f32 into
-//! a contiguous temporary and is rounded once when stored into `dst`.
+//! transposed weight view (`[N, K]` seen as `[K, N]`) is never copied. A bf16 / f16
+//! operand is converted to an f32 copy of the storage span its view covers, in storage
+//! order (a linear, vectorised conversion), and read with its own strides. Either way the
+//! product accumulates in f32 into a contiguous temporary and is rounded once when stored
+//! into `dst`.
 
 use crate::storage::{with_reads, with_write, Data};
-use crate::strided::{gather_f32, scatter_f32};
+use crate::strided::scatter_f32;
 use crate::Cpu;
 use encore_tensor::check::{self, MatOperand, MatmulDims};
-use encore_tensor::{Layout, Result, Tensor};
+use encore_tensor::{Error, Layout, Result, Tensor};
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
 
 pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
     const OP: &str = "matmul";
@@ -17,9 +21,8 @@ pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) ->
     let out = with_reads(OP, &[lhs, rhs], |d| match (d[0], d[1]) {
         (Data::F32(a), Data::F32(b)) => Ok(gemm_f32(&md, a, md.lhs, b, md.rhs)),
         (a, b) => {
-            // Contiguous f32 copies of exactly the viewed elements.
-            let (a, a_op) = (gather_f32(OP, a, lhs.layout())?, packed(lhs.layout(), md.m, md.k));
-            let (b, b_op) = (gather_f32(OP, b, rhs.layout())?, packed(rhs.layout(), md.k, md.n));
+            let (a, a_op) = span_f32(OP, a, lhs.layout(), md.lhs)?;
+            let (b, b_op) = span_f32(OP, b, rhs.layout(), md.rhs)?;
             Ok(gemm_f32(&md, &a, a_op, &b, b_op))
         }
     })?;
@@ -27,9 +30,23 @@ pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) ->
     with_write(OP, dst, |d| scatter_f32(OP, d, dst.layout(), &out))
 }
 
-/// The operand layout of a row-major `[(Bt), rows, cols]` gather.
-fn packed(l: &Layout, rows: usize, cols: usize) -> MatOperand {
-    MatOperand { offset: 0, batch_stride: if l.rank() == 3 { rows * cols } else { 0 }, row_stride: cols, col_stride: 1 }
+/// The storage elements `offset..required_len` of the view, as f32, and the operand
+/// rebased onto that copy (same strides, offset 0).
+fn span_f32(op: &'static str, data: &Data, l: &Layout, mo: MatOperand) -> Result<(Vec<f32>, MatOperand)> {
+    const CHUNK: usize = 1 << 16;
+    let span = l.offset()..l.required_len();
+    let mut out = vec![0.0f32; span.len()];
+    match data {
+        Data::F32(v) => out.copy_from_slice(&v[span]),
+        Data::BF16(v) => {
+            out.par_chunks_mut(CHUNK).zip(v[span].par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o))
+        }
+        Data::F16(v) => {
+            out.par_chunks_mut(CHUNK).zip(v[span].par_chunks(CHUNK)).for_each(|(o, s)| s.convert_to_f32_slice(o))
+        }
+        d => return Err(Error::UnsupportedDType { op, dtype: d.dtype() }),
+    }
+    Ok((out, MatOperand { offset: 0, ..mo }))
 }
 
 /// `[batch, m, n]` row-major f32 product of the operands `a` (in `a_src`) and `b` (in
