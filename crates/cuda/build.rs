@@ -61,10 +61,12 @@ fn main() {
     cmd.arg(&unit).arg("-o").arg(&fatbin);
     let out = cmd.output().unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
     if !out.status.success() {
-        // nvcc's diagnostics name the .cu file and line; show them in full.
+        // nvcc's diagnostics name the .cu file and line: exit non-zero so that cargo shows
+        // them in full.
         eprintln!("{}", String::from_utf8_lossy(&out.stdout));
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        fail(&format!("nvcc failed ({}) compiling crates/cuda/kernels/*.cu; see the messages above", out.status));
+        eprintln!("nvcc failed ({}) compiling crates/cuda/kernels/*.cu", out.status);
+        std::process::exit(1);
     }
 }
 
@@ -72,10 +74,11 @@ fn env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| fail(&format!("{key} is not set")))
 }
 
-/// Fail the build with exactly one line.
+/// Fail the build with exactly one line: cargo prints a `cargo::error` and fails the build
+/// after the script ends; exiting 0 keeps cargo from dumping the script's output as well.
 fn fail(msg: &str) -> ! {
     println!("cargo::error={msg}");
-    std::process::exit(1)
+    std::process::exit(0)
 }
 
 fn cu_sources(dir: &Path) -> Vec<PathBuf> {
