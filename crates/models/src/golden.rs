@@ -18,9 +18,13 @@ use std::path::{Path, PathBuf};
 
 pub const GENERATOR: &str = "tools/golden.py";
 
-/// The repository root (two levels above this crate).
+/// The repository root: `$ENCORE_REPO_ROOT` when set (test executables packed for a GPU
+/// host run from another checkout path), else two levels above this crate.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+    match std::env::var_os("ENCORE_REPO_ROOT") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".."),
+    }
 }
 
 /// `tests/golden/` of the repository.
