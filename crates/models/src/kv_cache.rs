@@ -15,7 +15,15 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(b: &B, dtype: DType, layers: usize, max_seqs: usize, max_ctx: usize, hkv: usize, d: usize) -> Result<Self> {
+    pub fn new(
+        b: &B,
+        dtype: DType,
+        layers: usize,
+        max_seqs: usize,
+        max_ctx: usize,
+        hkv: usize,
+        d: usize,
+    ) -> Result<Self> {
         let dims = [max_seqs * max_ctx, hkv, d];
         let mut k = Vec::with_capacity(layers);
         let mut v = Vec::with_capacity(layers);
