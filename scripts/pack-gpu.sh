@@ -126,6 +126,7 @@ fi
 # Phases: `run.sh [tests] [bench] [generate]` (default: all). Env: PRESETS (bench presets,
 # default all six), BATCHES (default 1,8), SMOL_GGUF (path of the SmolLM2 GGUF, if carried).
 PHASES="${*:-tests bench generate}"
+BENCH="$LOGS/bench-launch.txt"
 want() { [[ " $PHASES " == *" $1 "* ]]; }
 export ENCORE_REPO_ROOT="$(cd "$HERE/.." && pwd)"   # golden files travel with the repo
 if [[ -n "${SMOL_GGUF:-}" && -f "$SMOL_GGUF" ]]; then
@@ -141,16 +142,24 @@ if [[ -f shared/gen_random_hf.py ]]; then
     [[ -f $ENCORE_RANDOM_LLAMA_1B/config.json ]] || python3 shared/gen_random_hf.py llama-3.2-1b "$ENCORE_RANDOM_LLAMA_1B" >/dev/null
 fi
 # 1. Every test executable.
+# One test thread: the tests of one executable share the GPU's primary context, and a
+# synchronous driver call of one test (cuMemFree when its device drops) would invalidate
+# another test's capture in progress. (One engine process has one device: no such race.)
 for t in tests/*; do
-    step "test.$(basename "$t")" "$t" --test-threads=8
+    step "test.$(basename "$t")" "$t" --test-threads=1
 done
 
 # 2. encore-cuda under compute-sanitizer memcheck (bench tests skipped: slow under memcheck).
 if SAN="$(find_tool compute-sanitizer)"; then
-    for t in tests/encore-cuda.*; do
+    # API errors are not reported: the capture-rule tests provoke them on purpose; memory
+    # errors are. The lib executable makes no CUDA call (memcheck would refuse it).
+    # (the long 256-step and CPU-comparison tests of the engine are left out: memcheck slows
+    # kernels tens of times; the graph, ops, audit and fallback tests run in full)
+    for t in tests/encore-cuda.graph tests/encore-cuda.ops tests/encore-engine.cuda_decode; do
         [[ -e "$t" ]] || continue
-        step "memcheck.$(basename "$t")" "$SAN" --tool memcheck --error-exitcode 1 --target-processes all \
-            "$t" --test-threads=4 --skip launch_bench
+        step "memcheck.$(basename "$t")" "$SAN" --tool memcheck --report-api-errors no --error-exitcode 1 \
+            --target-processes all "$t" --test-threads=1 --skip launch_bench --skip random_llama \
+            --skip bit_identical_to_eager_batch1 --skip bucket_4 --skip agree_with_cpu
     done
 else
     skip "memcheck" "compute-sanitizer not found"

@@ -164,6 +164,7 @@ enum Arg {
     /// A device pointer (`const T*` / `T*` in the kernel).
     Ptr(u64),
     U32(u32),
+    U64(u64),
     F32(f32),
 }
 
@@ -172,6 +173,7 @@ impl Arg {
         match self {
             Arg::Ptr(v) => v as *const u64 as *mut c_void,
             Arg::U32(v) => v as *const u32 as *mut c_void,
+            Arg::U64(v) => v as *const u64 as *mut c_void,
             Arg::F32(v) => v as *const f32 as *mut c_void,
         }
     }
@@ -402,6 +404,22 @@ impl Backend for Cuda {
         ];
         // One thread per rotated pair (i, i + D/2).
         self.launch_strided(kernel, meta, meta.numel as usize / 2, &args)
+    }
+
+    /// On the device (fill.cu): random benchmark weights never cross the bus.
+    fn fill_uniform(&self, dst: &Tensor<Cuda>, seed: u64, scale: f32) -> Result<()> {
+        const OP: &str = "fill_uniform";
+        check::float(OP, dst)?;
+        check::contiguous(OP, dst)?;
+        self.in_bounds(OP, &[dst])?;
+        let n = dst.numel();
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = &self.dev.kernels().fill_uniform[float_ix(OP, dst.dtype())?];
+        let args = [Arg::Ptr(at(dst)), Arg::U64(n as u64), Arg::U64(seed), Arg::F32(scale)];
+        let blocks = n.div_ceil(256).min(132 * 32) as u32;
+        self.launch(kernel, (blocks, 1, 1), 256, &args, None)
     }
 
     fn embedding(&self, ids: &Tensor<Cuda>, table: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {

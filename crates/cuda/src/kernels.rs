@@ -96,6 +96,8 @@ pub struct Kernels {
     pub argmax: [Kernel; 3],
     pub rope: [Kernel; 3],
     pub embedding: [Kernel; 3],
+    /// fill.cu `fill_uniform_<dtype>`: random benchmark weights made on the device.
+    pub fill_uniform: [Kernel; 3],
     pub kv_write: [Kernel; 3],
     /// attention.cu `attention_<dtype>`: 16-byte vector loads (D a multiple of 16 bytes,
     /// aligned operands).
@@ -129,6 +131,7 @@ impl Kernels {
             argmax: three(per_dtype!("argmax"))?,
             rope: three(per_dtype!("rope"))?,
             embedding: three(per_dtype!("embedding"))?,
+            fill_uniform: three(per_dtype!("fill_uniform"))?,
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
@@ -149,6 +152,7 @@ impl Kernels {
             &self.argmax,
             &self.rope,
             &self.embedding,
+            &self.fill_uniform,
             &self.kv_write,
             &self.attention,
             &self.attention_scalar,
@@ -201,7 +205,10 @@ mod tests {
     /// Every entry point defined in kernels/*.cu (an instantiation line `OP(name, ...)` or an
     /// `extern "C" __global__ void name(` definition), read from the sources.
     fn entries_in_sources() -> Vec<String> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let dir = match std::env::var_os("ENCORE_REPO_ROOT") {
+            Some(root) => std::path::PathBuf::from(root).join("crates/cuda/kernels"),
+            None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels"),
+        };
         let mut names = Vec::new();
         for e in std::fs::read_dir(&dir).unwrap() {
             let path = e.unwrap().path();
@@ -238,6 +245,7 @@ mod tests {
             "argmax",
             "rope",
             "embedding",
+            "fill_uniform",
             "kv_write",
             "attention",
             "attention_scalar",

@@ -125,16 +125,18 @@ fn decode_graph_audits_kernels_only_except_upload() {
         r.decode_eager(&rows, 8).unwrap();
         let d = dev.launch_stats().since(&s0);
         let graphs = GraphDecoder::capture(&mut r, mode, None).unwrap();
+        // graph kernel nodes = our launches + cuBLAS's own kernels (not in our counters)
         for (bucket, a) in graphs.audits() {
+            assert!(a.kernel as u64 >= d.kernels, "{mode:?} bucket {bucket}: {a}, {} launches", d.kernels);
             match mode {
                 LaunchParamMode::Upload => {
                     assert!(d.upload > 0, "the decode step has strided launches");
-                    assert_eq!(a.kernel as u64, d.kernels, "bucket {bucket}: {a}");
                     for (what, n) in [("alloc", a.mem_alloc), ("memcpy", a.memcpy), ("free", a.mem_free)] {
                         assert_eq!(n as u64, d.upload, "bucket {bucket}: one {what} per strided launch: {a}");
                     }
+                    assert_eq!(a.total(), a.kernel + 3 * d.upload as usize, "bucket {bucket}: {a}");
                 }
-                _ => assert!(a.kernels_only() && a.kernel as u64 == d.kernels, "{mode:?} bucket {bucket}: {a}"),
+                _ => assert!(a.kernels_only(), "{mode:?} bucket {bucket}: {a}"),
             }
         }
     }
