@@ -285,3 +285,25 @@ fn embedding_rows_that_are_not_whole_vectors_match_cpu() {
         assert_eq!(gpu.download(&go).unwrap(), Cpu.download(&co).unwrap(), "embedding {dt}");
     }
 }
+
+#[test]
+fn fill_uniform_on_the_device_is_uniform_in_range_and_seeded() {
+    let gpu = cuda(LaunchParamMode::Inline);
+    for dt in DType::FLOATS {
+        let n = 1 << 20;
+        let a = gpu.zeros(dt, &[n]).unwrap();
+        let b = gpu.zeros(dt, &[n]).unwrap();
+        gpu.fill_uniform(&a, 42, 0.5).unwrap();
+        gpu.fill_uniform(&b, 42, 0.5).unwrap();
+        let va = gpu.download(&a).unwrap();
+        assert_eq!(va, gpu.download(&b).unwrap(), "{dt}: same seed, same values");
+        let v = va.to_f32();
+        assert!(v.iter().all(|x| (-0.5..=0.5).contains(x)), "{dt}: out of range");
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 2e-3, "{dt}: mean {mean}");
+        assert!((var - 1.0 / 12.0).abs() < 2e-3, "{dt}: variance {var}, uniform(-0.5, 0.5) has 1/12");
+        gpu.fill_uniform(&b, 43, 0.5).unwrap();
+        assert_ne!(va, gpu.download(&b).unwrap(), "{dt}: another seed, other values");
+    }
+}
