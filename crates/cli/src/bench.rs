@@ -28,10 +28,10 @@ pub struct BenchArgs {
     /// Timed steps per mode (launch: repetitions).
     #[arg(long, default_value_t = 200)]
     steps: usize,
-    /// Comma-separated: eager, graph-upload, graph-cached, graph-inline
+    /// Comma-separated; default all: eager, graph-upload, graph-cached, graph-inline
     /// (launch: upload, cached, inline).
-    #[arg(long, default_value = "eager,graph-upload,graph-cached,graph-inline")]
-    modes: String,
+    #[arg(long)]
+    modes: Option<String>,
     /// Prompt tokens for the prefill measurement.
     #[arg(long, default_value_t = 512)]
     prefill: usize,
@@ -93,7 +93,8 @@ fn bench_launch(a: &BenchArgs, d: encore_tensor::DType, o: usize) -> Result<()> 
 #[cfg(feature = "cuda")]
 fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
     use encore_engine::bench::{run_bench, BenchConfig, BenchMode};
-    let modes: Vec<BenchMode> = list("--modes", &a.modes)?;
+    let modes: Vec<BenchMode> =
+        list("--modes", a.modes.as_deref().unwrap_or("eager,graph-upload,graph-cached,graph-inline"))?;
     let batches = usizes("--batch", &a.batch)?;
     let models: Vec<(String, encore_models::config::ModelConfig)> = match &a.model {
         Some(dir) => {
@@ -133,7 +134,7 @@ fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Re
 #[cfg(feature = "cuda")]
 fn bench_launch(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
     use encore_cuda::{CudaDevice, LaunchBenchConfig, LaunchParamMode};
-    let modes: Vec<LaunchParamMode> = list("--modes", &a.modes)?;
+    let modes: Vec<LaunchParamMode> = list("--modes", a.modes.as_deref().unwrap_or("upload,cached,inline"))?;
     let dev = CudaDevice::new(ordinal).map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))?;
     let cfg = LaunchBenchConfig { ops: a.ops, reps: a.steps, dtype, modes, ..Default::default() };
     let r = encore_cuda::bench_launch(&dev, cfg)?;

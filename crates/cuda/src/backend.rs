@@ -124,6 +124,27 @@ impl Cuda {
     }
 
     /// Every operand must live on this device and its view must fit its storage.
+    /// gemv.cu for decode-shaped matmuls (see `gemv_shape`).
+    fn gemv(&self, g: GemvShape, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+        const OP: &str = "matmul";
+        if g.n == 0 {
+            return Ok(());
+        }
+        let kernel = &self.dev.kernels().gemv[float_ix(OP, dst.dtype())?];
+        let args = [
+            Arg::Ptr(at(lhs)),
+            Arg::Ptr(at(rhs)),
+            Arg::Ptr(at(dst)),
+            Arg::U32(g.m as u32),
+            Arg::U32(u32_of(OP, "rows of W", g.n)?),
+            Arg::U32(u32_of(OP, "inner dim", g.k)?),
+            Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
+            Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
+        ];
+        // 4 warps a block, 4 outputs a warp
+        self.launch(kernel, (g.n.div_ceil(16) as u32, 1, 1), 128, &args, None)
+    }
+
     fn in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
         for t in tensors {
             if t.storage().device().ordinal() != self.dev.ordinal() {
@@ -191,6 +212,34 @@ fn at(t: &Tensor<Cuda>) -> u64 {
 
 fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
     Arg::Ptr(t.storage().ptr() + (offset * t.dtype().size_in_bytes()) as u64)
+}
+
+/// The decode-step shape gemv.cu serves: `x [M <= 8, K] @ W^T` with `W [N, K]` stored in
+/// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector.
+#[derive(Clone, Copy, Debug)]
+struct GemvShape {
+    m: usize,
+    n: usize,
+    k: usize,
+    ldx: usize,
+    ldy: usize,
+}
+
+fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>) -> Option<GemvShape> {
+    let es = lhs.dtype().size_in_bytes();
+    let vec = 16 / es;
+    let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
+    let ok = d.batch == 1
+        && (1..=8).contains(&d.m)
+        && d.k % vec == 0
+        && d.lhs.col_stride == 1
+        && (d.m == 1 || (d.lhs.row_stride * es) % 16 == 0)
+        && d.rhs.row_stride == 1
+        && d.rhs.col_stride == d.k
+        && d.dst.col_stride == 1
+        && aligned(lhs, d.lhs.offset)
+        && aligned(rhs, d.rhs.offset);
+    ok.then_some(GemvShape { m: d.m, n: d.n, k: d.k, ldx: d.lhs.row_stride, ldy: d.dst.row_stride })
 }
 
 fn elementwise_grid(n: usize) -> u32 {
@@ -328,6 +377,9 @@ impl Backend for Cuda {
         blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
         blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
         self.in_bounds(OP, &[lhs, rhs, dst])?;
+        if let Some(g) = gemv_shape(&dims, lhs, rhs) {
+            return self.gemv(g, lhs, rhs, dst);
+        }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
         Ok(self.dev.blas().gemm(dst.dtype(), &dims, a, b, c)?)
     }

@@ -244,6 +244,20 @@ impl CudaDevice {
         })
     }
 
+    /// Queue a device-to-device copy of `bytes` from the start of `src` to the start of
+    /// `dst` (`cuMemcpyDtoDAsync`; a memcpy node if captured). Used to measure the copy
+    /// bandwidth that defines the HBM floor.
+    pub fn copy_dtod(&self, src: &DeviceBuffer, dst: &DeviceBuffer, bytes: usize) -> Result<(), CudaError> {
+        check_range("dtod", 0, bytes, src.bytes())?;
+        check_range("dtod", 0, bytes, dst.bytes())?;
+        self.bind()?;
+        // SAFETY: both ranges lie inside live blocks of this device (checked above) and the
+        // copy is ordered on our stream like every other use of them.
+        drv("cuMemcpyDtoDAsync_v2", unsafe {
+            sys::cuMemcpyDtoDAsync_v2(dst.ptr(), src.ptr(), bytes, self.0.raw.stream)
+        })
+    }
+
     /// Copy `src` into `dst` at `dst_offset_bytes` (through pinned staging, queued on the
     /// stream; returns once `src` has been copied to staging). CaptureViolation if capturing.
     pub fn htod(&self, src: &[u8], dst: &DeviceBuffer, dst_offset_bytes: usize) -> Result<(), CudaError> {

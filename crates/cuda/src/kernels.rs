@@ -96,6 +96,8 @@ pub struct Kernels {
     pub argmax: [Kernel; 3],
     pub rope: [Kernel; 3],
     pub embedding: [Kernel; 3],
+    /// gemv.cu `gemv_<dtype>`: decode-shaped x @ W^T (M <= 8).
+    pub gemv: [Kernel; 3],
     /// fill.cu `fill_uniform_<dtype>`: random benchmark weights made on the device.
     pub fill_uniform: [Kernel; 3],
     pub kv_write: [Kernel; 3],
@@ -132,6 +134,7 @@ impl Kernels {
             rope: three(per_dtype!("rope"))?,
             embedding: three(per_dtype!("embedding"))?,
             fill_uniform: three(per_dtype!("fill_uniform"))?,
+            gemv: three(per_dtype!("gemv"))?,
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
@@ -153,6 +156,7 @@ impl Kernels {
             &self.rope,
             &self.embedding,
             &self.fill_uniform,
+            &self.gemv,
             &self.kv_write,
             &self.attention,
             &self.attention_scalar,
@@ -246,6 +250,7 @@ mod tests {
             "rope",
             "embedding",
             "fill_uniform",
+            "gemv",
             "kv_write",
             "attention",
             "attention_scalar",

@@ -605,3 +605,35 @@ fn launch_bench_full() {
     println!("{}", report.to_json());
     assert!(report.all_match(), "a replay or a mode gave different bits:\n{}", report.to_table());
 }
+
+/// The GEMMs of a Llama-3.2-1B decode step (x @ W^T, bf16, M = batch rows), captured one
+/// by one: each must be kernel nodes only. The failure names every shape that is not.
+#[test]
+fn decode_shaped_gemms_capture_as_kernels_only() {
+    let dev = device();
+    let mut bad = Vec::new();
+    for m in [1usize, 8] {
+        for (n, k) in [(3072usize, 2048usize), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048)] {
+            let es = 2;
+            let a = dev.alloc_zeroed(m * k * es).unwrap();
+            let w = dev.alloc_zeroed(n * k * es).unwrap();
+            let c = dev.alloc_zeroed(m * n * es).unwrap();
+            let dims = MatmulDims {
+                batch: 1,
+                m,
+                n,
+                k,
+                lhs: MatOperand { offset: 0, batch_stride: 0, row_stride: k, col_stride: 1 },
+                rhs: MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: k },
+                dst: MatOperand { offset: 0, batch_stride: 0, row_stride: n, col_stride: 1 },
+            };
+            dev.blas().gemm(DType::BF16, &dims, a.ptr(), w.ptr(), c.ptr()).unwrap();
+            let g = capture(&dev, || dev.blas().gemm(DType::BF16, &dims, a.ptr(), w.ptr(), c.ptr())).unwrap();
+            let audit = g.audit();
+            if !audit.kernels_only() {
+                bad.push(format!("m={m} n={n} k={k}: {audit}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "GEMMs with non-kernel nodes:\n{}", bad.join("\n"));
+}

@@ -307,3 +307,36 @@ fn fill_uniform_on_the_device_is_uniform_in_range_and_seeded() {
         assert_ne!(va, gpu.download(&b).unwrap(), "{dt}: another seed, other values");
     }
 }
+
+/// Decode-shaped matmuls (x [M <= 8, K] @ W^T, W [N, K] rows) take gemv.cu; every M, an N
+/// that is not a multiple of the 4 outputs per warp, and x rows with a stride and an offset.
+#[test]
+fn decode_shaped_matmul_gemv_matches_cpu() {
+    let mut rng = Rng::fresh("decode_shaped_matmul_gemv_matches_cpu");
+    let gpu = cuda(LaunchParamMode::Inline);
+    let (n, k) = (301, 512);
+    for dt in DType::FLOATS {
+        for m in 1..=8 {
+            // x is a [m, k] view at offset 2k of a [m + 3, k + 16] buffer: row stride k + 16
+            let xbuf = random(&mut rng, dt, &[m + 3, k + 16], -1.0, 1.0);
+            let w = random(&mut rng, dt, &[n, k], -1.0, 1.0);
+            let (gx, cx) = both(&gpu, &xbuf);
+            let (gw, cw) = both(&gpu, &w);
+            let view = |t: &Tensor<Cuda>| t.narrow(0, 2, m).unwrap().narrow(1, 0, k).unwrap();
+            let cview = |t: &Tensor<Cpu>| t.narrow(0, 2, m).unwrap().narrow(1, 0, k).unwrap();
+            let (go, co) = (gpu.zeros(dt, &[m, n]).unwrap(), Cpu.zeros(dt, &[m, n]).unwrap());
+            let s0 = gpu.device().launch_stats();
+            gpu.matmul(&view(&gx), &gw.transpose(0, 1).unwrap(), &go).unwrap();
+            assert_eq!(gpu.device().launch_stats().since(&s0).kernels, 1, "{dt} m={m}: gemv.cu, not cuBLAS");
+            Cpu.matmul(&cview(&cx), &cw.transpose(0, 1).unwrap(), &co).unwrap();
+            let got = gpu.download(&go).unwrap().to_f32();
+            let want: Vec<f64> = Cpu.download(&co).unwrap().to_f32().iter().map(|&v| v as f64).collect();
+            // sums of 512 products of values in [-1, 1): scale the per-dtype tolerance by sqrt(K)
+            let (atol, _) = encore_tensor::testing::tolerance(dt);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let tol = atol * (k as f64).sqrt() * 4.0 + 2.0 * encore_tensor::testing::tolerance(dt).1 * w.abs();
+                assert!((*g as f64 - w).abs() <= tol, "{dt} m={m} element {i}: {g} vs cpu {w}");
+            }
+        }
+    }
+}

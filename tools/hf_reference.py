@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Greedy reference from Hugging Face transformers for encore's bf16 agreement test.
+
+Loads an HF model folder in bf16 on the GPU, runs greedy decoding from fixed prompt ids and
+writes, per step, the chosen token, its log-probability and the top-5 ids (log-softmax of
+the logits in f32). The Rust test `random_llama_3_2_1b_bf16_on_cuda_matches_transformers`
+(crates/engine/tests/cuda_decode.rs) reads the JSON. Run on the GPU host:
+
+    python3 hf_reference.py MODEL_DIR OUT.json [--steps 32]
+"""
+import argparse, json
+import torch
+from transformers import AutoModelForCausalLM
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model"); ap.add_argument("out"); ap.add_argument("--steps", type=int, default=32)
+a = ap.parse_args()
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.bfloat16).cuda().eval()
+V = model.config.vocab_size
+prompt = [(i * 7919 + 13) % V for i in range(12)]
+ids = torch.tensor([prompt], device="cuda")
+steps = []
+with torch.no_grad():
+    past = None
+    x = ids
+    for _ in range(a.steps):
+        out = model(input_ids=x, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        lp = torch.log_softmax(out.logits[0, -1].float(), -1)
+        tok = int(lp.argmax())
+        steps.append({"token": tok, "logprob": float(lp[tok]), "top5": [int(t) for t in lp.topk(5).indices]})
+        x = torch.tensor([[tok]], device="cuda")
+json.dump({"generator": "tools/hf_reference.py", "model": a.model, "dtype": "bf16",
+           "transformers_device": torch.cuda.get_device_name(0), "prompt_ids": prompt, "steps": steps},
+          open(a.out, "w"), indent=1)
+print(f"hf_reference: {len(steps)} steps -> {a.out}")
