@@ -2,8 +2,9 @@
 """Greedy reference from Hugging Face transformers for encore's bf16 agreement test.
 
 Loads an HF model folder in bf16 on the GPU, runs greedy decoding from fixed prompt ids and
-writes, per step, the chosen token, its log-probability and the top-5 ids (log-softmax of
-the logits in f32). The Rust test `random_llama_3_2_1b_bf16_on_cuda_matches_transformers`
+writes, per step, the chosen token, its log-probability and the top-5 ids. The decoder runs
+in bf16; the LM head multiplies the bf16 final hidden state by the bf16 weight in f32 (as
+encore does: bf16 logits alone would quantise a logprob by ~0.03), then log-softmax in f32. The Rust test `random_llama_3_2_1b_bf16_on_cuda_matches_transformers`
 (crates/engine/tests/cuda_decode.rs) reads the JSON. Run on the GPU host:
 
     python3 hf_reference.py MODEL_DIR OUT.json [--steps 32]
@@ -24,13 +25,14 @@ with torch.no_grad():
     past = None
     x = ids
     for _ in range(a.steps):
-        out = model(input_ids=x, past_key_values=past, use_cache=True)
+        out = model.model(input_ids=x, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        lp = torch.log_softmax(out.logits[0, -1].float(), -1)
+        h = out.last_hidden_state[0, -1].float()  # after the final norm
+        lp = torch.log_softmax(h @ model.lm_head.weight.float().t(), -1)
         tok = int(lp.argmax())
         steps.append({"token": tok, "logprob": float(lp[tok]), "top5": [int(t) for t in lp.topk(5).indices]})
         x = torch.tensor([[tok]], device="cuda")
-json.dump({"generator": "tools/hf_reference.py", "model": a.model, "dtype": "bf16",
+json.dump({"generator": "tools/hf_reference.py", "model": a.model, "dtype": "bf16 (f32 LM head)",
            "transformers_device": torch.cuda.get_device_name(0), "prompt_ids": prompt, "steps": steps},
           open(a.out, "w"), indent=1)
 print(f"hf_reference: {len(steps)} steps -> {a.out}")

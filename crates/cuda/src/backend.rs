@@ -130,7 +130,12 @@ impl Cuda {
         if g.n == 0 {
             return Ok(());
         }
-        let kernel = &self.dev.kernels().gemv[float_ix(OP, dst.dtype())?];
+        let ks = self.dev.kernels();
+        let kernel = match (lhs.dtype(), dst.dtype()) {
+            (DType::BF16, DType::F32) => &ks.gemv_to_f32[0],
+            (DType::F16, DType::F32) => &ks.gemv_to_f32[1],
+            (dt, _) => &ks.gemv[float_ix(OP, dt)?],
+        };
         let args = [
             Arg::Ptr(at(lhs)),
             Arg::Ptr(at(rhs)),
@@ -381,7 +386,7 @@ impl Backend for Cuda {
             return self.gemv(g, lhs, rhs, dst);
         }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
-        Ok(self.dev.blas().gemm(dst.dtype(), &dims, a, b, c)?)
+        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c)?)
     }
 
     fn rms_norm(&self, x: &Tensor<Cuda>, weight: &Tensor<Cuda>, eps: f32, dst: &Tensor<Cuda>) -> Result<()> {

@@ -75,12 +75,27 @@ impl Blas {
     /// (a batch stride of 0 shares one matrix across the batch). f32/bf16/f16 in and out,
     /// f32 accumulate. Each operand needs a unit stride on its rows or its columns.
     pub fn gemm(&self, dtype: DType, dims: &MatmulDims, a: u64, b: u64, c: u64) -> Result<(), CudaError> {
-        let ty = match dtype {
-            DType::F32 => cublas::cudaDataType_t::CUDA_R_32F,
-            DType::BF16 => cublas::cudaDataType_t::CUDA_R_16BF,
-            DType::F16 => cublas::cudaDataType_t::CUDA_R_16F,
-            other => return Err(encore_tensor::Error::UnsupportedDType { op: "matmul", dtype: other }.into()),
+        self.gemm_to(dtype, dtype, dims, a, b, c)
+    }
+
+    /// [`Blas::gemm`] with C in `out` (the inputs' dtype, or f32 from bf16/f16 inputs).
+    pub fn gemm_to(
+        &self,
+        dtype: DType,
+        out: DType,
+        dims: &MatmulDims,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<(), CudaError> {
+        let cuda_type = |dt: DType| match dt {
+            DType::F32 => Ok(cublas::cudaDataType_t::CUDA_R_32F),
+            DType::BF16 => Ok(cublas::cudaDataType_t::CUDA_R_16BF),
+            DType::F16 => Ok(cublas::cudaDataType_t::CUDA_R_16F),
+            other => Err(CudaError::from(encore_tensor::Error::UnsupportedDType { op: "matmul", dtype: other })),
         };
+        let (ty, cty) = (cuda_type(dtype)?, cuda_type(out)?);
+        let ces = out.size_in_bytes() as u64;
         let p = gemm_plan(dims)?;
         if p.skip {
             return Ok(());
@@ -110,8 +125,8 @@ impl Blas {
                 p.ld_second,
                 p.stride_second,
                 &beta as *const f32 as *const c_void,
-                ptr(c, dims.dst.offset) as *mut c_void,
-                ty,
+                (c + dims.dst.offset as u64 * ces) as *mut c_void,
+                cty,
                 p.ldc,
                 p.stride_c,
                 p.batch,

@@ -98,6 +98,8 @@ pub struct Kernels {
     pub embedding: [Kernel; 3],
     /// gemv.cu `gemv_<dtype>`: decode-shaped x @ W^T (M <= 8).
     pub gemv: [Kernel; 3],
+    /// gemv.cu `gemv_bf16_f32`, `gemv_f16_f32`: f32 outputs (logits) from bf16/f16 inputs.
+    pub gemv_to_f32: [Kernel; 2],
     /// fill.cu `fill_uniform_<dtype>`: random benchmark weights made on the device.
     pub fill_uniform: [Kernel; 3],
     pub kv_write: [Kernel; 3],
@@ -135,6 +137,7 @@ impl Kernels {
             embedding: three(per_dtype!("embedding"))?,
             fill_uniform: three(per_dtype!("fill_uniform"))?,
             gemv: three(per_dtype!("gemv"))?,
+            gemv_to_f32: [one("gemv_bf16_f32")?, one("gemv_f16_f32")?],
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
@@ -146,6 +149,7 @@ impl Kernels {
     pub fn all(&self) -> Vec<&Kernel> {
         let mut v: Vec<&Kernel> = self.copy.iter().flatten().collect();
         v.extend([&self.copy_u32, &self.copy_i32]);
+        v.extend(self.gemv_to_f32.iter());
         v.extend(self.unary.iter().flatten());
         v.extend(self.binary.iter().flatten());
         for k in [
@@ -241,7 +245,7 @@ mod tests {
     fn the_table_names_exactly_the_entries_of_the_sources() {
         let mut table: Vec<String> =
             COPY.iter().chain(&UNARY).chain(&BINARY).flatten().map(|s| s.to_string()).collect();
-        table.extend(["copy_u32_u32".to_string(), "copy_i32_i32".to_string()]);
+        table.extend(["copy_u32_u32", "copy_i32_i32", "gemv_bf16_f32", "gemv_f16_f32"].map(String::from));
         for op in [
             "silu_mul",
             "rms_norm",

@@ -50,7 +50,7 @@ pub struct RunState<B: Backend> {
     attn: Tensor<B>,       // [T, H, D]
     gate_up: Tensor<B>,    // [T, 2 I]
     act: Tensor<B>,        // [T, I]
-    pub logits: Tensor<B>, // [R, V]
+    pub logits: Tensor<B>, // [R, V] f32 (the LM head accumulates and stores in f32)
     pub next: Tensor<B>,   // [R] u32, argmax of logits
 }
 
@@ -263,7 +263,7 @@ impl<B: Backend> Llama<B> {
             attn: b.zeros(dt, &[t, h, d])?,
             gate_up: b.zeros(dt, &[t, 2 * i])?,
             act: b.zeros(dt, &[t, i])?,
-            logits: b.zeros(dt, &[max_logit_rows, self.cfg.vocab_size])?,
+            logits: b.zeros(DType::F32, &[max_logit_rows, self.cfg.vocab_size])?,
             next: b.zeros(DType::U32, &[max_logit_rows])?,
         })
     }

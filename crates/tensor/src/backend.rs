@@ -196,6 +196,7 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     /// `lhs` and `rhs` broadcast to `dst`'s dims. `dst` may alias an input exactly.
     fn binary(&self, op: BinaryOp, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// `[(Bt), M, K] x [(Bt), K, N] -> [(Bt), M, N]`; operands may be transposed views.
+    /// `dst` has the inputs' dtype, or f32 (mixed precision: f32 accumulate, f32 store).
     fn matmul(&self, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// `dst = x / rms(x) * weight` over the last dim (stats in f32).
     fn rms_norm(&self, x: &Tensor<Self>, weight: &Tensor<Self>, eps: f32, dst: &Tensor<Self>) -> Result<()>;

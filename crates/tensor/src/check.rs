@@ -115,7 +115,10 @@ pub fn matmul<B: Backend>(lhs: &Tensor<B>, rhs: &Tensor<B>, dst: &Tensor<B>) -> 
     const OP: &str = "matmul";
     float(OP, lhs)?;
     same_dtype(OP, lhs, rhs)?;
-    same_dtype(OP, lhs, dst)?;
+    // dst in the inputs' dtype, or f32 from bf16/f16 inputs (f32 logits from a bf16 LM head)
+    if dst.dtype() != DType::F32 {
+        same_dtype(OP, lhs, dst)?;
+    }
     for t in [lhs, rhs, dst] {
         if !(2..=3).contains(&t.rank()) {
             return Err(Error::InvalidArgument {
