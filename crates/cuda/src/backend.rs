@@ -146,8 +146,8 @@ impl Cuda {
             Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
             Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
         ];
-        // 4 warps a block, 4 outputs a warp
-        self.launch(kernel, (g.n.div_ceil(16) as u32, 1, 1), 128, &args, None)
+        // gemv.cu: GEMV_THREADS threads and GEMV_ROWS outputs a block
+        self.launch(kernel, (g.n.div_ceil(GEMV_ROWS) as u32, 1, 1), GEMV_THREADS, &args, None)
     }
 
     fn in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
@@ -218,6 +218,10 @@ fn at(t: &Tensor<Cuda>) -> u64 {
 fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
     Arg::Ptr(t.storage().ptr() + (offset * t.dtype().size_in_bytes()) as u64)
 }
+
+/// gemv.cu's `THREADS` and `R`: the block size and outputs a block.
+const GEMV_THREADS: u32 = 256;
+const GEMV_ROWS: usize = 4;
 
 /// The decode-step shape gemv.cu serves: `x [M <= 8, K] @ W^T` with `W [N, K]` stored in
 /// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector.
