@@ -1,6 +1,7 @@
-// gemv.cu: y[m, n] = sum_k x[m, k] * w[n, k] for a few rows m (decode steps): the
-// memory-bound x @ W^T of every projection when M <= 8. cuBLAS's kernels for tiny M leave
-// bandwidth unused, and for the LM head (N = 128256) add a memset node to a captured graph.
+// gemv.cu: y[m, n] = sum_k x[m, k] * w[n, k] for a few rows m (decode steps). Used for the
+// LM head's f32 logits (M <= 8): there cuBLAS picks a split-K kernel whose memset would be a
+// non-kernel node of every captured decode graph. (For the bf16 projections cuBLAS measured
+// faster than this kernel on an H200, so Cuda::matmul keeps them on cuBLAS.)
 //
 // x: [M, K] rows of stride ldx; w: [N, K] contiguous rows (a Hugging Face Linear weight);
 // y: [M, N] rows of stride ldy, of type O (the input type, or f32 for f32 logits).

@@ -386,8 +386,13 @@ impl Backend for Cuda {
         blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
         blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
         self.in_bounds(OP, &[lhs, rhs, dst])?;
-        if let Some(g) = gemv_shape(&dims, lhs, rhs) {
-            return self.gemv(g, lhs, rhs, dst);
+        // gemv.cu serves only the f32-output (LM head) decode matmuls: for them cuBLAS picks
+        // a split-K kernel that adds a memset node to a captured graph. For bf16 projections
+        // cuBLAS measured faster than gemv.cu (BENCHMARKS.md), so they stay on cuBLAS.
+        if dst.dtype() == DType::F32 && lhs.dtype() != DType::F32 {
+            if let Some(g) = gemv_shape(&dims, lhs, rhs) {
+                return self.gemv(g, lhs, rhs, dst);
+            }
         }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
         Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c)?)
