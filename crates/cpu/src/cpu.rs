@@ -70,7 +70,11 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
-        ops::matmul::matmul(lhs, rhs, dst)
+        ops::matmul::matmul(lhs, rhs, dst, false)
+    }
+
+    fn matmul_add(&self, lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+        ops::matmul::matmul(lhs, rhs, dst, true)
     }
 
     fn rms_norm(&self, x: &Tensor<Cpu>, weight: &Tensor<Cpu>, eps: f32, dst: &Tensor<Cpu>) -> Result<()> {

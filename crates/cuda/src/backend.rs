@@ -380,6 +380,19 @@ impl Backend for Cuda {
         self.launch_strided(kernel, meta, meta.numel as usize, &[base(lhs), base(rhs), base(dst)])
     }
 
+    fn matmul_add(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+        const OP: &str = "matmul";
+        let dims = check::matmul(lhs, rhs, dst)?;
+        if dst.same_storage(lhs) || dst.same_storage(rhs) {
+            return Err(Error::InvalidArgument { op: OP, msg: "matmul_add: dst shares storage with an input".into() });
+        }
+        blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
+        blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
+        self.in_bounds(OP, &[lhs, rhs, dst])?;
+        let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
+        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, true)?)
+    }
+
     fn matmul(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         const OP: &str = "matmul";
         let dims = check::matmul(lhs, rhs, dst)?;
@@ -395,7 +408,7 @@ impl Backend for Cuda {
             }
         }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
-        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c)?)
+        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, false)?)
     }
 
     fn rms_norm(&self, x: &Tensor<Cuda>, weight: &Tensor<Cuda>, eps: f32, dst: &Tensor<Cuda>) -> Result<()> {

@@ -75,10 +75,12 @@ impl Blas {
     /// (a batch stride of 0 shares one matrix across the batch). f32/bf16/f16 in and out,
     /// f32 accumulate. Each operand needs a unit stride on its rows or its columns.
     pub fn gemm(&self, dtype: DType, dims: &MatmulDims, a: u64, b: u64, c: u64) -> Result<(), CudaError> {
-        self.gemm_to(dtype, dtype, dims, a, b, c)
+        self.gemm_to(dtype, dtype, dims, a, b, c, false)
     }
 
-    /// [`Blas::gemm`] with C in `out` (the inputs' dtype, or f32 from bf16/f16 inputs).
+    /// [`Blas::gemm`] with C in `out` (the inputs' dtype, or f32 from bf16/f16 inputs), and
+    /// with `accumulate` `C += A * B` (beta = 1: the residual add fused into the GEMM).
+    #[allow(clippy::too_many_arguments)]
     pub fn gemm_to(
         &self,
         dtype: DType,
@@ -87,6 +89,7 @@ impl Blas {
         a: u64,
         b: u64,
         c: u64,
+        accumulate: bool,
     ) -> Result<(), CudaError> {
         let cuda_type = |dt: DType| match dt {
             DType::F32 => Ok(cublas::cudaDataType_t::CUDA_R_32F),
@@ -101,7 +104,7 @@ impl Blas {
             return Ok(());
         }
         let es = dtype.size_in_bytes() as u64;
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         let ptr = |base: u64, off: usize| (base + off as u64 * es) as *const c_void;
         // SAFETY: the plan's dims, leading dimensions and strides describe memory inside the
         // operands' storages (the caller passes the pointers of tensors whose layouts gave

@@ -43,7 +43,6 @@ pub struct RunState<B: Backend> {
     pub max_logit_rows: usize,
     x: Tensor<B>,          // [T, C] residual stream
     xn: Tensor<B>,         // [T, C] normed input of a block
-    tmp: Tensor<B>,        // [T, C] block output before the residual add
     qkv: Tensor<B>,        // [T, (H + 2 Hkv) D]
     q: Tensor<B>,          // [T, H, D] after rope
     k: Tensor<B>,          // [T, Hkv, D] after rope
@@ -256,7 +255,6 @@ impl<B: Backend> Llama<B> {
             max_logit_rows,
             x: b.zeros(dt, &[t, c])?,
             xn: b.zeros(dt, &[t, c])?,
-            tmp: b.zeros(dt, &[t, c])?,
             qkv: b.zeros(dt, &[t, (h + 2 * hkv) * d])?,
             q: b.zeros(dt, &[t, h, d])?,
             k: b.zeros(dt, &[t, hkv, d])?,
@@ -287,7 +285,7 @@ impl<B: Backend> Llama<B> {
     ) -> TResult<()> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
-        let (x, xn, tmp) = (rows(&st.x)?, rows(&st.xn)?, rows(&st.tmp)?);
+        let (x, xn) = (rows(&st.x)?, rows(&st.xn)?);
         let (qkv, q, k, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.k)?, rows(&st.attn)?);
         let (gate_up, act) = (rows(&st.gate_up)?, rows(&st.act)?);
         let positions = inp.positions(t)?;
@@ -301,7 +299,7 @@ impl<B: Backend> Llama<B> {
         // embed
         b.embedding(&inp.ids(t)?, &self.embed, &x)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            // attention block: x += o_proj(attn(rope(q), rope(k), v))
+            // attention block: x += o_proj(attn(rope(q), rope(k), v)), the add fused into the GEMM
             b.rms_norm(&x, &layer.attn_norm, eps, &xn)?;
             b.matmul(&xn, &layer.qkv.transpose(0, 1)?, &qkv)?;
             if let Some(bias) = &layer.qkv_bias {
@@ -314,14 +312,12 @@ impl<B: Backend> Llama<B> {
             b.rope(&k_raw, &self.cos, &self.sin, &positions, &k)?;
             b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
             b.attention(&q, &cache.k[l], &cache.v[l], &seq_start, &positions, params, &attn)?;
-            b.matmul(&attn.reshape(&[t, h * d])?, &layer.o_proj.transpose(0, 1)?, &tmp)?;
-            b.binary(BinaryOp::Add, &x, &tmp, &x)?;
+            b.matmul_add(&attn.reshape(&[t, h * d])?, &layer.o_proj.transpose(0, 1)?, &x)?;
             // MLP block: x += down(silu(gate) * up)
             b.rms_norm(&x, &layer.mlp_norm, eps, &xn)?;
             b.matmul(&xn, &layer.gate_up.transpose(0, 1)?, &gate_up)?;
             b.silu_mul(&gate_up.narrow(1, 0, i)?, &gate_up.narrow(1, i, i)?, &act)?;
-            b.matmul(&act, &layer.down.transpose(0, 1)?, &tmp)?;
-            b.binary(BinaryOp::Add, &x, &tmp, &x)?;
+            b.matmul_add(&act, &layer.down.transpose(0, 1)?, &x)?;
         }
         // head: logits of the requested rows, and their argmax
         let (start, n) = logit_rows;

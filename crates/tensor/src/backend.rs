@@ -198,6 +198,9 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     /// `[(Bt), M, K] x [(Bt), K, N] -> [(Bt), M, N]`; operands may be transposed views.
     /// `dst` has the inputs' dtype, or f32 (mixed precision: f32 accumulate, f32 store).
     fn matmul(&self, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// `dst += lhs x rhs` (the residual add fused into the projection: one kernel, one
+    /// rounding). Same shapes and dtypes as [`Backend::matmul`]; `dst` may not overlap an input.
+    fn matmul_add(&self, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// `dst = x / rms(x) * weight` over the last dim (stats in f32).
     fn rms_norm(&self, x: &Tensor<Self>, weight: &Tensor<Self>, eps: f32, dst: &Tensor<Self>) -> Result<()>;
     /// Softmax over the last dim (in f32).

@@ -8,17 +8,21 @@
 //! into `dst`.
 
 use crate::storage::{with_reads, with_write, Data};
-use crate::strided::scatter_f32;
+use crate::strided::{gather_f32, scatter_f32};
 use crate::Cpu;
 use encore_tensor::check::{self, MatOperand, MatmulDims};
 use encore_tensor::{Error, Layout, Result, Tensor};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+/// `dst = lhs x rhs`, or with `accumulate` `dst += lhs x rhs` (the sum in f32, rounded once).
+pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>, accumulate: bool) -> Result<()> {
     const OP: &str = "matmul";
     let md = check::matmul(lhs, rhs, dst)?;
-    let out = with_reads(OP, &[lhs, rhs], |d| match (d[0], d[1]) {
+    if accumulate && (dst.same_storage(lhs) || dst.same_storage(rhs)) {
+        return Err(Error::InvalidArgument { op: OP, msg: "matmul_add: dst shares storage with an input".into() });
+    }
+    let mut out = with_reads(OP, &[lhs, rhs], |d| match (d[0], d[1]) {
         (Data::F32(a), Data::F32(b)) => Ok(gemm_f32(&md, a, md.lhs, b, md.rhs)),
         (a, b) => {
             let (a, a_op) = span_f32(OP, a, lhs.layout(), md.lhs)?;
@@ -26,6 +30,10 @@ pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) ->
             Ok(gemm_f32(&md, &a, a_op, &b, b_op))
         }
     })?;
+    if accumulate {
+        let prev = with_reads(OP, &[dst], |d| gather_f32(OP, d[0], dst.layout()))?;
+        out.iter_mut().zip(prev).for_each(|(o, p)| *o += p);
+    }
     // `out` is `[(Bt), M, N]` row-major: dst's dims in row-major order.
     with_write(OP, dst, |d| scatter_f32(OP, d, dst.layout(), &out))
 }
@@ -128,7 +136,7 @@ mod tests {
         let a = a.broadcast_as(&[2, 3]).unwrap();
         let b = Cpu.tensor(&HostTensor::from_f32(&[3, 1], &[1.0, 1.0, 1.0])).unwrap();
         let out = Cpu.zeros(DType::F32, &[2, 1]).unwrap();
-        matmul(&a, &b, &out).unwrap();
+        matmul(&a, &b, &out, false).unwrap();
         assert_eq!(Cpu.download(&out).unwrap().to_f32(), vec![6.0, 6.0]);
     }
 }

@@ -57,6 +57,7 @@ pub fn matmul_cases<B: Backend>(b: &B) {
             }
         }
         batched_cases(b, &mut rng, dt);
+        accumulate_and_mixed_cases(b, &mut rng, dt);
     }
     let f = |dims: &[usize]| b.zeros(DType::F32, dims).unwrap();
     expect_err!("matmul K", b.matmul(&f(&[3, 4]), &f(&[5, 6]), &f(&[3, 6])), Error::ShapeMismatch { .. });
@@ -69,6 +70,40 @@ pub fn matmul_cases<B: Backend>(b: &B) {
     expect_err!("matmul rank 4", b.matmul(&f(&[1, 2, 3, 4]), &f(&[4, 6]), &f(&[3, 6])), Error::InvalidArgument { .. });
     let u = b.zeros(DType::U32, &[3, 4]).unwrap();
     expect_err!("matmul u32", b.matmul(&u, &u, &u), Error::UnsupportedDType { .. });
+}
+
+/// `matmul_add` (dst += x w, the residual add fused into the projection) into a narrowed
+/// destination holding random values, and bf16/f16 inputs with an f32 destination.
+fn accumulate_and_mixed_cases<B: Backend>(b: &B, rng: &mut Rng, dt: DType) {
+    for (m, k, n) in [(1, 64, 48), (5, 96, 24), (16, 40, 33)] {
+        let s = (k as f32).powf(-0.25);
+        let x = input(b, rng, dt, &[m, k], View::Contiguous, (-s, s));
+        let w = input(b, rng, dt, &[k, n], View::Transposed, (-s, s));
+        let out = output(b, rng, dt, &[m, n], View::Narrowed);
+        let before = download(b, &out.t);
+        b.matmul_add(&x.t, &w.t, &out.t).unwrap();
+        let prod = reference(&x.values, false, &w.values, false, 1, m, k, n);
+        let want: Vec<f64> = prod.iter().zip(&before).map(|(p, d)| p + *d as f64).collect();
+        let what = format!("matmul_add {m}x{k}x{n} ({dt})");
+        assert_close(&what, dt, &download(b, &out.t), &want);
+        out.check_untouched(b, &what);
+        if dt != DType::F32 {
+            let out = output(b, rng, DType::F32, &[m, n], View::Contiguous);
+            b.matmul(&x.t, &w.t, &out.t).unwrap();
+            // f32 accumulate and store: the f32 tolerance, from the dtype-rounded inputs
+            assert_close(&format!("matmul {m}x{k}x{n} {dt} -> f32"), DType::F32, &download(b, &out.t), &prod);
+        }
+    }
+    let x = b.zeros(dt, &[2, 8]).unwrap();
+    expect_err!(
+        "matmul_add aliasing",
+        b.matmul_add(
+            &x.narrow(1, 0, 4).unwrap(),
+            &x.narrow(0, 0, 1).unwrap().reshape(&[4, 2]).unwrap(),
+            &x.narrow(1, 0, 2).unwrap()
+        ),
+        Error::InvalidArgument { .. }
+    );
 }
 
 fn batched_cases<B: Backend>(b: &B, rng: &mut Rng, dt: DType) {
