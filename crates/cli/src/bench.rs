@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// launch: strided ops in the chain.
     #[arg(long, default_value_t = 256)]
     ops: usize,
+    /// Also capture every decode bucket up to the largest --batch (as serving does at
+    /// load) and report the total capture time and graph memory.
+    #[arg(long)]
+    capture_all: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -119,6 +123,7 @@ fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Re
             prefill_tokens: a.prefill,
             dtype,
             ordinal,
+            capture_all: a.capture_all,
         };
         let r = run_bench(&cfg)?;
         println!("{}", r.to_table());

@@ -61,6 +61,17 @@ pub struct BenchConfig {
     pub prefill_tokens: usize,
     pub dtype: DType,
     pub ordinal: usize,
+    /// Also capture every bucket up to the largest batch (inline), as serving does at load.
+    pub capture_all: bool,
+}
+
+/// Capture of every decode bucket up to the largest batch, as at engine start.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureAll {
+    pub buckets: Vec<usize>,
+    pub capture_ms: f64,
+    pub graph_mem_bytes: i64,
+    pub fallbacks: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -95,6 +106,7 @@ pub struct BenchReport {
     pub prefill_tokens: usize,
     pub prefill_tok_s: f64,
     pub rows: Vec<BenchRow>,
+    pub capture_all: Option<CaptureAll>,
 }
 
 fn sync(b: &Cuda) -> Result<(), EngineError> {
@@ -184,6 +196,19 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
         }
     }
     dev.set_launch_mode(LaunchParamMode::Inline);
+    if cfg.capture_all {
+        sync(&b)?;
+        let (free0, _) = dev.mem_info().map_err(encore_tensor::Error::from)?;
+        let graphs = GraphDecoder::capture(&mut runner, LaunchParamMode::Inline, None)?;
+        sync(&b)?;
+        let (free1, _) = dev.mem_info().map_err(encore_tensor::Error::from)?;
+        report.capture_all = Some(CaptureAll {
+            buckets: graphs.audits().iter().map(|(b, _)| *b).collect(),
+            capture_ms: graphs.capture_ms(),
+            graph_mem_bytes: free0 as i64 - free1 as i64,
+            fallbacks: graphs.fallbacks().len(),
+        });
+    }
     Ok(report)
 }
 
@@ -318,6 +343,15 @@ impl BenchReport {
                 r.audit.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
             );
         }
+        if let Some(c) = &self.capture_all {
+            s += &format!(
+                "all buckets {:?}: captured (warm-up + capture + instantiate + upload) in {:.1} ms, graph memory {:.1} MiB, {} fallbacks\n",
+                c.buckets,
+                c.capture_ms,
+                c.graph_mem_bytes as f64 / (1 << 20) as f64,
+                c.fallbacks
+            );
+        }
         s
     }
 
@@ -341,6 +375,8 @@ impl BenchReport {
             "model": self.model, "device": self.device, "dtype": self.dtype, "ctx": self.ctx, "pos": self.pos,
             "copy_GBps": self.copy_gbps, "weight_bytes": self.weight_bytes, "floor_ms": self.floor_ms,
             "prefill_tokens": self.prefill_tokens, "prefill_tok_s": self.prefill_tok_s, "rows": rows,
+            "capture_all": self.capture_all.as_ref().map(|c| serde_json::json!({"buckets": c.buckets,
+                "capture_ms": c.capture_ms, "graph_mem_bytes": c.graph_mem_bytes, "fallbacks": c.fallbacks})),
         })
     }
 }
