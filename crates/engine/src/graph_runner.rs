@@ -58,12 +58,16 @@ impl GraphDecoder {
         let mut order = buckets.to_vec();
         order.sort_unstable_by(|a, b| b.cmp(a));
         let t0 = std::time::Instant::now();
+        let bar = capture_progress(order.len());
         for bucket in order {
+            bar.set_message(format!("capturing decode graphs (bucket {bucket})"));
             match Self::capture_one(runner, bucket, fail) {
                 Ok(g) => me.graphs.push(g),
                 Err(e) => me.fallbacks.push((bucket, e.to_string())),
             }
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         me.capture_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(me)
     }
@@ -117,6 +121,21 @@ impl GraphDecoder {
             None => Ok(false),
         }
     }
+}
+
+/// A buckets-captured bar on stderr, drawn only when stderr is a terminal.
+fn capture_progress(buckets: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(buckets as u64), target);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:20}] {pos}/{len}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 impl DecodeStep<Cuda> for GraphDecoder {
