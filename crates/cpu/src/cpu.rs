@@ -5,7 +5,9 @@
 use crate::ops;
 use crate::storage::{with_reads, with_write, CpuStorage, Data};
 use crate::strided::{gather, scatter};
-use encore_tensor::{check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, Tensor, UnaryOp};
+use encore_tensor::{
+    check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, SampleParams, Tensor, UnaryOp,
+};
 
 /// The CPU backend. Stateless, so cloning is free; rayon's global pool runs the parallel
 /// loops and `gemm`'s threads.
@@ -126,6 +128,16 @@ impl Backend for Cpu {
         dst: &Tensor<Cpu>,
     ) -> Result<()> {
         ops::attention::attention(q, k_cache, v_cache, seq_start, positions, params, dst)
+    }
+
+    fn sample(
+        &self,
+        logits: &Tensor<Cpu>,
+        uniform: &Tensor<Cpu>,
+        params: SampleParams,
+        dst: &Tensor<Cpu>,
+    ) -> Result<()> {
+        ops::sample::sample(logits, uniform, params, dst)
     }
 
     fn argmax(&self, x: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {

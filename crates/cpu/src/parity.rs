@@ -18,6 +18,7 @@ mod inputs;
 mod matmul;
 mod rope;
 mod rows;
+mod sample;
 
 pub use attention::attention_cases;
 pub use elementwise::{binary_cases, copy_cases, memory_cases, silu_mul_cases, unary_cases};
@@ -26,6 +27,7 @@ pub use inputs::{input, output, Input, Output, View};
 pub use matmul::matmul_cases;
 pub use rope::rope_cases;
 pub use rows::{argmax_cases, rms_norm_cases, softmax_cases};
+pub use sample::sample_cases;
 
 use encore_tensor::Backend;
 
@@ -44,4 +46,5 @@ pub fn run_all<B: Backend>(b: &B) {
     silu_mul_cases(b);
     softmax_cases(b);
     argmax_cases(b);
+    sample_cases(b);
 }

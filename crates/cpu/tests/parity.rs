@@ -66,3 +66,8 @@ fn kv_write() {
 fn attention() {
     parity::attention_cases(&Cpu);
 }
+
+#[test]
+fn sample() {
+    parity::sample_cases(&Cpu);
+}

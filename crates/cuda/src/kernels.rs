@@ -100,6 +100,8 @@ pub struct Kernels {
     pub gemv: [Kernel; 3],
     /// gemv.cu `gemv_bf16_f32`, `gemv_f16_f32`: f32 outputs (logits) from bf16/f16 inputs.
     pub gemv_to_f32: [Kernel; 2],
+    /// sample.cu `sample_f32`: top-k / top-p / min-p sampling of f32 logits.
+    pub sample: Kernel,
     /// fill.cu `fill_uniform_<dtype>`: random benchmark weights made on the device.
     pub fill_uniform: [Kernel; 3],
     pub kv_write: [Kernel; 3],
@@ -138,6 +140,7 @@ impl Kernels {
             fill_uniform: three(per_dtype!("fill_uniform"))?,
             gemv: three(per_dtype!("gemv"))?,
             gemv_to_f32: [one("gemv_bf16_f32")?, one("gemv_f16_f32")?],
+            sample: one("sample_f32")?,
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
@@ -150,6 +153,7 @@ impl Kernels {
         let mut v: Vec<&Kernel> = self.copy.iter().flatten().collect();
         v.extend([&self.copy_u32, &self.copy_i32]);
         v.extend(self.gemv_to_f32.iter());
+        v.push(&self.sample);
         v.extend(self.unary.iter().flatten());
         v.extend(self.binary.iter().flatten());
         for k in [
@@ -245,7 +249,7 @@ mod tests {
     fn the_table_names_exactly_the_entries_of_the_sources() {
         let mut table: Vec<String> =
             COPY.iter().chain(&UNARY).chain(&BINARY).flatten().map(|s| s.to_string()).collect();
-        table.extend(["copy_u32_u32", "copy_i32_i32", "gemv_bf16_f32", "gemv_f16_f32"].map(String::from));
+        table.extend(["copy_u32_u32", "copy_i32_i32", "gemv_bf16_f32", "gemv_f16_f32", "sample_f32"].map(String::from));
         for op in [
             "silu_mul",
             "rms_norm",

@@ -70,6 +70,7 @@ parity!(embedding, parity::embedding_cases, false);
 parity!(rms_norm, parity::rms_norm_cases, false);
 parity!(softmax, parity::softmax_cases, false);
 parity!(argmax, parity::argmax_cases, false);
+parity!(sample, parity::sample_cases, false);
 parity!(matmul, parity::matmul_cases, false);
 parity!(attention, parity::attention_cases, false);
 

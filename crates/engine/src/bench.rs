@@ -181,8 +181,9 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     report.prefill_tok_s = cfg.prefill_tokens as f64 / times[1];
 
     for &batch in &cfg.batches {
-        let rows: Vec<DecodeRow> =
-            (0..batch).map(|s| DecodeRow { seq: s, token: rng.below(vocab) as u32, pos: cfg.pos }).collect();
+        let rows: Vec<DecodeRow> = (0..batch)
+            .map(|s| DecodeRow { seq: s, token: rng.below(vocab) as u32, pos: cfg.pos, uniform: 0 })
+            .collect();
         // the eager tokens every mode must reproduce
         dev.set_launch_mode(LaunchParamMode::Inline);
         runner.decode_eager(&rows, batch)?;

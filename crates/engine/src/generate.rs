@@ -1,12 +1,15 @@
 //! The generation loop: prefill each prompt, then decode all live sequences as one batch
 //! (in the smallest bucket that holds them) until each hits EOS, a stop condition or its
-//! token budget. Greedy steps read back only the device argmax; sampled steps read logits.
+//! token budget. The next token is chosen on the device (argmax, or temperature / top-k /
+//! top-p / min-p sampling with a uniform per row drawn from the seeded host RNG), so a step
+//! reads back only the token ids; only a repetition penalty, which needs each sequence's
+//! history, reads the logits back and samples on the host.
 
 use crate::buckets::{batch_buckets, bucket_for};
 use crate::runner::{DecodeRow, ModelRunner};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::EngineError;
-use encore_tensor::Backend;
+use encore_tensor::{Backend, SampleParams};
 use std::time::Instant;
 
 /// How a decode step runs: eagerly, or by replaying a captured graph.
@@ -45,6 +48,17 @@ pub enum Flow {
     Stop,
 }
 
+/// The device-side choice for `params`: None (argmax) when greedy, Some when everything but
+/// a repetition penalty is asked for (that one needs the history: host sampling).
+pub fn device_sampling(params: &SamplingParams) -> Option<SampleParams> {
+    (params.temperature > 0.0 && params.repetition_penalty == 1.0).then_some(SampleParams {
+        temperature: params.temperature,
+        top_k: params.top_k.min(u32::MAX as usize) as u32,
+        top_p: params.top_p,
+        min_p: params.min_p,
+    })
+}
+
 pub fn generate<B: Backend>(
     runner: &mut ModelRunner<B>,
     step: &mut dyn DecodeStep<B>,
@@ -67,7 +81,8 @@ pub fn generate<B: Backend>(
     let mut samplers: Vec<Sampler> = (0..prompts.len())
         .map(|i| Sampler::new(SamplingParams { seed: params.seed.wrapping_add(i as u64), ..params.clone() }))
         .collect();
-    let greedy = params.is_greedy();
+    runner.sampling = device_sampling(params);
+    let on_host = !params.is_greedy() && runner.sampling.is_none();
     let mut out = Generation { tokens: vec![Vec::new(); prompts.len()], ..Default::default() };
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut live: Vec<bool> = vec![true; prompts.len()];
@@ -79,9 +94,10 @@ pub fn generate<B: Backend>(
         if p.len() + 1 > runner.cfg.max_ctx {
             return Err(EngineError::ContextFull { needed: p.len() + 1, max_ctx: runner.cfg.max_ctx });
         }
-        runner.prefill(s, p, 0)?;
+        let u = samplers[s].uniform24();
+        runner.prefill_sampled(s, p, 0, u)?;
         next[s] =
-            if greedy { runner.read_next(1)?[0] } else { samplers[s].sample(&runner.read_logits(1)?[0], &history[s]) };
+            if on_host { samplers[s].sample(&runner.read_logits(1)?[0], &history[s]) } else { runner.read_next(1)?[0] };
         out.stats.prompt_tokens += p.len();
     }
     out.stats.prefill_secs = t0.elapsed().as_secs_f64();
@@ -110,7 +126,7 @@ pub fn generate<B: Backend>(
                 live[s] = false;
                 continue;
             }
-            rows.push(DecodeRow { seq: s, token: tok, pos });
+            rows.push(DecodeRow { seq: s, token: tok, pos, uniform: samplers[s].uniform24() });
         }
         if rows.is_empty() {
             break;
@@ -118,15 +134,15 @@ pub fn generate<B: Backend>(
         let bucket = bucket_for(rows.len(), &buckets).expect("rows never exceed max_batch");
         step.decode(runner, &rows, bucket)?;
         out.stats.decode_steps += 1;
-        if greedy {
-            let ids = runner.read_next(rows.len())?;
-            for (r, id) in rows.iter().zip(ids) {
-                next[r.seq] = id;
-            }
-        } else {
+        if on_host {
             let logits = runner.read_logits(rows.len())?;
             for (r, l) in rows.iter().zip(logits) {
                 next[r.seq] = samplers[r.seq].sample(&l, &history[r.seq]);
+            }
+        } else {
+            let ids = runner.read_next(rows.len())?;
+            for (r, id) in rows.iter().zip(ids) {
+                next[r.seq] = id;
             }
         }
     }

@@ -24,6 +24,8 @@ struct BucketGraph {
 }
 
 pub struct GraphDecoder {
+    /// The runner's sampling mode when captured (baked into the graphs).
+    sampling: Option<encore_tensor::SampleParams>,
     graphs: Vec<BucketGraph>,
     fallbacks: Vec<(usize, String)>,
     capture_ms: f64,
@@ -54,7 +56,13 @@ impl GraphDecoder {
         let dev = runner.backend.device().clone();
         dev.set_launch_mode(mode);
         let cache = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
-        let mut me = GraphDecoder { graphs: Vec::new(), fallbacks: Vec::new(), capture_ms: 0.0, _cache: cache };
+        let mut me = GraphDecoder {
+            sampling: runner.sampling,
+            graphs: Vec::new(),
+            fallbacks: Vec::new(),
+            capture_ms: 0.0,
+            _cache: cache,
+        };
         let mut order = buckets.to_vec();
         order.sort_unstable_by(|a, b| b.cmp(a));
         let t0 = std::time::Instant::now();
@@ -80,8 +88,8 @@ impl GraphDecoder {
         let mut pad = HostInputs::default();
         pad.pad_to(bucket);
         runner.inputs.upload(&runner.backend, &pad)?;
-        let ModelRunner { backend, model, cache, state, inputs, .. } = &*runner;
-        let step = || model.forward(backend, state, inputs, cache, bucket, (0, bucket));
+        let ModelRunner { backend, model, cache, state, inputs, sampling, .. } = &*runner;
+        let step = || model.forward(backend, state, inputs, cache, bucket, (0, bucket), *sampling);
         step()?; // warm-up: fills the ParamCache in cached mode
         let dev = backend.device();
         let graph = capture(dev, || {
@@ -142,8 +150,10 @@ impl DecodeStep<Cuda> for GraphDecoder {
     fn decode(&mut self, runner: &mut ModelRunner<Cuda>, rows: &[DecodeRow], bucket: usize) -> Result<(), EngineError> {
         let host = runner.decode_inputs(rows, bucket)?;
         runner.inputs.upload(&runner.backend, &host)?; // the one HtoD copy of the step
-        if !self.replay(bucket)? {
-            runner.model.forward(&runner.backend, &runner.state, &runner.inputs, &runner.cache, bucket, (0, bucket))?;
+                                                       // a graph replays the sampling mode it was captured with; another runs eagerly
+        if runner.sampling != self.sampling || !self.replay(bucket)? {
+            let r = &*runner;
+            r.model.forward(&r.backend, &r.state, &r.inputs, &r.cache, bucket, (0, bucket), r.sampling)?;
         }
         Ok(())
     }

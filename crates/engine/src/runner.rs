@@ -6,7 +6,7 @@
 use crate::EngineError;
 use encore_models::llama::HostInputs;
 use encore_models::{KvCache, Llama, RunState, StepInputs};
-use encore_tensor::{Backend, HostTensor};
+use encore_tensor::{Backend, HostTensor, SampleParams};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunnerConfig {
@@ -27,14 +27,19 @@ pub struct ModelRunner<B: Backend> {
     pub state: RunState<B>,
     pub inputs: StepInputs<B>,
     pub cfg: RunnerConfig,
+    /// How steps pick the next token on the device: None is argmax, Some samples with each
+    /// row's uniform (`DecodeRow::uniform`). A captured graph bakes this in.
+    pub sampling: Option<SampleParams>,
 }
 
-/// One decode row: which sequence, the token to feed, and its position.
+/// One decode row: which sequence, the token to feed, its position, and the uniform in
+/// `[0, 2^24)` that samples its next token (unused by argmax).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeRow {
     pub seq: usize,
     pub token: u32,
     pub pos: usize,
+    pub uniform: i32,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -49,7 +54,7 @@ impl<B: Backend> ModelRunner<B> {
         let cache = model.new_cache(&backend, cfg.max_seqs, cfg.max_ctx)?;
         let state = model.new_state(&backend, rows, cfg.max_batch.max(1))?;
         let inputs = StepInputs::new(&backend, rows)?;
-        Ok(ModelRunner { backend, model, cache, state, inputs, cfg })
+        Ok(ModelRunner { backend, model, cache, state, inputs, cfg, sampling: None })
     }
 
     fn check_pos(&self, seq: usize, end: usize) -> Result<(), EngineError> {
@@ -68,17 +73,28 @@ impl<B: Backend> ModelRunner<B> {
     /// Run the prompt `tokens` of sequence `seq` from position `start`, in chunks. The
     /// logits of the last token are left in row 0 of the state's logits.
     pub fn prefill(&mut self, seq: usize, tokens: &[u32], start: usize) -> Result<(), EngineError> {
+        self.prefill_sampled(seq, tokens, start, 0)
+    }
+
+    /// [`ModelRunner::prefill`], sampling the last token's successor with `uniform`.
+    pub fn prefill_sampled(
+        &mut self,
+        seq: usize,
+        tokens: &[u32],
+        start: usize,
+        uniform: i32,
+    ) -> Result<(), EngineError> {
         self.check_pos(seq, start + tokens.len())?;
         let seq_start = self.cache.seq_start(seq);
         for (c, chunk) in tokens.chunks(self.cfg.prefill_chunk).enumerate() {
             let mut host = HostInputs::default();
             let first = start + c * self.cfg.prefill_chunk;
             for (j, &id) in chunk.iter().enumerate() {
-                host.push(id, (first + j) as i32, seq_start);
+                host.push_sampled(id, (first + j) as i32, seq_start, uniform);
             }
             let t = chunk.len();
             self.inputs.upload(&self.backend, &host)?;
-            self.model.forward(&self.backend, &self.state, &self.inputs, &self.cache, t, (t - 1, 1))?;
+            self.model.forward(&self.backend, &self.state, &self.inputs, &self.cache, t, (t - 1, 1), self.sampling)?;
         }
         Ok(())
     }
@@ -88,7 +104,7 @@ impl<B: Backend> ModelRunner<B> {
         let mut host = HostInputs::default();
         for r in rows {
             self.check_pos(r.seq, r.pos + 1)?;
-            host.push(r.token, r.pos as i32, self.cache.seq_start(r.seq));
+            host.push_sampled(r.token, r.pos as i32, self.cache.seq_start(r.seq), r.uniform);
         }
         host.pad_to(bucket);
         Ok(host)
@@ -98,7 +114,15 @@ impl<B: Backend> ModelRunner<B> {
     pub fn decode_eager(&mut self, rows: &[DecodeRow], bucket: usize) -> Result<(), EngineError> {
         let host = self.decode_inputs(rows, bucket)?;
         self.inputs.upload(&self.backend, &host)?;
-        self.model.forward(&self.backend, &self.state, &self.inputs, &self.cache, bucket, (0, bucket))?;
+        self.model.forward(
+            &self.backend,
+            &self.state,
+            &self.inputs,
+            &self.cache,
+            bucket,
+            (0, bucket),
+            self.sampling,
+        )?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! Token sampling on the host: greedy, temperature, top-k, top-p, min-p and repetition
-//! penalty, with a seed that makes sampled output reproducible. (Greedy decoding never
-//! reaches this: the device's argmax is read back instead of the logits.)
+//! Sampling parameters and the host sampler: greedy, temperature, top-k, top-p, min-p and
+//! repetition penalty, with a seed that makes sampled output reproducible. Decoding samples
+//! on the device (`Backend::sample`) with uniforms drawn here; the host path below serves
+//! a repetition penalty, which needs each sequence's history.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -80,6 +81,11 @@ impl Sampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// The next uniform for the device sampler, in `[0, 2^24)` (`Backend::sample`).
+    pub fn uniform24(&mut self) -> i32 {
+        self.rng.random_range(0..encore_tensor::SAMPLE_UNIFORM_SCALE as i32)
     }
 
     /// The next token from one row of logits; `history` holds the prompt and generated ids.

@@ -123,6 +123,7 @@ fn run_cuda(
     let eos = files.config.eos_token_ids.clone();
     let out = if cfg.graphs {
         let t1 = Instant::now();
+        runner.sampling = crate::generate::device_sampling(params); // baked into the graphs
         let mut graphs = GraphDecoder::capture(&mut runner, cfg.launch_params, None)?;
         report.capture_secs = t1.elapsed().as_secs_f64();
         report.fallbacks = graphs.fallbacks().to_vec();

@@ -60,7 +60,7 @@ fn decode_after_prefill_matches_longer_prefill() {
         let want = r.read_logits(1).unwrap().remove(0);
         let mut r = runner(tiny(arch, bias, window), 1);
         r.prefill(0, &toks[..12], 0).unwrap();
-        r.decode_eager(&[DecodeRow { seq: 0, token: toks[12], pos: 12 }], 1).unwrap();
+        r.decode_eager(&[DecodeRow { seq: 0, token: toks[12], pos: 12, uniform: 0 }], 1).unwrap();
         close(&r.read_logits(1).unwrap()[0], &want, &format!("{arch:?}"));
     }
 }
@@ -76,7 +76,7 @@ fn padded_batch_matches_each_sequence_alone() {
     let rows: Vec<DecodeRow> = prompts
         .iter()
         .enumerate()
-        .map(|(s, p)| DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1 })
+        .map(|(s, p)| DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 })
         .collect();
     batch.decode_eager(&rows, 4).unwrap();
     let got = batch.read_logits(3).unwrap();
@@ -84,5 +84,29 @@ fn padded_batch_matches_each_sequence_alone() {
         let mut alone = runner(cfg.clone(), 1);
         alone.prefill(0, p, 0).unwrap();
         close(&got[s], &alone.read_logits(1).unwrap()[0], &format!("sequence {s}"));
+    }
+}
+
+#[test]
+fn sampled_generation_is_reproducible_from_its_seed() {
+    use encore_engine::{generate, Eager, Flow, SamplingParams};
+    let prompts = vec![tokens(6), tokens(4)];
+    let run = |seed: u64, rep: f32| {
+        let mut r = runner(tiny(Arch::Llama, false, None), 2);
+        let params = SamplingParams {
+            temperature: 1.5,
+            top_k: 40,
+            top_p: 0.95,
+            repetition_penalty: rep,
+            max_tokens: 24,
+            seed,
+            ..Default::default()
+        };
+        generate(&mut r, &mut Eager, &prompts, &params, &[], |_, _| Flow::Continue).unwrap().tokens
+    };
+    // on the device (the CPU backend's `sample`), and on the host (repetition penalty)
+    for rep in [1.0, 1.3] {
+        assert_eq!(run(7, rep), run(7, rep), "repetition penalty {rep}: same seed, same tokens");
+        assert_ne!(run(7, rep), run(8, rep), "repetition penalty {rep}: the seed matters");
     }
 }

@@ -67,7 +67,7 @@ fn replay_matches_eager(mode: LaunchParamMode, prompts: &[Vec<u32>], steps: usiz
     let mut rows: Vec<DecodeRow> = Vec::new();
     for (s, p) in prompts.iter().enumerate() {
         r.prefill(s, &p[..p.len() - 1], 0).unwrap();
-        rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1 });
+        rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 });
     }
     let mut rng = Rng::fresh("replay_matches_eager");
     for step in 0..steps {
@@ -114,6 +114,41 @@ fn graph_replay_is_bit_identical_in_cached_and_upload_modes() {
     replay_matches_eager(LaunchParamMode::Upload, &prompts(&[4]), 48, false);
 }
 
+/// Sampling on the device inside the graph: the same uniforms give the same tokens as the
+/// eager step (and as the CPU reference at the same logits, checked by the ops parity).
+#[test]
+fn sampled_graph_decode_equals_eager() {
+    let mut r = cuda_runner(4, 256);
+    r.sampling = Some(encore_tensor::SampleParams { temperature: 1.2, top_k: 50, top_p: 0.9, min_p: 0.01 });
+    let graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
+    let ps = prompts(&[5, 9, 3]);
+    let mut rows: Vec<DecodeRow> = Vec::new();
+    for (s, p) in ps.iter().enumerate() {
+        r.prefill(s, &p[..p.len() - 1], 0).unwrap();
+        rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 });
+    }
+    let mut rng = Rng::fresh("sampled_graph_decode_equals_eager");
+    let mut distinct = std::collections::HashSet::new();
+    for step in 0..64 {
+        for row in rows.iter_mut() {
+            row.uniform = rng.below(1 << 24) as i32;
+        }
+        r.decode_eager(&rows, 4).unwrap();
+        let eager = r.read_next(3).unwrap();
+        let host = r.decode_inputs(&rows, 4).unwrap();
+        r.inputs.upload(&r.backend, &host).unwrap();
+        assert!(graphs.replay(4).unwrap());
+        let replay = r.read_next(3).unwrap();
+        assert_eq!(replay, eager, "step {step}");
+        for (row, t) in rows.iter_mut().zip(replay) {
+            distinct.insert(t);
+            row.token = t;
+            row.pos += 1;
+        }
+    }
+    assert!(distinct.len() > 10, "sampling should wander: {} distinct tokens", distinct.len());
+}
+
 #[test]
 fn decode_graph_audits_kernels_only_except_upload() {
     for mode in [LaunchParamMode::Inline, LaunchParamMode::Cached, LaunchParamMode::Upload] {
@@ -123,7 +158,7 @@ fn decode_graph_audits_kernels_only_except_upload() {
         let _guard = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
         for (bucket, a) in graphs.audits() {
             // our launches and strided metas of one eager step of this bucket
-            let rows = [DecodeRow { seq: 0, token: 1, pos: 0 }];
+            let rows = [DecodeRow { seq: 0, token: 1, pos: 0, uniform: 0 }];
             let s0 = dev.launch_stats();
             r.decode_eager(&rows, bucket).unwrap();
             let d = dev.launch_stats().since(&s0);
@@ -178,7 +213,7 @@ fn tiny_models_on_cuda_f32_match_transformers() {
         let mut rows = vec![(r.read_logits(1).unwrap().remove(0), want[(t - 1) * v..t * v].to_vec())];
         let want = g.decode_logits.to_f32();
         for (k, &id) in g.decode_ids.iter().enumerate() {
-            r.decode_eager(&[DecodeRow { seq: 0, token: id, pos: t + k }], 1).unwrap();
+            r.decode_eager(&[DecodeRow { seq: 0, token: id, pos: t + k, uniform: 0 }], 1).unwrap();
             rows.push((r.read_logits(1).unwrap().remove(0), want[k * v..(k + 1) * v].to_vec()));
         }
         for (i, (got, want)) in rows.iter().enumerate() {
@@ -237,8 +272,8 @@ fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
         }
         let d = (pc[tc as usize] - pg[tc as usize]).abs();
         assert!(d <= 5e-2, "{}: step {step}: |logprob diff| {d} > 5e-2", dir.display());
-        rc_cpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos }], 1).unwrap();
-        rc_gpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos }], 1).unwrap();
+        rc_cpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos, uniform: 0 }], 1).unwrap();
+        rc_gpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos, uniform: 0 }], 1).unwrap();
     }
 }
 
@@ -286,7 +321,7 @@ fn random_llama_3_2_1b_bf16_on_cuda_matches_transformers() {
         let d = (lps[tok as usize] - lp).abs();
         worst = worst.max(d);
         assert!(d <= 5e-2, "step {step}: |logprob diff| {d} > 5e-2 vs transformers ({refp})");
-        r.decode_eager(&[DecodeRow { seq: 0, token: tok, pos: prompt.len() + step }], 1).unwrap();
+        r.decode_eager(&[DecodeRow { seq: 0, token: tok, pos: prompt.len() + step, uniform: 0 }], 1).unwrap();
     }
     eprintln!(
         "all {} steps equal to transformers; max |logprob diff| {worst:.4}",

@@ -36,7 +36,7 @@ fn tiny_models_match_transformers_logits() {
             host.push(id, p as i32, 0);
         }
         inputs.upload(&b, &host).unwrap();
-        model.forward(&b, &state, &inputs, &cache, t, (0, t)).unwrap();
+        model.forward(&b, &state, &inputs, &cache, t, (0, t), None).unwrap();
         let got = b.download(&state.logits).unwrap().to_f32();
         let want = g.prefill_logits.to_f32();
         for r in 0..t {
@@ -47,7 +47,7 @@ fn tiny_models_match_transformers_logits() {
             let mut host = HostInputs::default();
             host.push(id, (t + k) as i32, 0);
             inputs.upload(&b, &host).unwrap();
-            model.forward(&b, &state, &inputs, &cache, 1, (0, 1)).unwrap();
+            model.forward(&b, &state, &inputs, &cache, 1, (0, 1), None).unwrap();
             let got = b.download(&state.logits.narrow(0, 0, 1).unwrap()).unwrap().to_f32();
             check_row(&format!("{why} decode step {k}"), &got, &want[k * v..(k + 1) * v]);
         }

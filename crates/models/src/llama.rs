@@ -13,7 +13,7 @@ use crate::kv_cache::KvCache;
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
-use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, Tensor};
+use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, SampleParams, Tensor};
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B>,        // [C]
@@ -53,13 +53,14 @@ pub struct RunState<B: Backend> {
     pub next: Tensor<B>,   // [R] u32, argmax of logits
 }
 
-/// Everything a step reads from the host, packed in ONE i32 buffer `[4, T]` so a step is
+/// Everything a step reads from the host, packed in ONE i32 buffer `[5, T]` so a step is
 /// fed by one host-to-device copy: row 0 token ids (as u32), row 1 positions, row 2 the
-/// slot of each row's sequence start, row 3 the slot each row's K/V goes to. A padded row
-/// has position -1 and slot -1 (kernels skip it).
+/// slot of each row's sequence start, row 3 the slot each row's K/V goes to, row 4 the
+/// row's sampling uniform (in `[0, 2^24)`, see `Backend::sample`). A padded row has
+/// position -1 and slot -1 (kernels skip it).
 pub struct StepInputs<B: Backend> {
     pub max_tokens: usize,
-    pub packed: Tensor<B>, // [4, T] i32
+    pub packed: Tensor<B>, // [5, T] i32
 }
 
 /// Host side of [`StepInputs`] for one step.
@@ -68,13 +69,21 @@ pub struct HostInputs {
     pub ids: Vec<u32>,
     pub positions: Vec<i32>,
     pub seq_start: Vec<i32>,
+    /// Sampling uniforms in `[0, 2^24)` (0 where not given).
+    pub uniform: Vec<i32>,
 }
 
 impl HostInputs {
     pub fn push(&mut self, id: u32, position: i32, seq_start: i32) {
+        self.push_sampled(id, position, seq_start, 0);
+    }
+
+    /// A row whose logits will be sampled with the uniform `u` (in `[0, 2^24)`).
+    pub fn push_sampled(&mut self, id: u32, position: i32, seq_start: i32, u: i32) {
         self.ids.push(id);
         self.positions.push(position);
         self.seq_start.push(seq_start);
+        self.uniform.push(u);
     }
 
     /// Pad to `rows` with sentinel rows (id 0, position -1).
@@ -84,9 +93,9 @@ impl HostInputs {
         }
     }
 
-    /// The packed `[4, max_tokens]` words; unused columns are padding.
+    /// The packed `[5, max_tokens]` words; unused columns are padding.
     pub fn pack(&self, max_tokens: usize) -> Vec<i32> {
-        let mut w = vec![0i32; 4 * max_tokens];
+        let mut w = vec![0i32; INPUT_ROWS * max_tokens];
         for c in max_tokens.min(self.ids.len())..max_tokens {
             w[max_tokens + c] = -1;
             w[3 * max_tokens + c] = -1;
@@ -96,14 +105,18 @@ impl HostInputs {
             w[max_tokens + i] = p;
             w[2 * max_tokens + i] = s;
             w[3 * max_tokens + i] = if p < 0 { -1 } else { s + p };
+            w[4 * max_tokens + i] = self.uniform.get(i).copied().unwrap_or(0);
         }
         w
     }
 }
 
+/// Rows of the packed step inputs.
+const INPUT_ROWS: usize = 5;
+
 impl<B: Backend> StepInputs<B> {
     pub fn new(b: &B, max_tokens: usize) -> TResult<Self> {
-        Ok(StepInputs { max_tokens, packed: b.zeros(DType::I32, &[4, max_tokens])? })
+        Ok(StepInputs { max_tokens, packed: b.zeros(DType::I32, &[INPUT_ROWS, max_tokens])? })
     }
     fn row(&self, r: usize, t: usize) -> TResult<Tensor<B>> {
         self.packed.narrow(0, r, 1)?.narrow(1, 0, t)?.reshape(&[t])
@@ -120,6 +133,10 @@ impl<B: Backend> StepInputs<B> {
     pub fn slot_mapping(&self, t: usize) -> TResult<Tensor<B>> {
         self.row(3, t)
     }
+    /// Sampling uniforms of rows `start..start + n`.
+    pub fn uniform(&self, start: usize, n: usize) -> TResult<Tensor<B>> {
+        self.packed.narrow(0, 4, 1)?.narrow(1, start, n)?.reshape(&[n])
+    }
     /// The one host-to-device copy of a step.
     pub fn upload(&self, b: &B, host: &HostInputs) -> TResult<()> {
         if host.ids.len() > self.max_tokens {
@@ -128,7 +145,7 @@ impl<B: Backend> StepInputs<B> {
                 msg: format!("{} rows exceed the {} the inputs were sized for", host.ids.len(), self.max_tokens),
             });
         }
-        b.write(&HostTensor::from_i32(&[4, self.max_tokens], &host.pack(self.max_tokens)), &self.packed)
+        b.write(&HostTensor::from_i32(&[INPUT_ROWS, self.max_tokens], &host.pack(self.max_tokens)), &self.packed)
     }
 }
 
@@ -271,9 +288,10 @@ impl<B: Backend> Llama<B> {
         KvCache::new(b, self.dtype, self.cfg.num_hidden_layers, max_seqs, max_ctx, hkv, d)
     }
 
-    /// One forward pass over `t` rows of `inp`. Logits (and their argmax in `st.next`) are
-    /// computed for rows `logit_rows.0 .. logit_rows.0 + logit_rows.1` into the first rows
-    /// of `st.logits`. Allocates nothing.
+    /// One forward pass over `t` rows of `inp`. Logits are computed for rows
+    /// `logit_rows.0 .. logit_rows.0 + logit_rows.1` into the first rows of `st.logits`, and
+    /// the next token of each into `st.next`: the argmax, or with `sampling` a sample drawn
+    /// with the row's uniform. Allocates nothing.
     pub fn forward(
         &self,
         b: &B,
@@ -282,6 +300,7 @@ impl<B: Backend> Llama<B> {
         cache: &KvCache<B>,
         t: usize,
         logit_rows: (usize, usize),
+        sampling: Option<SampleParams>,
     ) -> TResult<()> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
@@ -326,7 +345,11 @@ impl<B: Backend> Llama<B> {
         b.rms_norm(&xr, &self.norm, eps, &xnr)?;
         let logits = st.logits.narrow(0, 0, n)?;
         b.matmul(&xnr, &self.lm_head.transpose(0, 1)?, &logits)?;
-        b.argmax(&logits, &st.next.narrow(0, 0, n)?)
+        let next = st.next.narrow(0, 0, n)?;
+        match sampling {
+            Some(p) => b.sample(&logits, &inp.uniform(start, n)?, p, &next),
+            None => b.argmax(&logits, &next),
+        }
     }
 }
 

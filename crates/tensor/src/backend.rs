@@ -88,6 +88,25 @@ pub struct AttentionParams {
     pub sliding_window: u32,
 }
 
+/// Filters and temperature of [`Backend::sample`]. The kept set of a row is every token whose
+/// probability `p = softmax(logits / temperature)` is at least the largest of: the k-th
+/// largest p (top-k), `min_p * max p` (min-p), and the smallest p of the highest-p tokens
+/// whose mass reaches `top_p` of what is left (top-p); ties at a threshold are all kept.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleParams {
+    /// > 0 (0 is greedy: use argmax instead).
+    pub temperature: f32,
+    /// 0 keeps every token.
+    pub top_k: u32,
+    /// In (0, 1]; 1 keeps every token.
+    pub top_p: f32,
+    /// In [0, 1); 0 keeps every token.
+    pub min_p: f32,
+}
+
+/// `uniform` values of [`Backend::sample`] are integers in `[0, 2^24)`: `u = x / 2^24`.
+pub const SAMPLE_UNIFORM_SCALE: u32 = 1 << 24;
+
 /// A view of backend storage: shared storage, a strided layout and a dtype. Cloning and
 /// view operations never copy data.
 pub struct Tensor<B: Backend> {
@@ -244,6 +263,16 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// Index of the largest value of each row over the last dim (first on ties), u32.
     fn argmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// One token per row of f32 `logits: [R, V]` drawn from the kept set (see
+    /// [`SampleParams`]): with `u = uniform[r] / 2^24` (`uniform: [R]` i32), the first token
+    /// in id order whose running kept mass exceeds `u` times the kept total. u32 `dst: [R]`.
+    fn sample(
+        &self,
+        logits: &Tensor<Self>,
+        uniform: &Tensor<Self>,
+        params: SampleParams,
+        dst: &Tensor<Self>,
+    ) -> Result<()>;
 
     // Conveniences built on the above.
 

@@ -14,7 +14,7 @@ mod meta;
 pub mod rope;
 pub mod testing;
 
-pub use backend::{AttentionParams, Backend, BinaryOp, Tensor, UnaryOp};
+pub use backend::{AttentionParams, Backend, BinaryOp, SampleParams, Tensor, UnaryOp, SAMPLE_UNIFORM_SCALE};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::HostTensor;

@@ -6,3 +6,4 @@ pub(crate) mod index;
 pub(crate) mod matmul;
 pub(crate) mod rope;
 pub(crate) mod rows;
+pub(crate) mod sample;
