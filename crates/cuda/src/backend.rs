@@ -124,6 +124,25 @@ impl Cuda {
     }
 
     /// Every operand must live on this device and its view must fit its storage.
+    /// `matmul` (`accumulate` false) and `matmul_add` (true): cuBLAS, or gemv.cu where noted.
+    fn gemm(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>, accumulate: bool) -> Result<()> {
+        const OP: &str = "matmul";
+        let dims = if accumulate { check::matmul_add(lhs, rhs, dst)? } else { check::matmul(lhs, rhs, dst)? };
+        blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
+        blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
+        self.in_bounds(OP, &[lhs, rhs, dst])?;
+        // gemv.cu serves only the f32-output (LM head) decode matmuls: for them cuBLAS picks
+        // a split-K kernel that adds a memset node to a captured graph. For bf16 projections
+        // cuBLAS measured faster than gemv.cu (BENCHMARKS.md), so they stay on cuBLAS.
+        if !accumulate && dst.dtype() == DType::F32 && lhs.dtype() != DType::F32 {
+            if let Some(g) = gemv_shape(&dims, lhs, rhs) {
+                return self.gemv(g, lhs, rhs, dst);
+            }
+        }
+        let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
+        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, accumulate)?)
+    }
+
     /// gemv.cu for decode-shaped matmuls (see `gemv_shape`).
     fn gemv(&self, g: GemvShape, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         const OP: &str = "matmul";
@@ -394,34 +413,11 @@ impl Backend for Cuda {
     }
 
     fn matmul_add(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
-        const OP: &str = "matmul";
-        let dims = check::matmul(lhs, rhs, dst)?;
-        if dst.same_storage(lhs) || dst.same_storage(rhs) {
-            return Err(Error::InvalidArgument { op: OP, msg: "matmul_add: dst shares storage with an input".into() });
-        }
-        blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
-        blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
-        self.in_bounds(OP, &[lhs, rhs, dst])?;
-        let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
-        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, true)?)
+        self.gemm(lhs, rhs, dst, true)
     }
 
     fn matmul(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
-        const OP: &str = "matmul";
-        let dims = check::matmul(lhs, rhs, dst)?;
-        blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
-        blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
-        self.in_bounds(OP, &[lhs, rhs, dst])?;
-        // gemv.cu serves only the f32-output (LM head) decode matmuls: for them cuBLAS picks
-        // a split-K kernel that adds a memset node to a captured graph. For bf16 projections
-        // cuBLAS measured faster than gemv.cu (BENCHMARKS.md), so they stay on cuBLAS.
-        if dst.dtype() == DType::F32 && lhs.dtype() != DType::F32 {
-            if let Some(g) = gemv_shape(&dims, lhs, rhs) {
-                return self.gemv(g, lhs, rhs, dst);
-            }
-        }
-        let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
-        Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, false)?)
+        self.gemm(lhs, rhs, dst, false)
     }
 
     fn rms_norm(&self, x: &Tensor<Cuda>, weight: &Tensor<Cuda>, eps: f32, dst: &Tensor<Cuda>) -> Result<()> {

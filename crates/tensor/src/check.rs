@@ -147,6 +147,18 @@ pub fn matmul<B: Backend>(lhs: &Tensor<B>, rhs: &Tensor<B>, dst: &Tensor<B>) -> 
     Ok(MatmulDims { batch, m, n, k, lhs: lo, rhs: ro, dst: dso })
 }
 
+/// [`matmul`]'s checks, and `dst` (which is read and written) sharing no storage with an input.
+pub fn matmul_add<B: Backend>(lhs: &Tensor<B>, rhs: &Tensor<B>, dst: &Tensor<B>) -> Result<MatmulDims> {
+    let dims = matmul(lhs, rhs, dst)?;
+    if dst.same_storage(lhs) || dst.same_storage(rhs) {
+        return Err(Error::InvalidArgument {
+            op: "matmul",
+            msg: "matmul_add: dst shares storage with an input".into(),
+        });
+    }
+    Ok(dims)
+}
+
 /// A tensor seen as `[rows, cols]` rows over its last dim, which must have stride 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rows {

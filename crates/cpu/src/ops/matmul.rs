@@ -18,10 +18,7 @@ use rayon::prelude::*;
 /// `dst = lhs x rhs`, or with `accumulate` `dst += lhs x rhs` (the sum in f32, rounded once).
 pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>, accumulate: bool) -> Result<()> {
     const OP: &str = "matmul";
-    let md = check::matmul(lhs, rhs, dst)?;
-    if accumulate && (dst.same_storage(lhs) || dst.same_storage(rhs)) {
-        return Err(Error::InvalidArgument { op: OP, msg: "matmul_add: dst shares storage with an input".into() });
-    }
+    let md = if accumulate { check::matmul_add(lhs, rhs, dst)? } else { check::matmul(lhs, rhs, dst)? };
     let mut out = with_reads(OP, &[lhs, rhs], |d| match (d[0], d[1]) {
         (Data::F32(a), Data::F32(b)) => Ok(gemm_f32(&md, a, md.lhs, b, md.rhs)),
         (a, b) => {
