@@ -84,6 +84,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
         seed: a.seed,
+        ..Default::default()
     };
     params.validate().map_err(anyhow::Error::msg)?;
     let mut prompts = a.prompt.clone();

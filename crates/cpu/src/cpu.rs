@@ -122,12 +122,13 @@ impl Backend for Cpu {
         q: &Tensor<Cpu>,
         k_cache: &Tensor<Cpu>,
         v_cache: &Tensor<Cpu>,
-        seq_start: &Tensor<Cpu>,
+        block_tables: &Tensor<Cpu>,
+        row_seq: &Tensor<Cpu>,
         positions: &Tensor<Cpu>,
         params: AttentionParams,
         dst: &Tensor<Cpu>,
     ) -> Result<()> {
-        ops::attention::attention(q, k_cache, v_cache, seq_start, positions, params, dst)
+        ops::attention::attention(q, k_cache, v_cache, block_tables, row_seq, positions, params, dst)
     }
 
     fn sample(

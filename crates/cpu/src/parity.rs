@@ -20,7 +20,7 @@ mod rope;
 mod rows;
 mod sample;
 
-pub use attention::attention_cases;
+pub use attention::{attention_cases, reference as attention_reference, Paging};
 pub use elementwise::{binary_cases, copy_cases, memory_cases, silu_mul_cases, unary_cases};
 pub use index::{embedding_cases, kv_write_cases};
 pub use inputs::{input, output, Input, Output, View};

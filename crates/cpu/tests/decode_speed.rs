@@ -86,7 +86,8 @@ fn decode(dt: DType) {
     );
     let (q_rot, k_rot, act) = (z(&[1, H * D]), z(&[1, HKV * D]), z(&[1, I]));
     let (proj, logits, next) = (z(&[1, C]), z(&[1, V]), b.zeros(DType::U32, &[1]).unwrap());
-    let params = AttentionParams { scale: 1.0 / (D as f32).sqrt(), sliding_window: 0 };
+    let params = AttentionParams { scale: 1.0 / (D as f32).sqrt(), sliding_window: 0, block_size: S as u32 };
+    let table = b.tensor(&HostTensor::from_i32(&[1, 1], &[0])).unwrap(); // one block: the whole cache
     let t = |w: &Tensor<Cpu>| w.transpose(0, 1).unwrap();
     let heads = |x: &Tensor<Cpu>, h: usize| x.reshape(&[1, h, D]).unwrap();
 
@@ -106,7 +107,7 @@ fn decode(dt: DType) {
             b.rope(&heads(&q, H), &cos, &sin, &p, &heads(&q_rot, H)).unwrap();
             b.rope(&heads(&k, HKV), &cos, &sin, &p, &heads(&k_rot, HKV)).unwrap();
             b.kv_write(&heads(&k_rot, HKV), &heads(&v, HKV), &l.k_cache, &l.v_cache, &p).unwrap();
-            b.attention(&heads(&q_rot, H), &l.k_cache, &l.v_cache, &zero, &p, params, &heads(&att, H)).unwrap();
+            b.attention(&heads(&q_rot, H), &l.k_cache, &l.v_cache, &table, &zero, &p, params, &heads(&att, H)).unwrap();
             b.matmul(&att, &t(&l.o), &proj).unwrap();
             b.binary(BinaryOp::Add, &x, &proj, &x).unwrap();
             b.rms_norm(&x, &l.mlp_norm, 1e-5, &xn).unwrap();

@@ -1,13 +1,15 @@
-// attention.cu: causal attention over a slot-addressed KV cache, decode and prefill alike.
+// attention.cu: causal attention over a paged KV cache, decode and prefill alike.
 //
-// Query t (head h) attends the keys at cache slots seq_start[t] + j for j in
-// [max(0, pos - window + 1), pos] (window 0 = no window), pos = positions[t]:
+// Query t (head h) attends the positions j in [max(0, pos - window + 1), pos] (window 0 = no
+// window), pos = positions[t], of the sequence whose block table is row row_seq[t] of
+// block_tables [R, MB]; key j lives at slot table[j / bs] * bs + j % bs:
 //   dst[t, h, :] = sum_j softmax_j(scale * q[t, h, :] . k[slot_j, h / G, :]) * v[slot_j, h / G, :]
 // with G = H / Hkv query heads per KV head (GQA). Scores, softmax and the weighted sum are f32
 // (online softmax in base 2: q is pre-scaled by scale * log2(e)). pos < 0 (a padded row)
-// gives zeros. Slots outside [0, S) are never read (only a caller bug asks for them).
+// gives zeros. Positions past the table (j / bs >= MB) are never read; block ids are trusted
+// (the block manager owns them; the CPU reference checks them).
 //
-// Layout: q, dst [T, H, D]; k_cache, v_cache [S, Hkv, D]; seq_start, positions i32 [T]; all
+// Layout: q, dst [T, H, D]; k_cache, v_cache [N * bs, Hkv, D]; row_seq, positions i32 [T]; all
 // contiguous (check::attention), passed already advanced to their view offsets. D <= 256.
 //
 // CUDA graphs: the grid depends on T, H and the split count only, never on the context
@@ -40,11 +42,13 @@ namespace attention_cu {
 
 template <typename T, int VEC>
 __device__ __forceinline__ void attention_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
-                                               const T* __restrict__ v_cache, const int32_t* __restrict__ seq_start,
+                                               const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
+                                               const int32_t* __restrict__ row_seq,
                                                const int32_t* __restrict__ positions, T* __restrict__ dst,
                                                float* __restrict__ ws_ml, float* __restrict__ ws_acc, uint32_t heads,
-                                               uint32_t heads_kv, uint32_t head_dim, uint32_t num_slots, float scale,
-                                               uint32_t window, uint32_t lanes_per_key) {
+                                               uint32_t heads_kv, uint32_t head_dim, uint32_t max_blocks,
+                                               uint32_t block_size, float scale, uint32_t window,
+                                               uint32_t lanes_per_key) {
     constexpr int MAXC = 8 / VEC;  // head-dim chunks per lane
     __shared__ float s_m[ATTN_WARPS], s_l[ATTN_WARPS];
     __shared__ float s_acc[ATTN_WARPS][ATTN_MAX_D];
@@ -60,14 +64,14 @@ __device__ __forceinline__ void attention_impl(const T* __restrict__ q, const T*
     const int group = lane / lpk, li = lane % lpk;
     const int nch = static_cast<int>(head_dim) / VEC;
 
-    // The keys of this query, clipped to the cache, then this block's chunk of them.
+    // The keys of this query, clipped to its block table, then this block's chunk of them.
     const int32_t pos = positions[t];
-    const long long start = seq_start[t];
     long long kbeg = 0, kend = 0;
+    const int32_t* table = block_tables;
     if (pos >= 0) {
+        table += static_cast<size_t>(row_seq[t]) * max_blocks;
         kbeg = window > 0 ? max(0LL, static_cast<long long>(pos) - static_cast<long long>(window) + 1) : 0LL;
-        kbeg = max(kbeg, -start);
-        kend = min(static_cast<long long>(pos) + 1, static_cast<long long>(num_slots) - start);
+        kend = min(static_cast<long long>(pos) + 1, static_cast<long long>(max_blocks) * block_size);
     }
     const long long len = max(kend - kbeg, 0LL);
     const long long chunk = (len + nsplit - 1) / nsplit;
@@ -110,7 +114,8 @@ __device__ __forceinline__ void attention_impl(const T* __restrict__ q, const T*
         for (int u = 0; u < ATTN_UNROLL; ++u) {
             const long long j = j0 + u * gpw + group;
             valid[u] = j < send;
-            const size_t slot = static_cast<size_t>(start + (valid[u] ? j : j0));  // j0 is a valid key
+            const long long jj = valid[u] ? j : j0;  // j0 is a valid key
+            const size_t slot = static_cast<size_t>(table[jj / block_size]) * block_size + jj % block_size;
             const T* kr = kbase + slot * row_stride;
             const T* vr = vbase + slot * row_stride;
 #pragma unroll
@@ -252,12 +257,13 @@ __device__ __forceinline__ void attention_merge_impl(const float* __restrict__ w
 #define ATTENTION(NAME, T, VEC)                                                                              \
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)                                             \
         NAME(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,          \
-             const int32_t* __restrict__ seq_start, const int32_t* __restrict__ positions, T* __restrict__ dst, \
-             float* __restrict__ ws_ml, float* __restrict__ ws_acc, uint32_t heads, uint32_t heads_kv,       \
-             uint32_t head_dim, uint32_t num_slots, float scale, uint32_t window, uint32_t lanes_per_key) {   \
-        attention_cu::attention_impl<T, VEC>(q, k_cache, v_cache, seq_start, positions, dst, ws_ml, ws_acc,  \
-                                             heads, heads_kv, head_dim, num_slots, scale, window,            \
-                                             lanes_per_key);                                                 \
+             const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                   \
+             const int32_t* __restrict__ positions, T* __restrict__ dst, float* __restrict__ ws_ml,            \
+             float* __restrict__ ws_acc, uint32_t heads, uint32_t heads_kv, uint32_t head_dim,                 \
+             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window, uint32_t lanes_per_key) { \
+        attention_cu::attention_impl<T, VEC>(q, k_cache, v_cache, block_tables, row_seq, positions, dst, ws_ml, \
+                                             ws_acc, heads, heads_kv, head_dim, max_blocks, block_size, scale,  \
+                                             window, lanes_per_key);                                            \
     }
 #define ATTENTION_MERGE(NAME, T)                                                                       \
     extern "C" __global__ void NAME(const float* __restrict__ ws_ml, const float* __restrict__ ws_acc, \

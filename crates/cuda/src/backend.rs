@@ -200,8 +200,8 @@ impl Cuda {
     }
 }
 
-/// Most arguments of any kernel (attention has 15).
-const MAX_ARGS: usize = 16;
+/// Most arguments of any kernel (attention has 17).
+const MAX_ARGS: usize = 20;
 
 /// One scalar kernel argument, stored by value so that its address can go to cuLaunchKernel.
 #[derive(Clone, Copy)]
@@ -560,20 +560,21 @@ impl Backend for Cuda {
         q: &Tensor<Cuda>,
         k_cache: &Tensor<Cuda>,
         v_cache: &Tensor<Cuda>,
-        seq_start: &Tensor<Cuda>,
+        block_tables: &Tensor<Cuda>,
+        row_seq: &Tensor<Cuda>,
         positions: &Tensor<Cuda>,
         params: AttentionParams,
         dst: &Tensor<Cuda>,
     ) -> Result<()> {
         const OP: &str = "attention";
-        let dims = check::attention(q, k_cache, v_cache, seq_start, positions, dst)?;
+        let dims = check::attention(q, k_cache, v_cache, block_tables, row_seq, positions, params.block_size, dst)?;
         if dims.d > ATTENTION_MAX_D {
             return Err(Error::InvalidArgument {
                 op: OP,
                 msg: format!("head dim {} is over the kernel's limit of {ATTENTION_MAX_D}", dims.d),
             });
         }
-        self.in_bounds(OP, &[q, k_cache, v_cache, seq_start, positions, dst])?;
+        self.in_bounds(OP, &[q, k_cache, v_cache, block_tables, row_seq, positions, dst])?;
         let blocks = dims.t * dims.h;
         if blocks == 0 || dims.d == 0 {
             return Ok(());
@@ -588,14 +589,15 @@ impl Backend for Cuda {
         let (kernel, chunks) =
             if vectorized { (&k.attention[dx], dims.d / vec) } else { (&k.attention_scalar[dx], dims.d) };
         let lanes_per_key = chunks.next_power_of_two().min(32);
-        let splits = self.attention_splits(blocks, dims.s, dims.d);
+        let splits = self.attention_splits(blocks, dims.mb * dims.block_size, dims.d);
         let ws = self.attn.buf.ptr();
         let ws_acc = ws + (blocks * splits * 2 * 4) as u64;
         let args = [
             Arg::Ptr(pq),
             Arg::Ptr(pk),
             Arg::Ptr(pv),
-            Arg::Ptr(at(seq_start)),
+            Arg::Ptr(at(block_tables)),
+            Arg::Ptr(at(row_seq)),
             Arg::Ptr(at(positions)),
             Arg::Ptr(po),
             Arg::Ptr(ws),
@@ -603,7 +605,8 @@ impl Backend for Cuda {
             Arg::U32(u32_of(OP, "heads", dims.h)?),
             Arg::U32(u32_of(OP, "kv heads", dims.hkv)?),
             Arg::U32(dims.d as u32),
-            Arg::U32(u32_of(OP, "slots", dims.s)?),
+            Arg::U32(u32_of(OP, "block-table columns", dims.mb)?),
+            Arg::U32(params.block_size),
             Arg::F32(params.scale),
             Arg::U32(params.sliding_window),
             Arg::U32(lanes_per_key as u32),

@@ -9,6 +9,7 @@
 //!   path, wide rows for rms_norm / softmax / argmax, embedding rows that are not whole
 //!   16-byte vectors.
 
+use encore_cpu::parity::Paging;
 use encore_cpu::{parity, Cpu};
 use encore_cuda::{Cuda, LaunchParamMode};
 use encore_tensor::testing::{assert_close, round_to, Rng};
@@ -107,36 +108,46 @@ fn misaligned(gpu: &Cuda, host: &HostTensor) -> Tensor<Cuda> {
     t.narrow(0, 1, n).and_then(|t| t.reshape(&host.dims)).expect("misaligned view")
 }
 
-/// Attention rows: `(seq_start, position)`.
+/// Attention rows: `(sequence, position)`, over a random paged layout (scattered blocks,
+/// sequence 1 sharing sequence 0's first block) with `block_size` slots a block.
 fn attention_vs_cpu(
     what: &str,
     dtype: DType,
-    rows: &[(i32, i32)],
-    (h, hkv, d, slots): (usize, usize, usize, usize),
+    rows: &[(usize, i32)],
+    (h, hkv, d, block_size): (usize, usize, usize, usize),
     window: u32,
     misalign_q: bool,
 ) {
     let mut rng = Rng::fresh(what);
     let gpu = cuda(LaunchParamMode::Inline);
     let t = rows.len();
+    let seqs = rows.iter().map(|r| r.0).max().unwrap() + 1;
+    let last: Vec<usize> =
+        (0..seqs).map(|s| rows.iter().filter(|r| r.0 == s).map(|r| r.1.max(0) as usize).max().unwrap_or(0)).collect();
+    let paging = Paging::random(&mut rng, block_size, &last);
+    let slots = paging.blocks * block_size;
     let q = random(&mut rng, dtype, &[t, h, d], -1.0, 1.0);
     let kc = random(&mut rng, dtype, &[slots, hkv, d], -1.0, 1.0);
     let vc = random(&mut rng, dtype, &[slots, hkv, d], -2.0, 2.0);
-    let starts = HostTensor::from_i32(&[t], &rows.iter().map(|r| r.0).collect::<Vec<_>>());
+    let row_seq = HostTensor::from_i32(&[t], &rows.iter().map(|r| r.0 as i32).collect::<Vec<_>>());
     let pos = HostTensor::from_i32(&[t], &rows.iter().map(|r| r.1).collect::<Vec<_>>());
-    let params = AttentionParams { scale: 1.0 / (d as f32).sqrt(), sliding_window: window };
+    let flat: Vec<i32> = paging.tables.iter().flatten().copied().collect();
+    let tables = HostTensor::from_i32(&[seqs, paging.mb], &flat);
+    let params =
+        AttentionParams { scale: 1.0 / (d as f32).sqrt(), sliding_window: window, block_size: block_size as u32 };
 
     let (gq, cq) = both(&gpu, &q);
     let gq = if misalign_q { misaligned(&gpu, &q) } else { gq };
     let (gk, ck) = both(&gpu, &kc);
     let (gv, cv) = both(&gpu, &vc);
-    let (gs, cs) = both(&gpu, &starts);
+    let (gt, ct) = both(&gpu, &tables);
+    let (gs, cs) = both(&gpu, &row_seq);
     let (gp, cp) = both(&gpu, &pos);
     // Random destinations: padded rows must come back as zeros.
     let out0 = random(&mut rng, dtype, &[t, h, d], -9.0, 9.0);
     let (go, co) = both(&gpu, &out0);
-    gpu.attention(&gq, &gk, &gv, &gs, &gp, params, &go).expect("cuda attention");
-    Cpu.attention(&cq, &ck, &cv, &cs, &cp, params, &co).expect("cpu attention");
+    gpu.attention(&gq, &gk, &gv, &gt, &gs, &gp, params, &go).expect("cuda attention");
+    Cpu.attention(&cq, &ck, &cv, &ct, &cs, &cp, params, &co).expect("cpu attention");
     let want = Cpu.download(&co).unwrap().to_f32();
     let got = gpu.download(&go).unwrap().to_f32();
     assert_close(what, dtype, &got, &f64s(&want));
@@ -147,21 +158,24 @@ fn attention_vs_cpu(
     }
 }
 
-/// Decode: 3 sequences at different positions (up to 700), H=8, Hkv=2, D=64. T*H = 24
-/// queries is far below 2 * SMs, so this runs the split-K kernel and the merge.
-const DECODE_ROWS: [(i32, i32); 3] = [(0, 700), (704, 1), (1024, 345)];
-const DECODE_SHAPE: (usize, usize, usize, usize) = (8, 2, 64, 1536);
+/// Decode: 3 sequences at different positions (up to 700), H=8, Hkv=2, D=64, blocks of 16.
+/// T*H = 24 queries is far below 2 * SMs, so this runs the split-K kernel and the merge.
+const DECODE_ROWS: [(usize, i32); 3] = [(0, 700), (1, 1), (2, 345)];
+const DECODE_SHAPE: (usize, usize, usize, usize) = (8, 2, 64, 16);
 
 #[test]
 fn attention_decode_matches_cpu() {
     for dt in DType::FLOATS {
         attention_vs_cpu(&format!("attention decode {dt}"), dt, &DECODE_ROWS, DECODE_SHAPE, 0, false);
     }
+    // GQA 8:1 and 1:1, block sizes 1 (every key its own block) and 32
+    attention_vs_cpu("attention decode GQA 8 bf16", DType::BF16, &DECODE_ROWS, (32, 4, 64, 32), 0, false);
+    attention_vs_cpu("attention decode MHA bs=1 bf16", DType::BF16, &DECODE_ROWS, (4, 4, 64, 1), 0, false);
 }
 
 #[test]
 fn attention_decode_with_a_window_and_a_padded_row_matches_cpu() {
-    let rows = [(0, 700), (704, -1), (1024, 345), (704, 130)];
+    let rows = [(0, 700), (1, -1), (2, 345), (1, 130)];
     for dt in DType::FLOATS {
         attention_vs_cpu(&format!("attention decode window {dt}"), dt, &rows, DECODE_SHAPE, 128, false);
     }
@@ -172,23 +186,16 @@ fn attention_decode_scalar_path_and_odd_head_dims_match_cpu() {
     // q one element off 16-byte alignment: the element-load kernel.
     attention_vs_cpu("attention decode scalar bf16", DType::BF16, &DECODE_ROWS, DECODE_SHAPE, 0, true);
     // D = 36 bf16 is not a whole number of 16-byte vectors: the element-load kernel too.
-    attention_vs_cpu("attention decode D=36 bf16", DType::BF16, &DECODE_ROWS, (8, 2, 36, 1536), 0, false);
+    attention_vs_cpu("attention decode D=36 bf16", DType::BF16, &DECODE_ROWS, (8, 2, 36, 16), 0, false);
     // D = 72 bf16 is 9 vectors: the vector kernel with idle lanes in each 16-lane group.
-    attention_vs_cpu("attention decode D=72 bf16", DType::BF16, &DECODE_ROWS, (8, 2, 72, 1536), 0, false);
+    attention_vs_cpu("attention decode D=72 bf16", DType::BF16, &DECODE_ROWS, (8, 2, 72, 16), 0, false);
 }
 
 #[test]
 fn attention_decode_large_heads_matches_cpu() {
     // D = 128 and 256 (Gemma-style), GQA 4:1, the shapes of real models.
     for d in [128, 256] {
-        attention_vs_cpu(
-            &format!("attention decode D={d} bf16"),
-            DType::BF16,
-            &DECODE_ROWS,
-            (16, 4, d, 1536),
-            0,
-            false,
-        );
+        attention_vs_cpu(&format!("attention decode D={d} bf16"), DType::BF16, &DECODE_ROWS, (16, 4, d, 16), 0, false);
     }
 }
 
@@ -196,35 +203,41 @@ fn attention_decode_large_heads_matches_cpu() {
 /// T*H = 296 queries: one block per query, no split.
 #[test]
 fn attention_prefill_matches_cpu() {
-    let mut rows: Vec<(i32, i32)> = (0..30).map(|p| (0, p)).collect();
-    rows.extend((500..507).map(|p| (600, p)));
+    let mut rows: Vec<(usize, i32)> = (0..30).map(|p| (0, p)).collect();
+    rows.extend((500..507).map(|p| (1, p)));
     for dt in DType::FLOATS {
         attention_vs_cpu(&format!("attention prefill {dt}"), dt, &rows, DECODE_SHAPE, 0, false);
     }
     attention_vs_cpu("attention prefill window bf16", DType::BF16, &rows, DECODE_SHAPE, 16, false);
 }
 
-/// Attention reads positions from device memory: the same tensors with new position values
-/// (what a replayed decode graph does) give the new result.
+/// Attention reads positions and block tables from device memory: the same tensors with new
+/// values (what a replayed decode graph does) give the new result.
 #[test]
 fn attention_follows_positions_written_in_place() {
     let mut rng = Rng::fresh("attention positions in place");
     let gpu = cuda(LaunchParamMode::Inline);
-    let (h, hkv, d, slots) = DECODE_SHAPE;
+    let (h, hkv, d, bs) = DECODE_SHAPE;
+    let slots = 64 * bs;
     let dt = DType::BF16;
     let q = gpu.tensor(&random(&mut rng, dt, &[1, h, d], -1.0, 1.0)).unwrap();
     let kc = gpu.tensor(&random(&mut rng, dt, &[slots, hkv, d], -1.0, 1.0)).unwrap();
     let vc = gpu.tensor(&random(&mut rng, dt, &[slots, hkv, d], -2.0, 2.0)).unwrap();
-    let starts = gpu.tensor(&HostTensor::from_i32(&[1], &[0])).unwrap();
+    let table: Vec<i32> = (0..64).rev().collect();
+    let tables = gpu.tensor(&HostTensor::from_i32(&[1, 64], &table)).unwrap();
+    let row = gpu.tensor(&HostTensor::from_i32(&[1], &[0])).unwrap();
     let pos = gpu.tensor(&HostTensor::from_i32(&[1], &[10])).unwrap();
     let out = gpu.zeros(dt, &[1, h, d]).unwrap();
-    let params = AttentionParams { scale: 0.125, sliding_window: 0 };
-    gpu.attention(&q, &kc, &vc, &starts, &pos, params, &out).unwrap();
+    let params = AttentionParams { scale: 0.125, sliding_window: 0, block_size: bs as u32 };
+    gpu.attention(&q, &kc, &vc, &tables, &row, &pos, params, &out).unwrap();
     let short = gpu.download(&out).unwrap();
     gpu.write(&HostTensor::from_i32(&[1], &[900]), &pos).unwrap();
-    gpu.attention(&q, &kc, &vc, &starts, &pos, params, &out).unwrap();
+    gpu.attention(&q, &kc, &vc, &tables, &row, &pos, params, &out).unwrap();
     let long = gpu.download(&out).unwrap();
     assert_ne!(short, long, "the second launch must see position 900");
+    gpu.write(&HostTensor::from_i32(&[1, 64], &(0..64).collect::<Vec<_>>()), &tables).unwrap();
+    gpu.attention(&q, &kc, &vc, &tables, &row, &pos, params, &out).unwrap();
+    assert_ne!(long, gpu.download(&out).unwrap(), "the third launch must see the new block table");
 }
 
 #[test]

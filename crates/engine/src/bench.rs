@@ -10,9 +10,8 @@
 //! issuing one step onto an idle device (median of 21). Each row also re-checks that the greedy tokens equal the
 //! eager step's (all rows decode at one fixed position, so every step is identical).
 
-use crate::generate::DecodeStep;
 use crate::graph_runner::GraphDecoder;
-use crate::runner::{DecodeRow, ModelRunner, RunnerConfig};
+use crate::model_runner::{Eager, ModelRunner, RunnerConfig, SeqChunk};
 use crate::EngineError;
 use encore_cuda::{Cuda, LaunchParamMode, NodeAudit};
 use encore_models::config::ModelConfig;
@@ -145,8 +144,16 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     }
     let model = Llama::random(&b, cfg.model.clone(), cfg.dtype, cfg.ctx, 1234)?;
     let weight_bytes = model.weight_bytes();
-    let rc = RunnerConfig { max_seqs: max_batch, max_ctx: cfg.ctx, prefill_chunk: cfg.prefill_tokens, max_batch };
+    let block_size = 16;
+    let rc = RunnerConfig {
+        block_size,
+        num_blocks: max_batch * cfg.ctx.div_ceil(block_size),
+        max_num_seqs: max_batch,
+        max_num_batched_tokens: cfg.prefill_tokens.max(max_batch),
+        max_model_len: cfg.ctx,
+    };
     let mut runner = ModelRunner::new(b.clone(), model, rc)?;
+    let tables: Vec<Vec<u32>> = (0..max_batch).map(|s| runner.static_table(s)).collect();
     for (i, t) in runner.cache.k.iter().chain(&runner.cache.v).enumerate() {
         b.fill_uniform(t, 99 + i as u64, 1.0)?; // attention reads real numbers, not zeros
     }
@@ -169,12 +176,13 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     // prefill: one prompt of `prefill_tokens` tokens, median of 3 after a warm-up
     dev.set_launch_mode(LaunchParamMode::Inline);
     let prompt: Vec<u32> = (0..cfg.prefill_tokens).map(|_| rng.below(vocab) as u32).collect();
-    runner.prefill(0, &prompt, 0)?;
+    let prefill = [SeqChunk { tokens: &prompt, start: 0, block_table: &tables[0], sample: true, uniform: 0 }];
+    runner.step(&mut Eager, &prefill)?;
     let mut times = Vec::new();
     for _ in 0..3 {
         sync(&b)?;
         let t = Instant::now();
-        runner.prefill(0, &prompt, 0)?;
+        runner.step(&mut Eager, &prefill)?;
         sync(&b)?;
         times.push(t.elapsed().as_secs_f64());
     }
@@ -182,12 +190,13 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     report.prefill_tok_s = cfg.prefill_tokens as f64 / times[1];
 
     for &batch in &cfg.batches {
-        let rows: Vec<DecodeRow> = (0..batch)
-            .map(|s| DecodeRow { seq: s, token: rng.below(vocab) as u32, pos: cfg.pos, uniform: 0 })
+        let toks: Vec<[u32; 1]> = (0..batch).map(|_| [rng.below(vocab) as u32]).collect();
+        let rows: Vec<SeqChunk> = (0..batch)
+            .map(|s| SeqChunk { tokens: &toks[s], start: cfg.pos, block_table: &tables[s], sample: true, uniform: 0 })
             .collect();
         // the eager tokens every mode must reproduce
         dev.set_launch_mode(LaunchParamMode::Inline);
-        runner.decode_eager(&rows, batch)?;
+        runner.step(&mut Eager, &rows)?;
         let want = runner.read_next(batch)?;
         for &mode in &cfg.modes {
             let row = bench_mode(&b, &mut runner, &rows, batch, mode, cfg.steps, &want)?;
@@ -217,7 +226,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
 fn bench_mode(
     b: &Cuda,
     runner: &mut ModelRunner<Cuda>,
-    rows: &[DecodeRow],
+    rows: &[SeqChunk],
     batch: usize,
     mode: BenchMode,
     steps: usize,
@@ -229,14 +238,15 @@ fn bench_mode(
         BenchMode::Eager => {
             dev.set_launch_mode(LaunchParamMode::Inline);
             for _ in 0..3 {
-                runner.decode_eager(rows, batch)?;
+                runner.step(&mut Eager, rows)?;
             }
             let s0 = dev.launch_stats();
-            runner.decode_eager(rows, batch)?;
+            runner.step(&mut Eager, rows)?;
             let d = dev.launch_stats().since(&s0);
             row.kernels_per_step = d.kernels;
             row.strided_launches_per_step = d.inline + d.cached + d.upload;
-            (row.ms_per_step, row.host_us_per_step) = time_steps(b, steps, || runner.decode_eager(rows, batch))?;
+            (row.ms_per_step, row.host_us_per_step) =
+                time_steps(b, steps, || runner.step(&mut Eager, rows).map(|_| ()))?;
         }
         BenchMode::Graph(m) => {
             dev.set_launch_mode(m);
@@ -254,13 +264,13 @@ fn bench_mode(
             row.audit = Some(audit);
             row.kernels_per_step = audit.kernel as u64;
             let s0 = dev.launch_stats();
-            runner.decode_eager(rows, batch)?;
+            runner.step(&mut Eager, rows)?;
             let d = dev.launch_stats().since(&s0);
             row.strided_launches_per_step = d.inline + d.cached + d.upload;
             // the serving step: pack the inputs, one HtoD copy, one graph launch
             let mut graphs = graphs;
             (row.ms_per_step, row.host_us_per_step) =
-                time_steps(b, steps, || DecodeStep::decode(&mut graphs, runner, rows, batch))?;
+                time_steps(b, steps, || runner.step(&mut graphs, rows).map(|_| ()))?;
             let t = Instant::now();
             for _ in 0..steps {
                 graphs.replay(batch)?;

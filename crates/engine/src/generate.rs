@@ -1,151 +1,95 @@
-//! The generation loop: prefill each prompt, then decode all live sequences as one batch
-//! (in the smallest bucket that holds them) until each hits EOS, a stop condition or its
-//! token budget. The next token is chosen on the device (argmax, or temperature / top-k /
-//! top-p / min-p sampling with a uniform per row drawn from the seeded host RNG), so a step
-//! reads back only the token ids; only a repetition penalty, which needs each sequence's
-//! history, reads the logits back and samples on the host.
+//! Offline generation on the engine API: every prompt is added as a request (prompt `i`
+//! samples with seed `seed + i`), then the engine steps until all are done. The same
+//! continuous-batching loop as the server; no second decode loop.
 
-use crate::buckets::{batch_buckets, bucket_for};
-use crate::runner::{DecodeRow, ModelRunner};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::llm_engine::LlmEngine;
+use crate::sampler::SamplingParams;
+use crate::sequence::FinishReason;
 use crate::EngineError;
-use encore_tensor::{Backend, SampleParams};
+use encore_tensor::Backend;
 use std::time::Instant;
-
-/// How a decode step runs: eagerly, or by replaying a captured graph.
-pub trait DecodeStep<B: Backend> {
-    fn decode(&mut self, runner: &mut ModelRunner<B>, rows: &[DecodeRow], bucket: usize) -> Result<(), EngineError>;
-}
-
-pub struct Eager;
-
-impl<B: Backend> DecodeStep<B> for Eager {
-    fn decode(&mut self, runner: &mut ModelRunner<B>, rows: &[DecodeRow], bucket: usize) -> Result<(), EngineError> {
-        runner.decode_eager(rows, bucket)
-    }
-}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenStats {
     pub prompt_tokens: usize,
+    /// Time in steps that ran prompt tokens (prefill, and decodes mixed with it).
     pub prefill_secs: f64,
     pub decode_steps: usize,
     pub generated_tokens: usize,
+    /// Time in pure decode steps.
     pub decode_secs: f64,
+    /// Pure decode steps that replayed a graph.
+    pub graphed_steps: usize,
+    pub host_sampled_rows: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generation {
     /// Generated ids per prompt (EOS excluded).
     pub tokens: Vec<Vec<u32>>,
+    pub finish: Vec<Option<FinishReason>>,
     pub stats: GenStats,
 }
 
-/// What the caller says after each token of sequence `seq`.
+/// What the caller says after each token of prompt `i`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
+    /// End this sequence now (e.g. a stop string was seen).
     Stop,
 }
 
-/// The device-side choice for `params`: None (argmax) when greedy, Some when everything but
-/// a repetition penalty is asked for (that one needs the history: host sampling).
-pub fn device_sampling(params: &SamplingParams) -> Option<SampleParams> {
-    (params.temperature > 0.0 && params.repetition_penalty == 1.0).then_some(SampleParams {
-        temperature: params.temperature,
-        top_k: params.top_k.min(u32::MAX as usize) as u32,
-        top_p: params.top_p,
-        min_p: params.min_p,
-    })
-}
-
 pub fn generate<B: Backend>(
-    runner: &mut ModelRunner<B>,
-    step: &mut dyn DecodeStep<B>,
+    engine: &mut LlmEngine<B>,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
-    eos: &[u32],
     mut on_token: impl FnMut(usize, u32) -> Flow,
 ) -> Result<Generation, EngineError> {
-    if prompts.len() > runner.cfg.max_batch {
-        return Err(EngineError::Config(format!(
-            "{} prompts exceed the batch of {}",
-            prompts.len(),
-            runner.cfg.max_batch
-        )));
+    let mut ids = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let pi = SamplingParams { seed: params.seed.wrapping_add(i as u64), ..params.clone() };
+        ids.push(engine.add_request(p.clone(), pi).map_err(|e| match e {
+            EngineError::Config(m) if prompts.len() > 1 => EngineError::Config(format!("prompt {i}: {m}")),
+            e => e,
+        })?);
     }
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(EngineError::Config(format!("prompt {i} is empty after tokenisation")));
-    }
-    let buckets = batch_buckets(runner.cfg.max_batch);
-    let mut samplers: Vec<Sampler> = (0..prompts.len())
-        .map(|i| Sampler::new(SamplingParams { seed: params.seed.wrapping_add(i as u64), ..params.clone() }))
-        .collect();
-    runner.sampling = device_sampling(params);
-    let on_host = !params.is_greedy() && runner.sampling.is_none();
-    let mut out = Generation { tokens: vec![Vec::new(); prompts.len()], ..Default::default() };
-    let mut history: Vec<Vec<u32>> = prompts.to_vec();
-    let mut live: Vec<bool> = vec![true; prompts.len()];
-    let mut next: Vec<u32> = vec![0; prompts.len()];
-
-    // prefill each prompt and pick its first token
-    let t0 = Instant::now();
-    for (s, p) in prompts.iter().enumerate() {
-        if p.len() + 1 > runner.cfg.max_ctx {
-            return Err(EngineError::ContextFull { needed: p.len() + 1, max_ctx: runner.cfg.max_ctx });
-        }
-        let u = samplers[s].uniform24();
-        runner.prefill_sampled(s, p, 0, u)?;
-        next[s] =
-            if on_host { samplers[s].sample(&runner.read_logits(1)?[0], &history[s]) } else { runner.read_next(1)?[0] };
-        out.stats.prompt_tokens += p.len();
-    }
-    out.stats.prefill_secs = t0.elapsed().as_secs_f64();
-
-    let t1 = Instant::now();
-    loop {
-        // accept the pending tokens; finish sequences that are done
-        let mut rows = Vec::new();
-        for s in 0..prompts.len() {
-            if !live[s] {
-                continue;
-            }
-            let tok = next[s];
-            if eos.contains(&tok) {
-                live[s] = false;
-                continue;
-            }
-            out.tokens[s].push(tok);
-            history[s].push(tok);
-            out.stats.generated_tokens += 1;
-            let pos = history[s].len() - 1;
-            if on_token(s, tok) == Flow::Stop
-                || out.tokens[s].len() >= params.max_tokens
-                || pos + 1 >= runner.cfg.max_ctx
-            {
-                live[s] = false;
-                continue;
-            }
-            rows.push(DecodeRow { seq: s, token: tok, pos, uniform: samplers[s].uniform24() });
-        }
-        if rows.is_empty() {
-            break;
-        }
-        let bucket = bucket_for(rows.len(), &buckets).expect("rows never exceed max_batch");
-        step.decode(runner, &rows, bucket)?;
-        out.stats.decode_steps += 1;
-        if on_host {
-            let logits = runner.read_logits(rows.len())?;
-            for (r, l) in rows.iter().zip(logits) {
-                next[r.seq] = samplers[r.seq].sample(&l, &history[r.seq]);
-            }
+    let index = |id| ids.iter().position(|&x| x == id).expect("outputs name our requests");
+    let mut out =
+        Generation { tokens: vec![Vec::new(); prompts.len()], finish: vec![None; prompts.len()], ..Default::default() };
+    out.stats.prompt_tokens = prompts.iter().map(Vec::len).sum();
+    let before = engine.counters();
+    while engine.has_unfinished() {
+        let t0 = Instant::now();
+        let decode_before = engine.counters().decode_steps;
+        let outs = engine.step()?;
+        let secs = t0.elapsed().as_secs_f64();
+        if engine.counters().decode_steps > decode_before {
+            out.stats.decode_secs += secs;
         } else {
-            let ids = runner.read_next(rows.len())?;
-            for (r, id) in rows.iter().zip(ids) {
-                next[r.seq] = id;
+            out.stats.prefill_secs += secs;
+        }
+        for o in outs {
+            let i = index(o.id);
+            if let Some(tok) = o.token {
+                out.tokens[i].push(tok);
+                if o.finished.is_none() && on_token(i, tok) == Flow::Stop {
+                    engine.finish(o.id, FinishReason::Stop);
+                    out.finish[i] = Some(FinishReason::Stop);
+                    continue;
+                }
+                if o.finished.is_some() {
+                    on_token(i, tok);
+                }
+            }
+            if o.finished.is_some() {
+                out.finish[i] = o.finished;
             }
         }
     }
-    out.stats.decode_secs = t1.elapsed().as_secs_f64();
+    let c = engine.counters();
+    out.stats.decode_steps = (c.decode_steps - before.decode_steps) as usize;
+    out.stats.graphed_steps = (c.graphed_steps - before.graphed_steps) as usize;
+    out.stats.generated_tokens = (c.generated_tokens - before.generated_tokens) as usize;
+    out.stats.host_sampled_rows = c.host_sampled_rows - before.host_sampled_rows;
     Ok(out)
 }

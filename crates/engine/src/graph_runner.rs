@@ -6,14 +6,15 @@
 //! (in `cached` mode this fills the ParamCache; the pool also reaches its steady state),
 //! then capture the same step. The graph reads its inputs from the static `StepInputs`
 //! buffer and context lengths from device memory, so one graph per bucket serves every
-//! position. A bucket whose capture fails is logged (once, in the report) and runs eagerly.
+//! position. A bucket whose capture fails is logged (once, in the report) and runs eagerly;
+//! every decode step that runs eagerly (no graph for its bucket, or a sampling mode other
+//! than the captured one) is counted in [`GraphStats`], never silent. The device's launch
+//! mode is restored after capture, so later eager work runs in the mode it was given.
 
-use crate::buckets::batch_buckets;
-use crate::generate::DecodeStep;
-use crate::runner::{DecodeRow, ModelRunner};
+use crate::model_runner::{ModelRunner, StepRunner};
 use crate::EngineError;
 use encore_cuda::{capture, CacheGuard, Cuda, CudaError, GraphExec, LaunchParamMode, NodeAudit};
-use encore_models::llama::HostInputs;
+use encore_models::HostInputs;
 
 struct BucketGraph {
     bucket: usize,
@@ -29,7 +30,21 @@ pub struct GraphDecoder {
     graphs: Vec<BucketGraph>,
     fallbacks: Vec<(usize, String)>,
     capture_ms: f64,
+    stats: GraphStats,
     _cache: Option<CacheGuard>,
+}
+
+/// What ran the steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Pure decode steps replayed from a graph.
+    pub replayed: u64,
+    /// Pure decode steps run eagerly: their bucket has no graph.
+    pub eager_no_graph: u64,
+    /// Pure decode steps run eagerly: the sampling mode differs from the captured one.
+    pub eager_sampling: u64,
+    /// Steps with prefill rows (always eager).
+    pub mixed: u64,
 }
 
 /// Test hook: make the capture of this bucket fail (a synchronisation inside the capture).
@@ -43,7 +58,7 @@ impl GraphDecoder {
         mode: LaunchParamMode,
         fail: Option<FailCapture>,
     ) -> Result<Self, EngineError> {
-        let buckets = batch_buckets(runner.cfg.max_batch);
+        let buckets = runner.buckets.clone();
         Self::capture_buckets(runner, &buckets, mode, fail)
     }
 
@@ -54,6 +69,7 @@ impl GraphDecoder {
         fail: Option<FailCapture>,
     ) -> Result<Self, EngineError> {
         let dev = runner.backend.device().clone();
+        let before = dev.launch_mode();
         dev.set_launch_mode(mode);
         let cache = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
         let mut me = GraphDecoder {
@@ -61,6 +77,7 @@ impl GraphDecoder {
             graphs: Vec::new(),
             fallbacks: Vec::new(),
             capture_ms: 0.0,
+            stats: GraphStats::default(),
             _cache: cache,
         };
         let mut order = buckets.to_vec();
@@ -76,6 +93,7 @@ impl GraphDecoder {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        dev.set_launch_mode(before);
         me.capture_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(me)
     }
@@ -86,10 +104,10 @@ impl GraphDecoder {
         fail: Option<FailCapture>,
     ) -> Result<BucketGraph, EngineError> {
         let mut pad = HostInputs::default();
-        pad.pad_to(bucket);
+        pad.pad_to(bucket, bucket);
         runner.inputs.upload(&runner.backend, &pad)?;
         let ModelRunner { backend, model, cache, state, inputs, sampling, .. } = &*runner;
-        let step = || model.forward(backend, state, inputs, cache, bucket, (0, bucket), *sampling);
+        let step = || model.forward(backend, state, inputs, cache, bucket, bucket, *sampling);
         step()?; // warm-up: fills the ParamCache in cached mode
         let dev = backend.device();
         let graph = capture(dev, || {
@@ -146,15 +164,31 @@ fn capture_progress(buckets: usize) -> indicatif::ProgressBar {
     bar
 }
 
-impl DecodeStep<Cuda> for GraphDecoder {
-    fn decode(&mut self, runner: &mut ModelRunner<Cuda>, rows: &[DecodeRow], bucket: usize) -> Result<(), EngineError> {
-        let host = runner.decode_inputs(rows, bucket)?;
-        runner.inputs.upload(&runner.backend, &host)?; // the one HtoD copy of the step
-                                                       // a graph replays the sampling mode it was captured with; another runs eagerly
-        if runner.sampling != self.sampling || !self.replay(bucket)? {
-            let r = &*runner;
-            r.model.forward(&r.backend, &r.state, &r.inputs, &r.cache, bucket, (0, bucket), r.sampling)?;
+impl StepRunner<Cuda> for GraphDecoder {
+    fn run(
+        &mut self,
+        runner: &ModelRunner<Cuda>,
+        t: usize,
+        n_logits: usize,
+        decode_bucket: Option<usize>,
+    ) -> Result<bool, EngineError> {
+        match decode_bucket {
+            // a graph replays the sampling mode it was captured with; another runs eagerly
+            Some(_) if runner.sampling != self.sampling => self.stats.eager_sampling += 1,
+            Some(b) if self.replay(b)? => {
+                self.stats.replayed += 1;
+                return Ok(true);
+            }
+            Some(_) => self.stats.eager_no_graph += 1,
+            None => self.stats.mixed += 1,
         }
-        Ok(())
+        runner.forward(t, n_logits)?;
+        Ok(false)
+    }
+}
+
+impl GraphDecoder {
+    pub fn stats(&self) -> GraphStats {
+        self.stats
     }
 }

@@ -21,6 +21,11 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub seed: u64,
+    /// Keep generating past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
+    /// Return the log-probability of each generated token and of the `n` most likely
+    /// alternatives (0: just the token's own).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -34,6 +39,8 @@ impl Default for SamplingParams {
             max_tokens: 64,
             stop: Vec::new(),
             seed: 0,
+            ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -146,6 +153,24 @@ impl Sampler {
     }
 }
 
+/// `log_softmax(logits)[token]` and the `top` most likely tokens with theirs (descending).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+    }
+    let own = logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| l - lse);
+    (own, best.into_iter().map(|(i, l)| (i, l - lse)).collect())
+}
+
 /// First index of the largest value.
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
@@ -234,6 +259,15 @@ mod tests {
             assert!(p.validate().unwrap_err().contains(f));
         }
         assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let (own, top) = logprobs(&[1.0, 3.0, 2.0], 2, 2);
+        let lse = (1f64.exp() + 3f64.exp() + 2f64.exp()).ln() as f32;
+        assert!((own - (2.0 - lse)).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((top[0].1 - (3.0 - lse)).abs() < 1e-6);
     }
 
     #[test]

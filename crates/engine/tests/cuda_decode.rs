@@ -12,7 +12,7 @@
 use encore_cpu::Cpu;
 use encore_cuda::{Cuda, LaunchParamMode};
 use encore_engine::graph_runner::{FailCapture, GraphDecoder};
-use encore_engine::{generate, DecodeRow, Eager, Flow, ModelRunner, RunnerConfig, SamplingParams};
+use encore_engine::{generate, DecodeRow, Eager, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams};
 use encore_models::config::{Arch, ModelConfig};
 use encore_models::golden::{golden_dir, LogitsGolden};
 use encore_models::hub::open_model;
@@ -44,11 +44,17 @@ fn small(vocab: usize) -> ModelConfig {
     }
 }
 
+/// Sequence slots `0..=max_batch` (static tables; the extra slot takes interleaved prefills).
+fn runner_config(max_batch: usize, max_ctx: usize) -> RunnerConfig {
+    let block_size = 16;
+    let num_blocks = (max_batch + 1) * max_ctx.div_ceil(block_size);
+    RunnerConfig { block_size, num_blocks, max_num_seqs: max_batch, max_num_batched_tokens: 64, max_model_len: max_ctx }
+}
+
 fn cuda_runner(max_batch: usize, max_ctx: usize) -> ModelRunner<Cuda> {
     let b = Cuda::new(0).unwrap();
     let model = Llama::random(&b, small(1000), DType::BF16, max_ctx, 3).unwrap();
-    let rc = RunnerConfig { max_seqs: max_batch + 1, max_ctx, prefill_chunk: 64, max_batch };
-    ModelRunner::new(b, model, rc).unwrap()
+    ModelRunner::new(b, model, runner_config(max_batch, max_ctx)).unwrap()
 }
 
 fn logits_bits(r: &ModelRunner<Cuda>, n: usize) -> Vec<u8> {
@@ -62,25 +68,23 @@ fn replay_matches_eager(mode: LaunchParamMode, prompts: &[Vec<u32>], steps: usiz
     let n = prompts.len();
     let bucket = n.next_power_of_two();
     let mut r = cuda_runner(bucket, 512);
-    let graphs = GraphDecoder::capture(&mut r, mode, None).unwrap();
+    let mut graphs = GraphDecoder::capture(&mut r, mode, None).unwrap();
     assert!(graphs.fallbacks().is_empty(), "{:?}", graphs.fallbacks());
     let mut rows: Vec<DecodeRow> = Vec::new();
     for (s, p) in prompts.iter().enumerate() {
-        r.prefill(s, &p[..p.len() - 1], 0).unwrap();
+        r.prefill_static(s, &p[..p.len() - 1], 0).unwrap();
         rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 });
     }
     let mut rng = Rng::fresh("replay_matches_eager");
     for step in 0..steps {
-        r.decode_eager(&rows, bucket).unwrap();
+        r.decode_static(&mut Eager, &rows, Some(bucket)).unwrap();
         let (eager_logits, eager_next) = (logits_bits(&r, n), r.read_next(n).unwrap());
         if interleave_prefill && step % 16 == 5 {
             // another sequence's prefill between replays must not disturb the graph
             let extra: Vec<u32> = (0..1 + rng.below(40)).map(|_| rng.below(1000) as u32).collect();
-            r.prefill(bucket, &extra, 0).unwrap();
+            r.prefill_static(bucket, &extra, 0).unwrap();
         }
-        let host = r.decode_inputs(&rows, bucket).unwrap();
-        r.inputs.upload(&r.backend, &host).unwrap();
-        assert!(graphs.replay(bucket).unwrap());
+        assert!(r.decode_static(&mut graphs, &rows, Some(bucket)).unwrap(), "a graph ran the step");
         let replay_logits = logits_bits(&r, n);
         let first_diff = replay_logits.iter().zip(&eager_logits).position(|(a, b)| a != b);
         assert_eq!(first_diff, None, "{mode:?} step {step}: replay logits differ from eager (first differing byte)");
@@ -120,11 +124,11 @@ fn graph_replay_is_bit_identical_in_cached_and_upload_modes() {
 fn sampled_graph_decode_equals_eager() {
     let mut r = cuda_runner(4, 256);
     r.sampling = Some(encore_tensor::SampleParams { temperature: 1.2, top_k: 50, top_p: 0.9, min_p: 0.01 });
-    let graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
+    let mut graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
     let ps = prompts(&[5, 9, 3]);
     let mut rows: Vec<DecodeRow> = Vec::new();
     for (s, p) in ps.iter().enumerate() {
-        r.prefill(s, &p[..p.len() - 1], 0).unwrap();
+        r.prefill_static(s, &p[..p.len() - 1], 0).unwrap();
         rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 });
     }
     let mut rng = Rng::fresh("sampled_graph_decode_equals_eager");
@@ -133,11 +137,9 @@ fn sampled_graph_decode_equals_eager() {
         for row in rows.iter_mut() {
             row.uniform = rng.below(1 << 24) as i32;
         }
-        r.decode_eager(&rows, 4).unwrap();
+        r.decode_static(&mut Eager, &rows, Some(4)).unwrap();
         let eager = r.read_next(3).unwrap();
-        let host = r.decode_inputs(&rows, 4).unwrap();
-        r.inputs.upload(&r.backend, &host).unwrap();
-        assert!(graphs.replay(4).unwrap());
+        assert!(r.decode_static(&mut graphs, &rows, Some(4)).unwrap());
         let replay = r.read_next(3).unwrap();
         assert_eq!(replay, eager, "step {step}");
         for (row, t) in rows.iter_mut().zip(replay) {
@@ -160,7 +162,7 @@ fn decode_graph_audits_kernels_only_except_upload() {
             // our launches and strided metas of one eager step of this bucket
             let rows = [DecodeRow { seq: 0, token: 1, pos: 0, uniform: 0 }];
             let s0 = dev.launch_stats();
-            r.decode_eager(&rows, bucket).unwrap();
+            r.decode_static(&mut Eager, &rows, Some(bucket)).unwrap();
             let d = dev.launch_stats().since(&s0);
             // graph kernel nodes = our launches + cuBLAS's own kernels (not in our counters)
             assert!(a.kernel as u64 >= d.kernels, "{mode:?} bucket {bucket}: {a}, {} launches", d.kernels);
@@ -183,17 +185,20 @@ fn decode_graph_audits_kernels_only_except_upload() {
 fn failed_capture_falls_back_to_eager_with_the_same_tokens() {
     let ps = prompts(&[6, 11]);
     let params = SamplingParams { max_tokens: 40, ..Default::default() };
+    let mut eager = LlmEngine::new(cuda_runner(2, 256), Box::new(Eager), vec![]);
+    let eager = generate(&mut eager, &ps, &params, |_, _| Flow::Continue).unwrap();
     let mut r = cuda_runner(2, 256);
-    let eager = generate(&mut r, &mut Eager, &ps, &params, &[], |_, _| Flow::Continue).unwrap();
-    let mut r = cuda_runner(2, 256);
-    let mut graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, Some(FailCapture(2))).unwrap();
+    let graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, Some(FailCapture(2))).unwrap();
     assert_eq!(graphs.fallbacks().len(), 1);
     assert_eq!(graphs.fallbacks()[0].0, 2);
     assert!(graphs.fallbacks()[0].1.contains("capture"), "{:?}", graphs.fallbacks());
-    let out = generate(&mut r, &mut graphs, &ps, &params, &[], |_, _| Flow::Continue).unwrap();
+    let mut engine = LlmEngine::new(r, Box::new(graphs), vec![]);
+    let out = generate(&mut engine, &ps, &params, |_, _| Flow::Continue).unwrap();
     assert_eq!(out.tokens, eager.tokens);
+    assert!(out.stats.graphed_steps > 0, "bucket 1 still replays: {:?}", out.stats);
+    assert!(out.stats.graphed_steps < out.stats.decode_steps, "bucket 2 ran eagerly: {:?}", out.stats);
     // the device stays usable: a later capture of the same bucket works
-    let ok = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
+    let ok = GraphDecoder::capture(&mut engine.runner, LaunchParamMode::Inline, None).unwrap();
     assert!(ok.fallbacks().is_empty());
 }
 
@@ -204,16 +209,16 @@ fn tiny_models_on_cuda_f32_match_transformers() {
         let files = open_model(&g.model_dir).unwrap();
         let b = Cuda::new(0).unwrap();
         let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::F32, 64).unwrap();
-        let rc = RunnerConfig { max_seqs: 1, max_ctx: 64, prefill_chunk: 16, max_batch: 1 };
-        let mut r = ModelRunner::new(b, model, rc).unwrap();
+        let rc = RunnerConfig { max_num_batched_tokens: 16, ..runner_config(1, 64) };
+        let r = ModelRunner::new(b, model, rc).unwrap();
         let v = files.config.vocab_size;
         let t = g.prompt_ids.len();
-        r.prefill(0, &g.prompt_ids, 0).unwrap();
+        r.prefill_static(0, &g.prompt_ids, 0).unwrap();
         let want = g.prefill_logits.to_f32();
         let mut rows = vec![(r.read_logits(1).unwrap().remove(0), want[(t - 1) * v..t * v].to_vec())];
         let want = g.decode_logits.to_f32();
         for (k, &id) in g.decode_ids.iter().enumerate() {
-            r.decode_eager(&[DecodeRow { seq: 0, token: id, pos: t + k, uniform: 0 }], 1).unwrap();
+            r.decode_static(&mut Eager, &[DecodeRow { seq: 0, token: id, pos: t + k, uniform: 0 }], None).unwrap();
             rows.push((r.read_logits(1).unwrap().remove(0), want[k * v..(k + 1) * v].to_vec()));
         }
         for (i, (got, want)) in rows.iter().enumerate() {
@@ -244,13 +249,13 @@ fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
     let prompt: Vec<u32> = prompts(&[12])[0].iter().map(|&t| t % files.config.vocab_size as u32).collect();
     let cpu = Cpu;
     let model = Llama::load(&cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 128).unwrap();
-    let rc = RunnerConfig { max_seqs: 1, max_ctx: 128, prefill_chunk: 32, max_batch: 1 };
-    let mut rc_cpu = ModelRunner::new(cpu, model, rc.clone()).unwrap();
+    let rc = RunnerConfig { max_num_batched_tokens: 32, ..runner_config(1, 128) };
+    let rc_cpu = ModelRunner::new(cpu, model, rc.clone()).unwrap();
     let b = Cuda::new(0).unwrap();
     let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::BF16, 128).unwrap();
-    let mut rc_gpu = ModelRunner::new(b, model, rc).unwrap();
-    rc_cpu.prefill(0, &prompt, 0).unwrap();
-    rc_gpu.prefill(0, &prompt, 0).unwrap();
+    let rc_gpu = ModelRunner::new(b, model, rc).unwrap();
+    rc_cpu.prefill_static(0, &prompt, 0).unwrap();
+    rc_gpu.prefill_static(0, &prompt, 0).unwrap();
     for step in 0..steps {
         let pos = prompt.len() + step;
         let (lc, lg) = (rc_cpu.read_logits(1).unwrap().remove(0), rc_gpu.read_logits(1).unwrap().remove(0));
@@ -272,8 +277,9 @@ fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
         }
         let d = (pc[tc as usize] - pg[tc as usize]).abs();
         assert!(d <= 5e-2, "{}: step {step}: |logprob diff| {d} > 5e-2", dir.display());
-        rc_cpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos, uniform: 0 }], 1).unwrap();
-        rc_gpu.decode_eager(&[DecodeRow { seq: 0, token: tc, pos, uniform: 0 }], 1).unwrap();
+        let row = [DecodeRow { seq: 0, token: tc, pos, uniform: 0 }];
+        rc_cpu.decode_static(&mut Eager, &row, None).unwrap();
+        rc_gpu.decode_static(&mut Eager, &row, None).unwrap();
     }
 }
 
@@ -300,9 +306,9 @@ fn random_llama_3_2_1b_bf16_on_cuda_matches_transformers() {
     let files = open_model(std::path::Path::new(&dir)).unwrap();
     let b = Cuda::new(0).unwrap();
     let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::BF16, 128).unwrap();
-    let rc = RunnerConfig { max_seqs: 1, max_ctx: 128, prefill_chunk: 32, max_batch: 1 };
-    let mut r = ModelRunner::new(b, model, rc).unwrap();
-    r.prefill(0, &prompt, 0).unwrap();
+    let rc = RunnerConfig { max_num_batched_tokens: 32, ..runner_config(1, 128) };
+    let r = ModelRunner::new(b, model, rc).unwrap();
+    r.prefill_static(0, &prompt, 0).unwrap();
     let mut worst = 0.0f64;
     for (step, s) in hf["steps"].as_array().unwrap().iter().enumerate() {
         let (tok, lp) = (s["token"].as_u64().unwrap() as u32, s["logprob"].as_f64().unwrap());
@@ -321,7 +327,8 @@ fn random_llama_3_2_1b_bf16_on_cuda_matches_transformers() {
         let d = (lps[tok as usize] - lp).abs();
         worst = worst.max(d);
         assert!(d <= 5e-2, "step {step}: |logprob diff| {d} > 5e-2 vs transformers ({refp})");
-        r.decode_eager(&[DecodeRow { seq: 0, token: tok, pos: prompt.len() + step, uniform: 0 }], 1).unwrap();
+        let row = [DecodeRow { seq: 0, token: tok, pos: prompt.len() + step, uniform: 0 }];
+        r.decode_static(&mut Eager, &row, None).unwrap();
     }
     eprintln!(
         "all {} steps equal to transformers; max |logprob diff| {worst:.4}",

@@ -4,11 +4,10 @@
 //! tools/golden.py (the failing assertion names it).
 
 use encore_cpu::Cpu;
-use encore_engine::{generate, Eager, Flow, ModelRunner, RunnerConfig, SamplingParams};
+use encore_engine::{generate, Eager, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams};
 use encore_models::golden::{golden_dir, GreedyGolden, LogitsGolden};
 use encore_models::hub::{default_model_path, open_model};
-use encore_models::llama::HostInputs;
-use encore_models::{Llama, StepInputs};
+use encore_models::{HostInputs, InputDims, Llama, StepInputs, TokenRow};
 use encore_tensor::{Backend, DType};
 
 /// Max |ours - HF| over the row, against a bound scaled by the row's magnitude.
@@ -29,14 +28,19 @@ fn tiny_models_match_transformers_logits() {
         let v = files.config.vocab_size;
         let t = g.prompt_ids.len();
         let state = model.new_state(&b, t, t).unwrap();
-        let inputs = StepInputs::new(&b, t).unwrap();
-        let cache = model.new_cache(&b, 1, 64).unwrap();
-        let mut host = HostInputs::default();
+        // one sequence over 8 blocks of 8 slots, laid out in reverse (paged, not contiguous)
+        let inputs = StepInputs::new(&b, InputDims { max_tokens: t, max_seqs: t, max_blocks: 8 }).unwrap();
+        let cache = model.new_cache(&b, 8, 8).unwrap();
+        let table: Vec<i32> = (0..8).rev().collect();
+        let row =
+            |id: u32, p: usize| TokenRow { id, position: p as i32, seq: 0, slot: table[p / 8] * 8 + (p % 8) as i32 };
+        let mut host = HostInputs { block_tables: vec![table.clone()], ..Default::default() };
         for (p, &id) in g.prompt_ids.iter().enumerate() {
-            host.push(id, p as i32, 0);
+            host.tokens.push(row(id, p));
+            host.logits.push((p as i32, 0));
         }
         inputs.upload(&b, &host).unwrap();
-        model.forward(&b, &state, &inputs, &cache, t, (0, t), None).unwrap();
+        model.forward(&b, &state, &inputs, &cache, t, t, None).unwrap();
         let got = b.download(&state.logits).unwrap().to_f32();
         let want = g.prefill_logits.to_f32();
         for r in 0..t {
@@ -44,10 +48,10 @@ fn tiny_models_match_transformers_logits() {
         }
         let want = g.decode_logits.to_f32();
         for (k, &id) in g.decode_ids.iter().enumerate() {
-            let mut host = HostInputs::default();
-            host.push(id, (t + k) as i32, 0);
+            let host =
+                HostInputs { tokens: vec![row(id, t + k)], logits: vec![(0, 0)], block_tables: vec![table.clone()] };
             inputs.upload(&b, &host).unwrap();
-            model.forward(&b, &state, &inputs, &cache, 1, (0, 1), None).unwrap();
+            model.forward(&b, &state, &inputs, &cache, 1, 1, None).unwrap();
             let got = b.download(&state.logits.narrow(0, 0, 1).unwrap()).unwrap().to_f32();
             check_row(&format!("{why} decode step {k}"), &got, &want[k * v..(k + 1) * v]);
         }
@@ -62,11 +66,18 @@ fn smollm2_greedy_tokens_match_transformers() {
     let n = golden.cases[0].generated_ids.len();
     let b = Cpu;
     let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::F32, 256).unwrap();
-    let rc = RunnerConfig { max_seqs: prompts.len(), max_ctx: 256, prefill_chunk: 64, max_batch: prompts.len() };
-    let mut runner = ModelRunner::new(b, model, rc).unwrap();
-    let params = SamplingParams { max_tokens: n, ..Default::default() };
+    let rc = RunnerConfig {
+        block_size: 16,
+        num_blocks: 16 * prompts.len(),
+        max_num_seqs: prompts.len(),
+        max_num_batched_tokens: 64,
+        max_model_len: 256,
+    };
+    let runner = ModelRunner::new(b, model, rc).unwrap();
     // EOS is not special in the golden run: generate exactly n tokens
-    let out = generate(&mut runner, &mut Eager, &prompts, &params, &[], |_, _| Flow::Continue).unwrap();
+    let mut engine = LlmEngine::new(runner, Box::new(Eager), vec![]);
+    let params = SamplingParams { max_tokens: n, ..Default::default() };
+    let out = generate(&mut engine, &prompts, &params, |_, _| Flow::Continue).unwrap();
     for (c, got) in golden.cases.iter().zip(&out.tokens) {
         assert_eq!(
             got,

@@ -1,17 +1,18 @@
-//! The preallocated KV cache: per layer one K and one V buffer of `[S, Hkv, D]` slots, with
-//! `S = max_seqs * max_ctx`. Sequence `s` owns slots `s * max_ctx ..`, so position `p` of it
-//! lives at slot `s * max_ctx + p`. Nothing is ever grown or concatenated (that could not be
-//! captured in a graph); a later paged cache replaces the slot arithmetic with block tables.
+//! The paged KV cache: per layer one K and one V buffer of `[N * bs, Hkv, D]` slots, `N`
+//! blocks of `bs` (block_size) slots each. Which block holds which positions of which
+//! sequence is the block manager's business (engine); kernels find keys through the block
+//! tables of the step inputs, and K/V are written at the slots of the slot mapping. The
+//! buffers are allocated once and never grown (a captured graph addresses them).
 
 use encore_tensor::{Backend, DType, Result, Tensor};
 
 pub struct KvCache<B: Backend> {
-    /// per layer, k: [S, Hkv, D]
+    /// per layer, k: [N * bs, Hkv, D]
     pub k: Vec<Tensor<B>>,
-    /// per layer, v: [S, Hkv, D]
+    /// per layer, v: [N * bs, Hkv, D]
     pub v: Vec<Tensor<B>>,
-    pub max_seqs: usize,
-    pub max_ctx: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -19,31 +20,26 @@ impl<B: Backend> KvCache<B> {
         b: &B,
         dtype: DType,
         layers: usize,
-        max_seqs: usize,
-        max_ctx: usize,
+        num_blocks: usize,
+        block_size: usize,
         hkv: usize,
         d: usize,
     ) -> Result<Self> {
-        let dims = [max_seqs * max_ctx, hkv, d];
+        let dims = [num_blocks * block_size, hkv, d];
         let mut k = Vec::with_capacity(layers);
         let mut v = Vec::with_capacity(layers);
         for _ in 0..layers {
             k.push(b.zeros(dtype, &dims)?);
             v.push(b.zeros(dtype, &dims)?);
         }
-        Ok(KvCache { k, v, max_seqs, max_ctx })
-    }
-
-    /// Slot of position 0 of sequence `seq`.
-    pub fn seq_start(&self, seq: usize) -> i32 {
-        (seq * self.max_ctx) as i32
+        Ok(KvCache { k, v, num_blocks, block_size })
     }
 
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum()
     }
 
-    /// Bytes one layer's K and V take per token.
+    /// Bytes K and V of every layer take per token.
     pub fn bytes_per_token(layers: usize, hkv: usize, d: usize, dtype: DType) -> usize {
         2 * layers * hkv * d * dtype.size_in_bytes()
     }

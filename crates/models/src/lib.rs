@@ -12,9 +12,11 @@ pub mod kv_cache;
 pub mod llama;
 pub mod presets;
 pub mod safetensors;
+pub mod step_inputs;
 pub mod tokenizer;
 pub mod weights;
 
 pub use error::ModelError;
 pub use kv_cache::KvCache;
-pub use llama::{Llama, RunState, StepInputs};
+pub use llama::{Llama, RunState};
+pub use step_inputs::{HostInputs, InputDims, StepInputs, TokenRow};

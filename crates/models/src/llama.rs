@@ -10,6 +10,7 @@
 
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
+use crate::step_inputs::StepInputs;
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
@@ -49,104 +50,9 @@ pub struct RunState<B: Backend> {
     attn: Tensor<B>,       // [T, H, D]
     gate_up: Tensor<B>,    // [T, 2 I]
     act: Tensor<B>,        // [T, I]
+    head: Tensor<B>,       // [R, C] final-normed rows whose logits are wanted
     pub logits: Tensor<B>, // [R, V] f32 (the LM head accumulates and stores in f32)
-    pub next: Tensor<B>,   // [R] u32, argmax of logits
-}
-
-/// Everything a step reads from the host, packed in ONE i32 buffer `[5, T]` so a step is
-/// fed by one host-to-device copy: row 0 token ids (as u32), row 1 positions, row 2 the
-/// slot of each row's sequence start, row 3 the slot each row's K/V goes to, row 4 the
-/// row's sampling uniform (in `[0, 2^24)`, see `Backend::sample`). A padded row has
-/// position -1 and slot -1 (kernels skip it).
-pub struct StepInputs<B: Backend> {
-    pub max_tokens: usize,
-    pub packed: Tensor<B>, // [5, T] i32
-}
-
-/// Host side of [`StepInputs`] for one step.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct HostInputs {
-    pub ids: Vec<u32>,
-    pub positions: Vec<i32>,
-    pub seq_start: Vec<i32>,
-    /// Sampling uniforms in `[0, 2^24)` (0 where not given).
-    pub uniform: Vec<i32>,
-}
-
-impl HostInputs {
-    pub fn push(&mut self, id: u32, position: i32, seq_start: i32) {
-        self.push_sampled(id, position, seq_start, 0);
-    }
-
-    /// A row whose logits will be sampled with the uniform `u` (in `[0, 2^24)`).
-    pub fn push_sampled(&mut self, id: u32, position: i32, seq_start: i32, u: i32) {
-        self.ids.push(id);
-        self.positions.push(position);
-        self.seq_start.push(seq_start);
-        self.uniform.push(u);
-    }
-
-    /// Pad to `rows` with sentinel rows (id 0, position -1).
-    pub fn pad_to(&mut self, rows: usize) {
-        while self.ids.len() < rows {
-            self.push(0, -1, 0);
-        }
-    }
-
-    /// The packed `[5, max_tokens]` words; unused columns are padding.
-    pub fn pack(&self, max_tokens: usize) -> Vec<i32> {
-        let mut w = vec![0i32; INPUT_ROWS * max_tokens];
-        for c in max_tokens.min(self.ids.len())..max_tokens {
-            w[max_tokens + c] = -1;
-            w[3 * max_tokens + c] = -1;
-        }
-        for (i, ((&id, &p), &s)) in self.ids.iter().zip(&self.positions).zip(&self.seq_start).enumerate() {
-            w[i] = id as i32;
-            w[max_tokens + i] = p;
-            w[2 * max_tokens + i] = s;
-            w[3 * max_tokens + i] = if p < 0 { -1 } else { s + p };
-            w[4 * max_tokens + i] = self.uniform.get(i).copied().unwrap_or(0);
-        }
-        w
-    }
-}
-
-/// Rows of the packed step inputs.
-const INPUT_ROWS: usize = 5;
-
-impl<B: Backend> StepInputs<B> {
-    pub fn new(b: &B, max_tokens: usize) -> TResult<Self> {
-        Ok(StepInputs { max_tokens, packed: b.zeros(DType::I32, &[INPUT_ROWS, max_tokens])? })
-    }
-    fn row(&self, r: usize, t: usize) -> TResult<Tensor<B>> {
-        self.packed.narrow(0, r, 1)?.narrow(1, 0, t)?.reshape(&[t])
-    }
-    pub fn ids(&self, t: usize) -> TResult<Tensor<B>> {
-        self.row(0, t)?.bitcast(DType::U32)
-    }
-    pub fn positions(&self, t: usize) -> TResult<Tensor<B>> {
-        self.row(1, t)
-    }
-    pub fn seq_start(&self, t: usize) -> TResult<Tensor<B>> {
-        self.row(2, t)
-    }
-    pub fn slot_mapping(&self, t: usize) -> TResult<Tensor<B>> {
-        self.row(3, t)
-    }
-    /// Sampling uniforms of rows `start..start + n`.
-    pub fn uniform(&self, start: usize, n: usize) -> TResult<Tensor<B>> {
-        self.packed.narrow(0, 4, 1)?.narrow(1, start, n)?.reshape(&[n])
-    }
-    /// The one host-to-device copy of a step.
-    pub fn upload(&self, b: &B, host: &HostInputs) -> TResult<()> {
-        if host.ids.len() > self.max_tokens {
-            return Err(encore_tensor::Error::InvalidArgument {
-                op: "StepInputs::upload",
-                msg: format!("{} rows exceed the {} the inputs were sized for", host.ids.len(), self.max_tokens),
-            });
-        }
-        b.write(&HostTensor::from_i32(&[INPUT_ROWS, self.max_tokens], &host.pack(self.max_tokens)), &self.packed)
-    }
+    pub next: Tensor<B>,   // [R] u32, argmax (or sample) of logits
 }
 
 fn concat_rows(parts: &[HostTensor]) -> HostTensor {
@@ -264,6 +170,14 @@ impl<B: Backend> Llama<B> {
         n
     }
 
+    /// Bytes [`Llama::new_state`] allocates.
+    pub fn state_bytes(&self, max_tokens: usize, max_logit_rows: usize) -> usize {
+        let (c, h, hkv, d, i) = dims(&self.cfg);
+        let per_token = 2 * c + (h + 2 * hkv) * d + h * d + hkv * d + h * d + 2 * i + i;
+        let e = self.dtype.size_in_bytes();
+        max_tokens * per_token * e + max_logit_rows * (c * e + self.cfg.vocab_size * 4 + 4)
+    }
+
     pub fn new_state(&self, b: &B, max_tokens: usize, max_logit_rows: usize) -> TResult<RunState<B>> {
         let (c, h, hkv, d, i) = dims(&self.cfg);
         let (t, dt) = (max_tokens, self.dtype);
@@ -278,20 +192,27 @@ impl<B: Backend> Llama<B> {
             attn: b.zeros(dt, &[t, h, d])?,
             gate_up: b.zeros(dt, &[t, 2 * i])?,
             act: b.zeros(dt, &[t, i])?,
+            head: b.zeros(dt, &[max_logit_rows, c])?,
             logits: b.zeros(DType::F32, &[max_logit_rows, self.cfg.vocab_size])?,
             next: b.zeros(DType::U32, &[max_logit_rows])?,
         })
     }
 
-    pub fn new_cache(&self, b: &B, max_seqs: usize, max_ctx: usize) -> TResult<KvCache<B>> {
+    pub fn new_cache(&self, b: &B, num_blocks: usize, block_size: usize) -> TResult<KvCache<B>> {
         let (_, _, hkv, d, _) = dims(&self.cfg);
-        KvCache::new(b, self.dtype, self.cfg.num_hidden_layers, max_seqs, max_ctx, hkv, d)
+        KvCache::new(b, self.dtype, self.cfg.num_hidden_layers, num_blocks, block_size, hkv, d)
     }
 
-    /// One forward pass over `t` rows of `inp`. Logits are computed for rows
-    /// `logit_rows.0 .. logit_rows.0 + logit_rows.1` into the first rows of `st.logits`, and
-    /// the next token of each into `st.next`: the argmax, or with `sampling` a sample drawn
-    /// with the row's uniform. Allocates nothing.
+    /// Bytes of KV cache one token takes (all layers, K and V).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let (_, _, hkv, d, _) = dims(&self.cfg);
+        KvCache::<B>::bytes_per_token(self.cfg.num_hidden_layers, hkv, d, self.dtype)
+    }
+
+    /// One forward pass over the first `t` token rows of `inp`. Logits are computed for the
+    /// token rows named by the first `n_logits` logit rows into the first rows of
+    /// `st.logits`, and the next token of each into `st.next`: the argmax, or with
+    /// `sampling` a sample drawn with the row's uniform. Allocates nothing.
     pub fn forward(
         &self,
         b: &B,
@@ -299,7 +220,7 @@ impl<B: Backend> Llama<B> {
         inp: &StepInputs<B>,
         cache: &KvCache<B>,
         t: usize,
-        logit_rows: (usize, usize),
+        n_logits: usize,
         sampling: Option<SampleParams>,
     ) -> TResult<()> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
@@ -308,10 +229,11 @@ impl<B: Backend> Llama<B> {
         let (qkv, q, k, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.k)?, rows(&st.attn)?);
         let (gate_up, act) = (rows(&st.gate_up)?, rows(&st.act)?);
         let positions = inp.positions(t)?;
-        let (seq_start, slots) = (inp.seq_start(t)?, inp.slot_mapping(t)?);
+        let (row_seq, slots, tables) = (inp.row_seq(t)?, inp.slot_mapping(t)?, inp.block_tables()?);
         let params = AttentionParams {
             scale: 1.0 / (d as f32).sqrt(),
             sliding_window: self.cfg.sliding_window.unwrap_or(0) as u32,
+            block_size: cache.block_size as u32,
         };
         let eps = self.cfg.rms_norm_eps;
 
@@ -330,7 +252,7 @@ impl<B: Backend> Llama<B> {
             b.rope(&q_raw, &self.cos, &self.sin, &positions, &q)?;
             b.rope(&k_raw, &self.cos, &self.sin, &positions, &k)?;
             b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
-            b.attention(&q, &cache.k[l], &cache.v[l], &seq_start, &positions, params, &attn)?;
+            b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
             b.matmul_add(&attn.reshape(&[t, h * d])?, &layer.o_proj.transpose(0, 1)?, &x)?;
             // MLP block: x += down(silu(gate) * up)
             b.rms_norm(&x, &layer.mlp_norm, eps, &xn)?;
@@ -338,16 +260,18 @@ impl<B: Backend> Llama<B> {
             b.silu_mul(&gate_up.narrow(1, 0, i)?, &gate_up.narrow(1, i, i)?, &act)?;
             b.matmul_add(&act, &layer.down.transpose(0, 1)?, &x)?;
         }
-        // head: logits of the requested rows, and their argmax
-        let (start, n) = logit_rows;
-        let xr = x.narrow(0, start, n)?;
-        let xnr = xn.narrow(0, start, n)?;
-        b.rms_norm(&xr, &self.norm, eps, &xnr)?;
+        // head: gather the rows whose logits are wanted (into xn, free now), norm, LM head,
+        // then the next token of each
+        let n = n_logits;
+        let picked = xn.narrow(0, 0, n)?;
+        b.embedding(&inp.logit_rows(n)?, &x, &picked)?;
+        let head = st.head.narrow(0, 0, n)?;
+        b.rms_norm(&picked, &self.norm, eps, &head)?;
         let logits = st.logits.narrow(0, 0, n)?;
-        b.matmul(&xnr, &self.lm_head.transpose(0, 1)?, &logits)?;
+        b.matmul(&head, &self.lm_head.transpose(0, 1)?, &logits)?;
         let next = st.next.narrow(0, 0, n)?;
         match sampling {
-            Some(p) => b.sample(&logits, &inp.uniform(start, n)?, p, &next),
+            Some(p) => b.sample(&logits, &inp.uniform(n)?, p, &next),
             None => b.argmax(&logits, &next),
         }
     }

@@ -79,13 +79,15 @@ impl BinaryOp {
     }
 }
 
-/// Attention over a slot-addressed KV cache, for prefill and decode alike.
+/// Attention over a paged KV cache, for prefill and decode alike.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionParams {
     /// Multiplies q·k (usually `1/sqrt(D)`).
     pub scale: f32,
     /// Keys older than `pos - sliding_window + 1` are masked; 0 means no window.
     pub sliding_window: u32,
+    /// Slots per KV block: the caches are `[N * block_size, Hkv, D]` (N blocks).
+    pub block_size: u32,
 }
 
 /// Filters and temperature of [`Backend::sample`]. The kept set of a row is every token whose
@@ -248,15 +250,20 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
         v_cache: &Tensor<Self>,
         slot_mapping: &Tensor<Self>,
     ) -> Result<()>;
-    /// Causal attention over the cache. `q, dst: [T, H, D]`; caches `[S, Hkv, D]`;
-    /// query `t` attends slots `seq_start[t] + j` for `j` in `0..=positions[t]` (windowed);
-    /// `positions[t] < 0` marks a padded row, whose output is zero.
+    /// Causal attention over a paged cache. `q, dst: [T, H, D]`; caches `[N * bs, Hkv, D]`
+    /// (`bs = params.block_size`); `block_tables: [R, MB]` i32, row `r` the blocks of one
+    /// sequence in order; `row_seq: [T]` i32, the block-table row of each query;
+    /// `positions: [T]` i32. Query `t` at position `p >= 0` attends the positions
+    /// `j in max(0, p - window + 1)..=p` of its sequence, key `j` at slot
+    /// `block_tables[row_seq[t], j / bs] * bs + j % bs`. `p < 0` marks a padded row, whose
+    /// output is zero (its `row_seq` is not read).
     fn attention(
         &self,
         q: &Tensor<Self>,
         k_cache: &Tensor<Self>,
         v_cache: &Tensor<Self>,
-        seq_start: &Tensor<Self>,
+        block_tables: &Tensor<Self>,
+        row_seq: &Tensor<Self>,
         positions: &Tensor<Self>,
         params: AttentionParams,
         dst: &Tensor<Self>,

@@ -290,19 +290,27 @@ pub fn kv_write<B: Backend>(
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
+    /// query rows
     pub t: usize,
     pub h: usize,
     pub hkv: usize,
     pub d: usize,
+    /// cache slots (`N * block_size`)
     pub s: usize,
+    /// block-table rows and columns
+    pub r: usize,
+    pub mb: usize,
+    pub block_size: usize,
 }
 
 pub fn attention<B: Backend>(
     q: &Tensor<B>,
     kc: &Tensor<B>,
     vc: &Tensor<B>,
-    seq_start: &Tensor<B>,
+    block_tables: &Tensor<B>,
+    row_seq: &Tensor<B>,
     positions: &Tensor<B>,
+    block_size: u32,
     dst: &Tensor<B>,
 ) -> Result<AttentionDims> {
     const OP: &str = "attention";
@@ -314,7 +322,7 @@ pub fn attention<B: Backend>(
     rank_is(OP, kc, 3)?;
     same_dims(OP, kc, vc)?;
     same_dims(OP, q, dst)?;
-    for t in [q, kc, vc, dst, seq_start, positions] {
+    for t in [q, kc, vc, dst, block_tables, row_seq, positions] {
         contiguous(OP, t)?;
     }
     let (t, h, d) = (q.dims()[0], q.dims()[1], q.dims()[2]);
@@ -322,11 +330,21 @@ pub fn attention<B: Backend>(
     if kc.dims()[2] != d || hkv == 0 || h % hkv != 0 {
         return Err(Error::ShapeMismatch { op: OP, lhs: q.dims().to_vec(), rhs: kc.dims().to_vec() });
     }
-    for ix in [seq_start, positions] {
+    let bs = block_size as usize;
+    if bs == 0 || s % bs != 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("{s} cache slots are not a whole number of blocks of {block_size}"),
+        });
+    }
+    for ix in [row_seq, positions] {
         dtype_is(OP, ix, DType::I32)?;
         dims_are(OP, ix, &[t])?;
     }
-    Ok(AttentionDims { t, h, hkv, d, s })
+    dtype_is(OP, block_tables, DType::I32)?;
+    rank_is(OP, block_tables, 2)?;
+    let (r, mb) = (block_tables.dims()[0], block_tables.dims()[1]);
+    Ok(AttentionDims { t, h, hkv, d, s, r, mb, block_size: bs })
 }
 
 pub fn argmax<B: Backend>(x: &Tensor<B>, dst: &Tensor<B>) -> Result<Rows> {

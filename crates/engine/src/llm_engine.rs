@@ -1,0 +1,323 @@
+//! LlmEngine: requests in, tokens out. `add_request` queues a prompt with its sampling
+//! parameters, `step` runs one schedule -> run -> postprocess round over every live request
+//! (continuous batching: requests join and leave between steps), `abort` ends one early.
+//! Single-threaded by design (one device, one thread); `worker` puts it on its own thread
+//! behind channels, and `generate` drives it in place.
+//!
+//! Sampling: the next token is chosen on the device when every sampled row of the step
+//! shares one device mode (greedy, or one temperature / top-k / top-p / min-p); otherwise,
+//! or for a repetition penalty or logprobs, the logits are read back and the host samples
+//! the rows that need it. Every host-sampled row is counted in [`EngineCounters`].
+
+use crate::block_manager::BlockManager;
+use crate::model_runner::{ModelRunner, SeqChunk, StepRunner};
+use crate::sampler::{logprobs, SamplingParams};
+use crate::scheduler::{ScheduledBatch, Scheduler, SchedulerConfig};
+use crate::sequence::{FinishReason, RequestId, SeqStatus, Sequence};
+use crate::EngineError;
+use encore_tensor::{Backend, SampleParams};
+use std::collections::HashMap;
+
+/// Log-probability of a generated token and of the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one step did to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOutput {
+    pub id: RequestId,
+    /// The token generated this step (None when it ended on an EOS token or was aborted).
+    pub token: Option<u32>,
+    pub logprob: Option<TokenLogprob>,
+    pub finished: Option<FinishReason>,
+    /// Prompt tokens, and of those found in the prefix cache (set on the first output).
+    pub num_prompt_tokens: usize,
+    pub num_cached_tokens: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub steps: u64,
+    /// Steps whose rows were all decode tokens, and of those how many replayed a graph.
+    pub decode_steps: u64,
+    pub graphed_steps: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens whose K/V came from the prefix cache.
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub preemptions: u64,
+    /// Rows sampled on the host (mixed sampling settings in one step, repetition penalty).
+    pub host_sampled_rows: u64,
+    pub finished: u64,
+    pub aborted: u64,
+}
+
+/// Gauges for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineGauges {
+    pub waiting: usize,
+    pub running: usize,
+    pub kv_blocks: usize,
+    pub kv_blocks_free: usize,
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+}
+
+pub struct LlmEngine<B: Backend> {
+    pub runner: ModelRunner<B>,
+    exec: Box<dyn StepRunner<B>>,
+    scheduler: Scheduler,
+    bm: BlockManager,
+    seqs: HashMap<RequestId, Sequence>,
+    next_id: RequestId,
+    eos: Vec<u32>,
+    counters: EngineCounters,
+}
+
+/// The device mode for a request: None when greedy, Some when everything it asks for can
+/// be sampled on the device; Err when it needs the host (repetition penalty).
+fn device_mode(p: &SamplingParams) -> Result<Option<SampleParams>, ()> {
+    if p.repetition_penalty != 1.0 {
+        return Err(());
+    }
+    Ok((p.temperature > 0.0).then_some(SampleParams {
+        temperature: p.temperature,
+        top_k: p.top_k.min(u32::MAX as usize) as u32,
+        top_p: p.top_p,
+        min_p: p.min_p,
+    }))
+}
+
+/// The device sampling mode of `params` (what decode graphs are captured with).
+pub fn device_sampling(params: &SamplingParams) -> Option<SampleParams> {
+    device_mode(params).ok().flatten()
+}
+
+impl<B: Backend> LlmEngine<B> {
+    /// `exec` runs the steps (eagerly, or with decode graphs); `eos` ends a sequence.
+    pub fn new(runner: ModelRunner<B>, exec: Box<dyn StepRunner<B>>, eos: Vec<u32>) -> Self {
+        let c = &runner.cfg;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: c.max_num_seqs,
+            max_num_batched_tokens: c.max_num_batched_tokens,
+        });
+        let bm = BlockManager::new(c.num_blocks, c.block_size);
+        LlmEngine {
+            runner,
+            exec,
+            scheduler,
+            bm,
+            seqs: HashMap::new(),
+            next_id: 0,
+            eos,
+            counters: EngineCounters::default(),
+        }
+    }
+
+    pub fn max_model_len(&self) -> usize {
+        self.runner.cfg.max_model_len
+    }
+
+    /// Queue a request; the error says why it can never run.
+    pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<RequestId, EngineError> {
+        params.validate().map_err(EngineError::Config)?;
+        if prompt.is_empty() {
+            return Err(EngineError::Config("the prompt is empty after tokenisation".into()));
+        }
+        let vocab = self.runner.model.cfg.vocab_size;
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::Config(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        if prompt.len() + 1 > self.max_model_len() {
+            return Err(EngineError::ContextFull { needed: prompt.len() + 1, max_ctx: self.max_model_len() });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let eos = if params.ignore_eos { Vec::new() } else { self.eos.clone() };
+        self.seqs.insert(id, Sequence::new(id, prompt, params, eos, id));
+        self.scheduler.add(id);
+        Ok(id)
+    }
+
+    /// End a request now; its blocks are free for the next step. False if unknown.
+    pub fn abort(&mut self, id: RequestId) -> bool {
+        self.finish(id, FinishReason::Abort)
+    }
+
+    /// End a request with `reason` (e.g. the caller saw a stop string).
+    pub fn finish(&mut self, id: RequestId, reason: FinishReason) -> bool {
+        let Some(seq) = self.seqs.remove(&id) else { return false };
+        self.bm.free(&seq.block_table);
+        self.scheduler.remove(id);
+        if reason == FinishReason::Abort {
+            self.counters.aborted += 1;
+        } else {
+            self.counters.finished += 1;
+        }
+        true
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        !self.scheduler.is_idle()
+    }
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+    pub fn gauges(&self) -> EngineGauges {
+        let p = self.bm.prefix_stats();
+        EngineGauges {
+            waiting: self.scheduler.num_waiting(),
+            running: self.scheduler.num_running(),
+            kv_blocks: self.bm.num_blocks(),
+            kv_blocks_free: self.bm.num_free(),
+            prefix_queries: p.queries,
+            prefix_hits: p.hits,
+        }
+    }
+    /// Tokens of a live request (prompt + generated).
+    pub fn tokens(&self, id: RequestId) -> Option<&[u32]> {
+        self.seqs.get(&id).map(|s| &s.tokens[..])
+    }
+
+    /// One schedule -> run -> postprocess round. Returns one output per request that
+    /// produced a token or ended.
+    pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let batch = self.scheduler.schedule(&mut self.seqs, &mut self.bm);
+        self.counters.preemptions += batch.preempted.len() as u64;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let host_rows = self.choose_sampling(&batch);
+        let uniforms: Vec<i32> = batch
+            .seqs
+            .iter()
+            .map(|s| if s.sample { self.seqs.get_mut(&s.id).map_or(0, |q| q.sampler.uniform24()) } else { 0 })
+            .collect();
+        let graphed = {
+            let chunks: Vec<SeqChunk> = batch
+                .seqs
+                .iter()
+                .zip(&uniforms)
+                .map(|(s, &uniform)| {
+                    let q = &self.seqs[&s.id];
+                    SeqChunk {
+                        tokens: &q.tokens[s.start..s.start + s.num_tokens],
+                        start: s.start,
+                        block_table: &q.block_table,
+                        sample: s.sample,
+                        uniform,
+                    }
+                })
+                .collect();
+            self.runner.step(self.exec.as_mut(), &chunks)?
+        };
+        self.counters.steps += 1;
+        if batch.is_decode_only() {
+            self.counters.decode_steps += 1;
+            self.counters.graphed_steps += u64::from(graphed);
+        }
+        let n_sampled = batch.seqs.iter().filter(|s| s.sample).count();
+        let next = self.runner.read_next(n_sampled)?;
+        let wants_logits = batch.seqs.iter().any(|s| s.sample && self.seqs[&s.id].params.logprobs.is_some());
+        let logits = if host_rows || wants_logits { Some(self.runner.read_logits(n_sampled)?) } else { None };
+        self.postprocess(&batch, &next, logits.as_deref())
+    }
+
+    /// Set the runner's device mode for this step; true when some rows sample on the host.
+    fn choose_sampling(&mut self, batch: &ScheduledBatch) -> bool {
+        let mut modes = batch.seqs.iter().filter(|s| s.sample).map(|s| device_mode(&self.seqs[&s.id].params));
+        let first = modes.next();
+        let uniform_mode = match first {
+            Some(Ok(m)) if modes.all(|o| o == Ok(m)) => Some(m),
+            _ => None,
+        };
+        match uniform_mode {
+            Some(m) => {
+                self.runner.sampling = m;
+                false
+            }
+            None => {
+                self.runner.sampling = None; // argmax on the device; the host samples the rest
+                true
+            }
+        }
+    }
+
+    fn postprocess(
+        &mut self,
+        batch: &ScheduledBatch,
+        next: &[u32],
+        logits: Option<&[Vec<f32>]>,
+    ) -> Result<Vec<StepOutput>, EngineError> {
+        let max_len = self.max_model_len();
+        // with no device mode, the device took the argmax: right for greedy rows only
+        let host_mode = self.runner.sampling.is_none() && logits.is_some();
+        let mut outs = Vec::new();
+        let mut row = 0;
+        let mut done = Vec::new();
+        for s in &batch.seqs {
+            let seq = self.seqs.get_mut(&s.id).expect("scheduled ids are live");
+            if s.start == seq.num_cached_tokens {
+                // the first chunk since admission
+                self.counters.prompt_tokens += seq.num_prompt_tokens as u64;
+                self.counters.cached_prompt_tokens += seq.num_cached_tokens as u64;
+            }
+            seq.num_computed_tokens += s.num_tokens;
+            seq.num_registered_blocks = self.bm.register_full_blocks(
+                &seq.block_table,
+                &seq.tokens[..seq.num_computed_tokens],
+                seq.num_registered_blocks,
+            );
+            if !s.sample {
+                continue;
+            }
+            let tok = match (host_mode && !seq.params.is_greedy(), logits) {
+                (true, Some(l)) => {
+                    self.counters.host_sampled_rows += 1;
+                    let history = seq.tokens.clone();
+                    seq.sampler.sample(&l[row], &history)
+                }
+                _ => next[row],
+            };
+            let logprob = match (seq.params.logprobs, logits) {
+                (Some(n), Some(l)) => {
+                    let (lp, top) = logprobs(&l[row], tok, n);
+                    Some(TokenLogprob { logprob: lp, top })
+                }
+                _ => None,
+            };
+            row += 1;
+            let mut out = StepOutput {
+                id: s.id,
+                token: None,
+                logprob: None,
+                finished: None,
+                num_prompt_tokens: seq.num_prompt_tokens,
+                num_cached_tokens: seq.num_cached_tokens,
+            };
+            if seq.eos.contains(&tok) {
+                out.finished = Some(FinishReason::Stop);
+            } else {
+                seq.tokens.push(tok);
+                self.counters.generated_tokens += 1;
+                out.token = Some(tok);
+                out.logprob = logprob;
+                if seq.num_generated() >= seq.params.max_tokens || seq.len() >= max_len {
+                    out.finished = Some(FinishReason::Length);
+                }
+            }
+            if let Some(r) = out.finished {
+                seq.status = SeqStatus::Finished(r);
+                done.push((s.id, r));
+            }
+            outs.push(out);
+        }
+        for (id, r) in done {
+            self.finish(id, r);
+        }
+        Ok(outs)
+    }
+}
