@@ -5,9 +5,7 @@
 use crate::ops;
 use crate::storage::{with_reads, with_write, CpuStorage, Data};
 use crate::strided::{gather, scatter};
-use encore_tensor::{
-    check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, SampleParams, Tensor, UnaryOp,
-};
+use encore_tensor::{check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, Tensor, UnaryOp};
 
 /// The CPU backend. Stateless, so cloning is free; rayon's global pool runs the parallel
 /// loops and `gemm`'s threads.
@@ -135,7 +133,7 @@ impl Backend for Cpu {
         &self,
         logits: &Tensor<Cpu>,
         uniform: &Tensor<Cpu>,
-        params: SampleParams,
+        params: &Tensor<Cpu>,
         dst: &Tensor<Cpu>,
     ) -> Result<()> {
         ops::sample::sample(logits, uniform, params, dst)

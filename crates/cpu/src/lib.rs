@@ -10,4 +10,5 @@ mod storage;
 mod strided;
 
 pub use cpu::Cpu;
+pub use ops::sample::sample_row;
 pub use storage::CpuStorage;

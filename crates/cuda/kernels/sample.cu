@@ -1,6 +1,10 @@
-// sample.cu: one token per row of f32 logits [R, V], drawn from softmax(logits / T) after
-// top-k, min-p and top-p filtering, with the row's uniform u = uniform[r] / 2^24 given by the
-// host (so a captured graph samples new tokens each replay and a seed reproduces them).
+// sample.cu: one token per row of f32 logits [R, V], each row with its own settings
+// (params [R, 4] i32: temperature bits, top_k, top_p bits, min_p bits). A row with
+// temperature <= 0 (or NaN) is greedy: the argmax (argmax.cu's block argmax, which precedes
+// this file in the one translation unit build.rs makes). Otherwise the token is drawn from
+// softmax(logits / T) after top-k, min-p and top-p filtering, with the row's uniform
+// u = uniform[r] / 2^24 given by the host (so a captured graph samples new tokens each replay,
+// a seed reproduces them, and one graph serves any mix of requests' settings).
 //
 // Semantics (encore_tensor::SampleParams; the CPU backend computes the same set exactly):
 // p_i = exp((l_i - max) / T) (unnormalised, max p = 1); threshold tau = max(min_p, p of the
@@ -37,8 +41,18 @@ __device__ __forceinline__ float kept(const float* __restrict__ l, uint32_t V, f
 }
 
 __device__ __forceinline__ void sample_impl(const float* __restrict__ logits, uint32_t V, uint32_t row_stride,
-                                            const int32_t* __restrict__ uniform, SampleParams sp,
+                                            const int32_t* __restrict__ uniform, const int32_t* __restrict__ params,
                                             uint32_t* __restrict__ out) {
+    const int32_t* w = params + static_cast<size_t>(blockIdx.x) * 4;
+    SampleParams sp;
+    sp.temperature = __int_as_float(w[0]);
+    sp.top_k = static_cast<uint32_t>(w[1]);
+    sp.top_p = __int_as_float(w[2]);
+    sp.min_p = __int_as_float(w[3]);
+    if (!(sp.temperature > 0.f)) {  // greedy row (uniform across the block: no divergence)
+        argmax_cu::argmax_impl<float>(logits, out, V, row_stride);
+        return;
+    }
     __shared__ float scratch[32];
     __shared__ float chunk_prefix[1024];
     __shared__ uint32_t picked;
@@ -120,7 +134,7 @@ __device__ __forceinline__ void sample_impl(const float* __restrict__ logits, ui
 }  // namespace sample_cu
 
 extern "C" __global__ void sample_f32(const float* __restrict__ logits, uint32_t V, uint32_t row_stride,
-                                      const int32_t* __restrict__ uniform, sample_cu::SampleParams sp,
+                                      const int32_t* __restrict__ uniform, const int32_t* __restrict__ params,
                                       uint32_t* __restrict__ out) {
-    sample_cu::sample_impl(logits, V, row_stride, uniform, sp, out);
+    sample_cu::sample_impl(logits, V, row_stride, uniform, params, out);
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use encore_tensor::check::{self, MatOperand, Rows};
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, SampleParams, StridedMeta, Tensor, UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, StridedMeta, Tensor, UnaryOp,
 };
 
 use crate::device::{CudaDevice, DeviceBuffer};
@@ -211,18 +211,6 @@ enum Arg {
     U32(u32),
     U64(u64),
     F32(f32),
-    /// sample.cu's `SampleParams`, by value.
-    Sample(SampleArgs),
-}
-
-/// Mirror of `sample_cu::SampleParams` in kernels/sample.cu (16 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct SampleArgs {
-    temperature: f32,
-    top_k: u32,
-    top_p: f32,
-    min_p: f32,
 }
 
 impl Arg {
@@ -231,7 +219,6 @@ impl Arg {
             Arg::Ptr(v) => v as *const u64 as *mut c_void,
             Arg::U32(v) => v as *const u32 as *mut c_void,
             Arg::U64(v) => v as *const u64 as *mut c_void,
-            Arg::Sample(v) => v as *const SampleArgs as *mut c_void,
             Arg::F32(v) => v as *const f32 as *mut c_void,
         }
     }
@@ -625,27 +612,21 @@ impl Backend for Cuda {
         &self,
         logits: &Tensor<Cuda>,
         uniform: &Tensor<Cuda>,
-        params: SampleParams,
+        params: &Tensor<Cuda>,
         dst: &Tensor<Cuda>,
     ) -> Result<()> {
         const OP: &str = "sample";
         let Rows { rows, cols, row_stride, offset } = check::sample(logits, uniform, params, dst)?;
-        self.in_bounds(OP, &[logits, uniform, dst])?;
+        self.in_bounds(OP, &[logits, uniform, params, dst])?;
         if rows == 0 {
             return Ok(());
         }
-        let sp = SampleArgs {
-            temperature: params.temperature,
-            top_k: params.top_k,
-            top_p: params.top_p,
-            min_p: params.min_p,
-        };
         let args = [
             at_offset(logits, offset),
             Arg::U32(u32_of(OP, "columns", cols)?),
             Arg::U32(u32_of(OP, "row stride", row_stride)?),
             Arg::Ptr(at(uniform)),
-            Arg::Sample(sp),
+            Arg::Ptr(at(params)),
             Arg::Ptr(at(dst)),
         ];
         self.launch(&self.dev.kernels().sample, (row_grid(OP, rows)?, 1, 1), 1024, &args, None)

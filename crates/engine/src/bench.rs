@@ -12,6 +12,7 @@
 
 use crate::graph_runner::GraphDecoder;
 use crate::model_runner::{Eager, ModelRunner, RunnerConfig, SeqChunk};
+const GREEDY: encore_tensor::SampleParams = encore_tensor::SampleParams::GREEDY;
 use crate::EngineError;
 use encore_cuda::{Cuda, LaunchParamMode, NodeAudit};
 use encore_models::config::ModelConfig;
@@ -176,7 +177,8 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     // prefill: one prompt of `prefill_tokens` tokens, median of 3 after a warm-up
     dev.set_launch_mode(LaunchParamMode::Inline);
     let prompt: Vec<u32> = (0..cfg.prefill_tokens).map(|_| rng.below(vocab) as u32).collect();
-    let prefill = [SeqChunk { tokens: &prompt, start: 0, block_table: &tables[0], sample: true, uniform: 0 }];
+    let prefill =
+        [SeqChunk { tokens: &prompt, start: 0, block_table: &tables[0], sample: true, uniform: 0, params: GREEDY }];
     runner.step(&mut Eager, &prefill)?;
     let mut times = Vec::new();
     for _ in 0..3 {
@@ -192,7 +194,14 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     for &batch in &cfg.batches {
         let toks: Vec<[u32; 1]> = (0..batch).map(|_| [rng.below(vocab) as u32]).collect();
         let rows: Vec<SeqChunk> = (0..batch)
-            .map(|s| SeqChunk { tokens: &toks[s], start: cfg.pos, block_table: &tables[s], sample: true, uniform: 0 })
+            .map(|s| SeqChunk {
+                tokens: &toks[s],
+                start: cfg.pos,
+                block_table: &tables[s],
+                sample: true,
+                uniform: 0,
+                params: GREEDY,
+            })
             .collect();
         // the eager tokens every mode must reproduce
         dev.set_launch_mode(LaunchParamMode::Inline);

@@ -7,8 +7,9 @@
 //! then capture the same step. The graph reads its inputs from the static `StepInputs`
 //! buffer and context lengths from device memory, so one graph per bucket serves every
 //! position. A bucket whose capture fails is logged (once, in the report) and runs eagerly;
-//! every decode step that runs eagerly (no graph for its bucket, or a sampling mode other
-//! than the captured one) is counted in [`GraphStats`], never silent. The device's launch
+//! every decode step that runs eagerly (no graph for its bucket) is counted in
+//! [`GraphStats`], never silent. Sampling settings are per-row step inputs, so one graph
+//! serves any mix of greedy and sampled requests. The device's launch
 //! mode is restored after capture, so later eager work runs in the mode it was given.
 
 use crate::model_runner::{ModelRunner, StepRunner};
@@ -25,8 +26,6 @@ struct BucketGraph {
 }
 
 pub struct GraphDecoder {
-    /// The runner's sampling mode when captured (baked into the graphs).
-    sampling: Option<encore_tensor::SampleParams>,
     graphs: Vec<BucketGraph>,
     fallbacks: Vec<(usize, String)>,
     capture_ms: f64,
@@ -41,8 +40,6 @@ pub struct GraphStats {
     pub replayed: u64,
     /// Pure decode steps run eagerly: their bucket has no graph.
     pub eager_no_graph: u64,
-    /// Pure decode steps run eagerly: the sampling mode differs from the captured one.
-    pub eager_sampling: u64,
     /// Steps with prefill rows (always eager).
     pub mixed: u64,
 }
@@ -73,7 +70,6 @@ impl GraphDecoder {
         dev.set_launch_mode(mode);
         let cache = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
         let mut me = GraphDecoder {
-            sampling: runner.sampling,
             graphs: Vec::new(),
             fallbacks: Vec::new(),
             capture_ms: 0.0,
@@ -106,8 +102,8 @@ impl GraphDecoder {
         let mut pad = HostInputs::default();
         pad.pad_to(bucket, bucket);
         runner.inputs.upload(&runner.backend, &pad)?;
-        let ModelRunner { backend, model, cache, state, inputs, sampling, .. } = &*runner;
-        let step = || model.forward(backend, state, inputs, cache, bucket, bucket, *sampling);
+        let ModelRunner { backend, model, cache, state, inputs, .. } = &*runner;
+        let step = || model.forward(backend, state, inputs, cache, bucket, bucket);
         step()?; // warm-up: fills the ParamCache in cached mode
         let dev = backend.device();
         let graph = capture(dev, || {
@@ -173,8 +169,6 @@ impl StepRunner<Cuda> for GraphDecoder {
         decode_bucket: Option<usize>,
     ) -> Result<bool, EngineError> {
         match decode_bucket {
-            // a graph replays the sampling mode it was captured with; another runs eagerly
-            Some(_) if runner.sampling != self.sampling => self.stats.eager_sampling += 1,
             Some(b) if self.replay(b)? => {
                 self.stats.replayed += 1;
                 return Ok(true);

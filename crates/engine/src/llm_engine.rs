@@ -4,10 +4,12 @@
 //! Single-threaded by design (one device, one thread); `worker` puts it on its own thread
 //! behind channels, and `generate` drives it in place.
 //!
-//! Sampling: the next token is chosen on the device when every sampled row of the step
-//! shares one device mode (greedy, or one temperature / top-k / top-p / min-p); otherwise,
-//! or for a repetition penalty or logprobs, the logits are read back and the host samples
-//! the rows that need it. Every host-sampled row is counted in [`EngineCounters`].
+//! Sampling: every row carries its own settings to the device (greedy, or temperature /
+//! top-k / top-p / min-p with its uniform), so one step, and one captured graph, serves any
+//! mix of requests. Only a repetition penalty needs the history: such a row's logits are
+//! read back and the host applies the penalty, then the same rule with the same uniform
+//! (`Sampler::sample`). Every host-sampled row is counted in [`EngineCounters`]. Logprobs
+//! also read the logits back (no sampling on the host).
 
 use crate::block_manager::BlockManager;
 use crate::model_runner::{ModelRunner, SeqChunk, StepRunner};
@@ -77,23 +79,9 @@ pub struct LlmEngine<B: Backend> {
     counters: EngineCounters,
 }
 
-/// The device mode for a request: None when greedy, Some when everything it asks for can
-/// be sampled on the device; Err when it needs the host (repetition penalty).
-fn device_mode(p: &SamplingParams) -> Result<Option<SampleParams>, ()> {
-    if p.repetition_penalty != 1.0 {
-        return Err(());
-    }
-    Ok((p.temperature > 0.0).then_some(SampleParams {
-        temperature: p.temperature,
-        top_k: p.top_k.min(u32::MAX as usize) as u32,
-        top_p: p.top_p,
-        min_p: p.min_p,
-    }))
-}
-
-/// The device sampling mode of `params` (what decode graphs are captured with).
-pub fn device_sampling(params: &SamplingParams) -> Option<SampleParams> {
-    device_mode(params).ok().flatten()
+/// A row that the host samples (its logits need the sequence's history).
+fn needs_host(p: &SamplingParams) -> bool {
+    p.repetition_penalty != 1.0
 }
 
 impl<B: Backend> LlmEngine<B> {
@@ -190,18 +178,25 @@ impl<B: Backend> LlmEngine<B> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let host_rows = self.choose_sampling(&batch);
-        let uniforms: Vec<i32> = batch
+        // per sampled row: its uniform, and what the device does with it
+        let rows: Vec<(i32, SampleParams)> = batch
             .seqs
             .iter()
-            .map(|s| if s.sample { self.seqs.get_mut(&s.id).map_or(0, |q| q.sampler.uniform24()) } else { 0 })
+            .map(|s| {
+                let q = self.seqs.get_mut(&s.id).expect("scheduled ids are live");
+                if !s.sample {
+                    return (0, SampleParams::GREEDY);
+                }
+                let u = q.sampler.uniform24();
+                (u, if needs_host(&q.params) { SampleParams::GREEDY } else { q.sampler.device_params() })
+            })
             .collect();
         let graphed = {
             let chunks: Vec<SeqChunk> = batch
                 .seqs
                 .iter()
-                .zip(&uniforms)
-                .map(|(s, &uniform)| {
+                .zip(&rows)
+                .map(|(s, &(uniform, params))| {
                     let q = &self.seqs[&s.id];
                     SeqChunk {
                         tokens: &q.tokens[s.start..s.start + s.num_tokens],
@@ -209,6 +204,7 @@ impl<B: Backend> LlmEngine<B> {
                         block_table: &q.block_table,
                         sample: s.sample,
                         uniform,
+                        params,
                     }
                 })
                 .collect();
@@ -221,44 +217,27 @@ impl<B: Backend> LlmEngine<B> {
         }
         let n_sampled = batch.seqs.iter().filter(|s| s.sample).count();
         let next = self.runner.read_next(n_sampled)?;
-        let wants_logits = batch.seqs.iter().any(|s| s.sample && self.seqs[&s.id].params.logprobs.is_some());
-        let logits = if host_rows || wants_logits { Some(self.runner.read_logits(n_sampled)?) } else { None };
-        self.postprocess(&batch, &next, logits.as_deref())
-    }
-
-    /// Set the runner's device mode for this step; true when some rows sample on the host.
-    fn choose_sampling(&mut self, batch: &ScheduledBatch) -> bool {
-        let mut modes = batch.seqs.iter().filter(|s| s.sample).map(|s| device_mode(&self.seqs[&s.id].params));
-        let first = modes.next();
-        let uniform_mode = match first {
-            Some(Ok(m)) if modes.all(|o| o == Ok(m)) => Some(m),
-            _ => None,
-        };
-        match uniform_mode {
-            Some(m) => {
-                self.runner.sampling = m;
-                false
-            }
-            None => {
-                self.runner.sampling = None; // argmax on the device; the host samples the rest
-                true
-            }
-        }
+        let wants_logits = batch.seqs.iter().filter(|s| s.sample).any(|s| {
+            let p = &self.seqs[&s.id].params;
+            needs_host(p) || p.logprobs.is_some()
+        });
+        let logits = if wants_logits { Some(self.runner.read_logits(n_sampled)?) } else { None };
+        let uniforms: Vec<i32> = rows.iter().map(|r| r.0).collect();
+        self.postprocess(&batch, &next, &uniforms, logits.as_deref())
     }
 
     fn postprocess(
         &mut self,
         batch: &ScheduledBatch,
         next: &[u32],
+        uniforms: &[i32],
         logits: Option<&[Vec<f32>]>,
     ) -> Result<Vec<StepOutput>, EngineError> {
         let max_len = self.max_model_len();
-        // with no device mode, the device took the argmax: right for greedy rows only
-        let host_mode = self.runner.sampling.is_none() && logits.is_some();
         let mut outs = Vec::new();
         let mut row = 0;
         let mut done = Vec::new();
-        for s in &batch.seqs {
+        for (s, &u) in batch.seqs.iter().zip(uniforms) {
             let seq = self.seqs.get_mut(&s.id).expect("scheduled ids are live");
             if s.start == seq.num_cached_tokens {
                 // the first chunk since admission
@@ -274,11 +253,11 @@ impl<B: Backend> LlmEngine<B> {
             if !s.sample {
                 continue;
             }
-            let tok = match (host_mode && !seq.params.is_greedy(), logits) {
-                (true, Some(l)) => {
+            let tok = match logits {
+                Some(l) if needs_host(&seq.params) => {
                     self.counters.host_sampled_rows += 1;
                     let history = seq.tokens.clone();
-                    seq.sampler.sample(&l[row], &history)
+                    seq.sampler.sample(&l[row], &history, u)
                 }
                 _ => next[row],
             };

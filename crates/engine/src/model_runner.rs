@@ -6,7 +6,7 @@
 
 use crate::buckets::{batch_buckets, bucket_for};
 use crate::EngineError;
-use encore_models::{HostInputs, InputDims, KvCache, Llama, RunState, StepInputs, TokenRow};
+use encore_models::{HostInputs, InputDims, KvCache, Llama, LogitRow, RunState, StepInputs, TokenRow};
 use encore_tensor::{Backend, HostTensor, SampleParams};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +51,7 @@ impl RunnerConfig {
 }
 
 /// Some tokens of one sequence in a step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SeqChunk<'a> {
     pub tokens: &'a [u32],
     /// Position of `tokens[0]`.
@@ -60,8 +60,10 @@ pub struct SeqChunk<'a> {
     pub block_table: &'a [u32],
     /// Compute the next token after the last of `tokens`.
     pub sample: bool,
-    /// Its sampling uniform in `[0, 2^24)` (unused by argmax).
+    /// Its sampling uniform in `[0, 2^24)` (unused by greedy rows).
     pub uniform: i32,
+    /// How the device picks it.
+    pub params: SampleParams,
 }
 
 /// How a step whose inputs are uploaded runs: eagerly, or by replaying a captured graph.
@@ -96,9 +98,6 @@ pub struct ModelRunner<B: Backend> {
     pub cfg: RunnerConfig,
     /// Decode buckets (1, 2, 4, 8, 16, 24, ... max_num_seqs).
     pub buckets: Vec<usize>,
-    /// How steps pick the next token on the device: None is argmax, Some samples with each
-    /// row's uniform. A captured graph bakes this in.
-    pub sampling: Option<SampleParams>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -110,7 +109,7 @@ impl<B: Backend> ModelRunner<B> {
         let dims = InputDims { max_tokens: rows, max_seqs: cfg.max_num_seqs, max_blocks: cfg.max_blocks_per_seq() };
         let inputs = StepInputs::new(&backend, dims)?;
         let buckets = batch_buckets(cfg.max_num_seqs);
-        Ok(ModelRunner { backend, model, cache, state, inputs, cfg, buckets, sampling: None })
+        Ok(ModelRunner { backend, model, cache, state, inputs, cfg, buckets })
     }
 
     /// The packed rows of a step, and its (token rows, logit rows, decode bucket). A pure
@@ -140,7 +139,7 @@ impl<B: Backend> ModelRunner<B> {
                 host.tokens.push(TokenRow { id, position: p as i32, seq: s as i32, slot: slot as i32 });
             }
             if c.sample {
-                host.logits.push((host.tokens.len() as i32 - 1, c.uniform));
+                host.logits.push(LogitRow { row: host.tokens.len() as i32 - 1, uniform: c.uniform, params: c.params });
             }
             host.block_tables.push(c.block_table.iter().map(|&b| b as i32).collect());
         }
@@ -184,7 +183,7 @@ impl<B: Backend> ModelRunner<B> {
     /// The forward pass over the uploaded inputs.
     pub fn forward(&self, t: usize, n_logits: usize) -> Result<(), EngineError> {
         let r = self;
-        r.model.forward(&r.backend, &r.state, &r.inputs, &r.cache, t, n_logits, r.sampling)?;
+        r.model.forward(&r.backend, &r.state, &r.inputs, &r.cache, t, n_logits)?;
         Ok(())
     }
 
@@ -216,7 +215,11 @@ impl<B: Backend> ModelRunner<B> {
         for (c, part) in tokens.chunks(chunk).enumerate() {
             let s = start + c * chunk;
             let sample = s + part.len() == start + tokens.len();
-            self.step(&mut Eager, &[SeqChunk { tokens: part, start: s, block_table: &table, sample, uniform: 0 }])?;
+            let params = SampleParams::GREEDY;
+            self.step(
+                &mut Eager,
+                &[SeqChunk { tokens: part, start: s, block_table: &table, sample, uniform: 0, params }],
+            )?;
         }
         Ok(())
     }
@@ -239,6 +242,7 @@ impl<B: Backend> ModelRunner<B> {
                 block_table: t,
                 sample: true,
                 uniform: r.uniform,
+                params: r.params,
             })
             .collect();
         self.step_in(exec, &chunks, bucket)
@@ -246,10 +250,17 @@ impl<B: Backend> ModelRunner<B> {
 }
 
 /// One decode row of a sequence slot with a static block table (tests, benchmarks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DecodeRow {
     pub seq: usize,
     pub token: u32,
     pub pos: usize,
     pub uniform: i32,
+    pub params: SampleParams,
+}
+
+impl DecodeRow {
+    pub fn greedy(seq: usize, token: u32, pos: usize) -> Self {
+        DecodeRow { seq, token, pos, uniform: 0, params: SampleParams::GREEDY }
+    }
 }

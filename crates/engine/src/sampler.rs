@@ -1,8 +1,10 @@
 //! Sampling parameters and the host sampler: greedy, temperature, top-k, top-p, min-p and
 //! repetition penalty, with a seed that makes sampled output reproducible. Decoding samples
-//! on the device (`Backend::sample`) with uniforms drawn here; the host path below serves
-//! a repetition penalty, which needs each sequence's history.
+//! on the device (`Backend::sample`, per-row settings) with uniforms drawn here; the host
+//! path below serves a repetition penalty, which needs each sequence's history, and applies
+//! the same rule to the penalised logits with the same uniform.
 
+use encore_tensor::SampleParams;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -95,8 +97,27 @@ impl Sampler {
         self.rng.random_range(0..encore_tensor::SAMPLE_UNIFORM_SCALE as i32)
     }
 
-    /// The next token from one row of logits; `history` holds the prompt and generated ids.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// The device settings of these parameters (the filters the device applies).
+    pub fn device_params(&self) -> SampleParams {
+        let p = &self.params;
+        if p.temperature > 0.0 {
+            SampleParams {
+                temperature: p.temperature,
+                top_k: p.top_k.min(u32::MAX as usize) as u32,
+                top_p: p.top_p,
+                min_p: p.min_p,
+            }
+        } else {
+            SampleParams::GREEDY
+        }
+    }
+
+    /// The next token from one row of logits on the host, with the uniform `u24` (from
+    /// [`Sampler::uniform24`]): the repetition penalty over `history` (prompt and generated
+    /// ids), then exactly the device's rule (`encore_cpu::sample_row`, see
+    /// `encore_tensor::SampleParams`), so host and device sampling are one rule over one
+    /// random stream.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], u24: i32) -> u32 {
         let p = &self.params;
         let mut l: Vec<f32> = logits.to_vec();
         if p.repetition_penalty != 1.0 {
@@ -111,45 +132,8 @@ impl Sampler {
                 }
             }
         }
-        if p.temperature == 0.0 {
-            return argmax(&l);
-        }
-        // candidates sorted by logit, descending (stable: lower id first on ties)
-        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
-        idx.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
-        if p.top_k > 0 && p.top_k < idx.len() {
-            idx.truncate(p.top_k);
-        }
-        let max = l[idx[0] as usize];
-        let mut probs: Vec<f64> = idx.iter().map(|&i| (((l[i as usize] - max) / p.temperature) as f64).exp()).collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= sum);
-        if p.min_p > 0.0 {
-            let cut = probs[0] * p.min_p as f64;
-            let keep = probs.iter().take_while(|&&q| q >= cut).count().max(1);
-            probs.truncate(keep);
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (j, q) in probs.iter().enumerate() {
-                acc += q;
-                if acc >= p.top_p as f64 {
-                    keep = j + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-        }
-        let total: f64 = probs.iter().sum();
-        let mut r = self.rng.random::<f64>() * total;
-        for (j, q) in probs.iter().enumerate() {
-            if r < *q {
-                return idx[j];
-            }
-            r -= q;
-        }
-        idx[probs.len() - 1]
+        let u = u24 as f64 / encore_tensor::SAMPLE_UNIFORM_SCALE as f64;
+        encore_cpu::sample_row(&l, u, self.device_params())
     }
 }
 
@@ -198,7 +182,7 @@ mod tests {
     #[test]
     fn greedy_takes_first_max() {
         let mut s = Sampler::new(params(0.0));
-        assert_eq!(s.sample(&[0.5, 2.0, 2.0, -1.0], &[]), 1);
+        assert_eq!(s.sample(&[0.5, 2.0, 2.0, -1.0], &[], 0), 1);
     }
 
     #[test]
@@ -206,7 +190,12 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let run = |seed| {
             let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed, ..Default::default() });
-            (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| {
+                    let u = s.uniform24();
+                    s.sample(&logits, &[], u)
+                })
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -216,9 +205,17 @@ mod tests {
     fn top_k_one_is_greedy_and_top_k_limits_support() {
         let logits = [1.0, 3.0, 2.0, 0.5];
         let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..params(5.0) });
-        assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
+        assert!((0..50).all(|_| {
+            let u = s.uniform24();
+            s.sample(&logits, &[], u) == 1
+        }));
         let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 2, ..params(5.0) });
-        let got: Vec<u32> = (0..200).map(|_| s.sample(&logits, &[])).collect();
+        let got: Vec<u32> = (0..200)
+            .map(|_| {
+                let u = s.uniform24();
+                s.sample(&logits, &[], u)
+            })
+            .collect();
         assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
     }
 
@@ -227,7 +224,12 @@ mod tests {
         // probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps the first two
         let logits = [3.0, 2.0, 1.0, 0.0];
         let mut s = Sampler::new(SamplingParams { top_p: 0.7, ..params(1.0) });
-        let got: Vec<u32> = (0..300).map(|_| s.sample(&logits, &[])).collect();
+        let got: Vec<u32> = (0..300)
+            .map(|_| {
+                let u = s.uniform24();
+                s.sample(&logits, &[], u)
+            })
+            .collect();
         assert!(got.iter().all(|&t| t <= 1) && got.contains(&1));
     }
 
@@ -235,14 +237,17 @@ mod tests {
     fn min_p_cuts_unlikely_tokens() {
         let logits = [5.0, 4.9, 0.0, 0.0];
         let mut s = Sampler::new(SamplingParams { min_p: 0.5, ..params(1.0) });
-        assert!((0..300).all(|_| s.sample(&logits, &[]) <= 1));
+        assert!((0..300).all(|_| {
+            let u = s.uniform24();
+            s.sample(&logits, &[], u) <= 1
+        }));
     }
 
     #[test]
     fn repetition_penalty_changes_greedy_choice() {
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0) });
-        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1]), 0);
-        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[]), 1);
+        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1], 0), 0);
+        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[], 0), 1);
     }
 
     #[test]

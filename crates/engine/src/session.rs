@@ -38,8 +38,6 @@ pub struct EngineConfig {
     /// Decode with captured graphs (CUDA only).
     pub graphs: bool,
     pub launch_params: LaunchParamMode,
-    /// The sampling settings decode graphs are captured with (others run eagerly).
-    pub graph_sampling: SamplingParams,
 }
 
 impl Default for EngineConfig {
@@ -56,7 +54,6 @@ impl Default for EngineConfig {
             cpu_kv_bytes: 2 << 30,
             graphs: true,
             launch_params: LaunchParamMode::Inline,
-            graph_sampling: SamplingParams::default(),
         }
     }
 }
@@ -239,7 +236,7 @@ pub fn run_generate(
     params: &SamplingParams,
     on_token: impl FnMut(usize, u32) -> Flow,
 ) -> Result<(Generation, RunReport), EngineError> {
-    let cfg = EngineConfig { max_num_seqs: prompts.len().max(1), graph_sampling: params.clone(), ..cfg.clone() };
+    let cfg = EngineConfig { max_num_seqs: prompts.len().max(1), ..cfg.clone() };
     let (mut engine, report) = build_engine(files, &cfg)?;
     let out = engine.generate(prompts, params, on_token)?;
     Ok((out, report))
@@ -266,7 +263,6 @@ fn build_cuda(
     max_ctx: usize,
 ) -> Result<(Engine, RunReport), EngineError> {
     use crate::graph_runner::GraphDecoder;
-    use crate::llm_engine::device_sampling;
     let device = format!("cuda:{ordinal}");
     let b = encore_cuda::Cuda::new(ordinal).map_err(|e| EngineError::Device(device.clone(), e.to_string()))?;
     b.device().set_launch_mode(cfg.launch_params);
@@ -286,7 +282,6 @@ fn build_cuda(
     let eos = files.config.eos_token_ids.clone();
     let engine = if cfg.graphs {
         let t1 = Instant::now();
-        runner.sampling = device_sampling(&cfg.graph_sampling); // baked into the graphs
         let graphs = GraphDecoder::capture(&mut runner, cfg.launch_params, None)?;
         report.capture_secs = t1.elapsed().as_secs_f64();
         report.fallbacks = graphs.fallbacks().to_vec();

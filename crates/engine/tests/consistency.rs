@@ -10,7 +10,9 @@ use encore_models::config::{Arch, ModelConfig};
 use encore_models::Llama;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::testing::Rng;
-use encore_tensor::DType;
+use encore_tensor::{DType, SampleParams};
+
+const GREEDY: SampleParams = SampleParams::GREEDY;
 
 fn tiny(arch: Arch, bias: bool, window: Option<usize>) -> ModelConfig {
     ModelConfig {
@@ -52,7 +54,7 @@ fn prefill(r: &ModelRunner<Cpu>, table: &[u32], tokens: &[u32], start: usize) {
     for (c, part) in tokens.chunks(chunk).enumerate() {
         let s = start + c * chunk;
         let last = s + part.len() == start + tokens.len();
-        let step = SeqChunk { tokens: part, start: s, block_table: table, sample: last, uniform: 0 };
+        let step = SeqChunk { tokens: part, start: s, block_table: table, sample: last, uniform: 0, params: GREEDY };
         r.step(&mut Eager, &[step]).unwrap();
     }
 }
@@ -84,7 +86,8 @@ fn decode_after_prefill_matches_longer_prefill() {
         let r = runner(tiny(arch, bias, window), 1);
         let t = table(5, 7);
         prefill(&r, &t, &toks[..12], 0);
-        let step = SeqChunk { tokens: &toks[12..], start: 12, block_table: &t, sample: true, uniform: 0 };
+        let step =
+            SeqChunk { tokens: &toks[12..], start: 12, block_table: &t, sample: true, uniform: 0, params: GREEDY };
         r.step(&mut Eager, &[step]).unwrap();
         close(&r.read_logits(1).unwrap()[0], &want, &format!("{arch:?}"));
     }
@@ -125,6 +128,7 @@ fn padded_batch_matches_each_sequence_alone() {
             block_table: &tables[s],
             sample: true,
             uniform: 0,
+            params: GREEDY,
         })
         .collect();
     batch.step(&mut Eager, &rows).unwrap(); // 3 rows in bucket 4: one padded row
@@ -227,4 +231,39 @@ fn sampled_generation_is_reproducible_from_its_seed() {
         assert_eq!(run(7, rep), run(7, rep), "repetition penalty {rep}: same seed, same tokens");
         assert_ne!(run(7, rep), run(8, rep), "repetition penalty {rep}: the seed matters");
     }
+}
+
+/// Per-row sampling: requests with different settings (greedy, sampled, filtered, a host-side
+/// repetition penalty) in one batch each give the tokens they give alone with the same seed.
+#[test]
+fn mixed_sampling_settings_in_one_batch_equal_each_alone() {
+    let base = SamplingParams { max_tokens: 10, ..Default::default() };
+    let settings = [
+        base.clone(),
+        SamplingParams { temperature: 1.0, seed: 5, ..base.clone() },
+        SamplingParams { temperature: 0.7, top_k: 20, top_p: 0.9, seed: 9, ..base.clone() },
+        SamplingParams { temperature: 1.2, min_p: 0.05, repetition_penalty: 1.3, seed: 3, ..base.clone() },
+    ];
+    let prompts = [tokens(7), tokens(3), tokens(12), tokens(5)];
+    let run_alone = |p: &Vec<u32>, s: &SamplingParams| {
+        let mut e = engine(1, 64);
+        let id = e.add_request(p.clone(), s.clone()).unwrap();
+        let mut out = Vec::new();
+        while e.has_unfinished() {
+            out.extend(e.step().unwrap().into_iter().filter(|o| o.id == id).filter_map(|o| o.token));
+        }
+        out
+    };
+    let alone: Vec<Vec<u32>> = prompts.iter().zip(&settings).map(|(p, s)| run_alone(p, s)).collect();
+    let mut e = engine(4, 64);
+    let ids: Vec<_> =
+        prompts.iter().zip(&settings).map(|(p, s)| e.add_request(p.clone(), s.clone()).unwrap()).collect();
+    let mut out = vec![Vec::new(); 4];
+    while e.has_unfinished() {
+        for o in e.step().unwrap() {
+            out[ids.iter().position(|&i| i == o.id).unwrap()].extend(o.token);
+        }
+    }
+    assert_eq!(out, alone);
+    assert!(e.counters().host_sampled_rows > 0, "the penalised request samples on the host");
 }

@@ -73,7 +73,7 @@ fn replay_matches_eager(mode: LaunchParamMode, prompts: &[Vec<u32>], steps: usiz
     let mut rows: Vec<DecodeRow> = Vec::new();
     for (s, p) in prompts.iter().enumerate() {
         r.prefill_static(s, &p[..p.len() - 1], 0).unwrap();
-        rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 });
+        rows.push(DecodeRow::greedy(s, p[p.len() - 1], p.len() - 1));
     }
     let mut rng = Rng::fresh("replay_matches_eager");
     for step in 0..steps {
@@ -123,19 +123,25 @@ fn graph_replay_is_bit_identical_in_cached_and_upload_modes() {
 #[test]
 fn sampled_graph_decode_equals_eager() {
     let mut r = cuda_runner(4, 256);
-    r.sampling = Some(encore_tensor::SampleParams { temperature: 1.2, top_k: 50, top_p: 0.9, min_p: 0.01 });
+    // three requests with three settings (one greedy) in one graph
+    let settings = [
+        encore_tensor::SampleParams { temperature: 1.2, top_k: 50, top_p: 0.9, min_p: 0.01 },
+        encore_tensor::SampleParams::GREEDY,
+        encore_tensor::SampleParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.05 },
+    ];
     let mut graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
     let ps = prompts(&[5, 9, 3]);
     let mut rows: Vec<DecodeRow> = Vec::new();
     for (s, p) in ps.iter().enumerate() {
         r.prefill_static(s, &p[..p.len() - 1], 0).unwrap();
-        rows.push(DecodeRow { seq: s, token: p[p.len() - 1], pos: p.len() - 1, uniform: 0 });
+        rows.push(DecodeRow::greedy(s, p[p.len() - 1], p.len() - 1));
     }
     let mut rng = Rng::fresh("sampled_graph_decode_equals_eager");
     let mut distinct = std::collections::HashSet::new();
     for step in 0..64 {
-        for row in rows.iter_mut() {
+        for (row, p) in rows.iter_mut().zip(settings) {
             row.uniform = rng.below(1 << 24) as i32;
+            row.params = p;
         }
         r.decode_static(&mut Eager, &rows, Some(4)).unwrap();
         let eager = r.read_next(3).unwrap();
@@ -160,7 +166,7 @@ fn decode_graph_audits_kernels_only_except_upload() {
         let _guard = (mode == LaunchParamMode::Cached).then(|| dev.param_cache().enable());
         for (bucket, a) in graphs.audits() {
             // our launches and strided metas of one eager step of this bucket
-            let rows = [DecodeRow { seq: 0, token: 1, pos: 0, uniform: 0 }];
+            let rows = [DecodeRow::greedy(0, 1, 0)];
             let s0 = dev.launch_stats();
             r.decode_static(&mut Eager, &rows, Some(bucket)).unwrap();
             let d = dev.launch_stats().since(&s0);
@@ -218,7 +224,7 @@ fn tiny_models_on_cuda_f32_match_transformers() {
         let mut rows = vec![(r.read_logits(1).unwrap().remove(0), want[(t - 1) * v..t * v].to_vec())];
         let want = g.decode_logits.to_f32();
         for (k, &id) in g.decode_ids.iter().enumerate() {
-            r.decode_static(&mut Eager, &[DecodeRow { seq: 0, token: id, pos: t + k, uniform: 0 }], None).unwrap();
+            r.decode_static(&mut Eager, &[DecodeRow::greedy(0, id, t + k)], None).unwrap();
             rows.push((r.read_logits(1).unwrap().remove(0), want[k * v..(k + 1) * v].to_vec()));
         }
         for (i, (got, want)) in rows.iter().enumerate() {
@@ -277,7 +283,7 @@ fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
         }
         let d = (pc[tc as usize] - pg[tc as usize]).abs();
         assert!(d <= 5e-2, "{}: step {step}: |logprob diff| {d} > 5e-2", dir.display());
-        let row = [DecodeRow { seq: 0, token: tc, pos, uniform: 0 }];
+        let row = [DecodeRow::greedy(0, tc, pos)];
         rc_cpu.decode_static(&mut Eager, &row, None).unwrap();
         rc_gpu.decode_static(&mut Eager, &row, None).unwrap();
     }
@@ -327,7 +333,7 @@ fn random_llama_3_2_1b_bf16_on_cuda_matches_transformers() {
         let d = (lps[tok as usize] - lp).abs();
         worst = worst.max(d);
         assert!(d <= 5e-2, "step {step}: |logprob diff| {d} > 5e-2 vs transformers ({refp})");
-        let row = [DecodeRow { seq: 0, token: tok, pos: prompt.len() + step, uniform: 0 }];
+        let row = [DecodeRow::greedy(0, tok, prompt.len() + step)];
         r.decode_static(&mut Eager, &row, None).unwrap();
     }
     eprintln!(

@@ -7,7 +7,7 @@ use encore_cpu::Cpu;
 use encore_engine::{generate, Eager, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams};
 use encore_models::golden::{golden_dir, GreedyGolden, LogitsGolden};
 use encore_models::hub::{default_model_path, open_model};
-use encore_models::{HostInputs, InputDims, Llama, StepInputs, TokenRow};
+use encore_models::{HostInputs, InputDims, Llama, LogitRow, StepInputs, TokenRow};
 use encore_tensor::{Backend, DType};
 
 /// Max |ours - HF| over the row, against a bound scaled by the row's magnitude.
@@ -37,10 +37,10 @@ fn tiny_models_match_transformers_logits() {
         let mut host = HostInputs { block_tables: vec![table.clone()], ..Default::default() };
         for (p, &id) in g.prompt_ids.iter().enumerate() {
             host.tokens.push(row(id, p));
-            host.logits.push((p as i32, 0));
+            host.logits.push(LogitRow::greedy(p as i32));
         }
         inputs.upload(&b, &host).unwrap();
-        model.forward(&b, &state, &inputs, &cache, t, t, None).unwrap();
+        model.forward(&b, &state, &inputs, &cache, t, t).unwrap();
         let got = b.download(&state.logits).unwrap().to_f32();
         let want = g.prefill_logits.to_f32();
         for r in 0..t {
@@ -48,10 +48,13 @@ fn tiny_models_match_transformers_logits() {
         }
         let want = g.decode_logits.to_f32();
         for (k, &id) in g.decode_ids.iter().enumerate() {
-            let host =
-                HostInputs { tokens: vec![row(id, t + k)], logits: vec![(0, 0)], block_tables: vec![table.clone()] };
+            let host = HostInputs {
+                tokens: vec![row(id, t + k)],
+                logits: vec![LogitRow::greedy(0)],
+                block_tables: vec![table.clone()],
+            };
             inputs.upload(&b, &host).unwrap();
-            model.forward(&b, &state, &inputs, &cache, 1, 1, None).unwrap();
+            model.forward(&b, &state, &inputs, &cache, 1, 1).unwrap();
             let got = b.download(&state.logits.narrow(0, 0, 1).unwrap()).unwrap().to_f32();
             check_row(&format!("{why} decode step {k}"), &got, &want[k * v..(k + 1) * v]);
         }

@@ -19,4 +19,4 @@ pub mod weights;
 pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use llama::{Llama, RunState};
-pub use step_inputs::{HostInputs, InputDims, StepInputs, TokenRow};
+pub use step_inputs::{HostInputs, InputDims, LogitRow, StepInputs, TokenRow};

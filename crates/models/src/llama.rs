@@ -14,7 +14,7 @@ use crate::step_inputs::StepInputs;
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
-use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, SampleParams, Tensor};
+use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, Tensor};
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B>,        // [C]
@@ -211,8 +211,8 @@ impl<B: Backend> Llama<B> {
 
     /// One forward pass over the first `t` token rows of `inp`. Logits are computed for the
     /// token rows named by the first `n_logits` logit rows into the first rows of
-    /// `st.logits`, and the next token of each into `st.next`: the argmax, or with
-    /// `sampling` a sample drawn with the row's uniform. Allocates nothing.
+    /// `st.logits`, and the next token of each into `st.next`, chosen by each row's own
+    /// sampling settings (greedy or sampled with its uniform). Allocates nothing.
     pub fn forward(
         &self,
         b: &B,
@@ -221,7 +221,6 @@ impl<B: Backend> Llama<B> {
         cache: &KvCache<B>,
         t: usize,
         n_logits: usize,
-        sampling: Option<SampleParams>,
     ) -> TResult<()> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
@@ -270,10 +269,7 @@ impl<B: Backend> Llama<B> {
         let logits = st.logits.narrow(0, 0, n)?;
         b.matmul(&head, &self.lm_head.transpose(0, 1)?, &logits)?;
         let next = st.next.narrow(0, 0, n)?;
-        match sampling {
-            Some(p) => b.sample(&logits, &inp.uniform(n)?, p, &next),
-            None => b.argmax(&logits, &next),
-        }
+        b.sample(&logits, &inp.uniform(n)?, &inp.sampling(n)?, &next)
     }
 }
 

@@ -11,12 +11,13 @@
 //! | `slots`        | `[T]`     | cache slot its K/V is written to; -1 for padding (skipped)     |
 //! | `logit_rows`   | `[R]`     | token rows whose logits (and next token) are computed          |
 //! | `uniform`      | `[R]`     | sampling uniform of each logit row, in `[0, 2^24)`             |
+//! | `sampling`     | `[R, 4]`  | each logit row's settings (`SampleParams::to_words`)           |
 //! | `block_tables` | `[R, MB]` | the cache blocks of each sequence, in order                    |
 //!
 //! The model crate knows nothing of requests: the engine fills a [`HostInputs`] from its
 //! schedule; this file only lays the rows out.
 
-use encore_tensor::{Backend, DType, Error, HostTensor, Result, Tensor};
+use encore_tensor::{Backend, DType, Error, HostTensor, Result, SampleParams, Tensor};
 
 /// Capacities of a [`StepInputs`] buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct InputDims {
 
 impl InputDims {
     fn words(&self) -> usize {
-        4 * self.max_tokens + 2 * self.max_seqs + self.max_seqs * self.max_blocks
+        4 * self.max_tokens + 6 * self.max_seqs + self.max_seqs * self.max_blocks
     }
     // region offsets, in words
     fn ids(&self) -> usize {
@@ -52,8 +53,11 @@ impl InputDims {
     fn uniform(&self) -> usize {
         4 * self.max_tokens + self.max_seqs
     }
-    fn block_tables(&self) -> usize {
+    fn sampling(&self) -> usize {
         4 * self.max_tokens + 2 * self.max_seqs
+    }
+    fn block_tables(&self) -> usize {
+        4 * self.max_tokens + 6 * self.max_seqs
     }
 }
 
@@ -79,12 +83,26 @@ impl TokenRow {
     pub const PAD: TokenRow = TokenRow { id: 0, position: -1, seq: 0, slot: -1 };
 }
 
+/// A token row whose logits (and next token) are wanted, and how that token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogitRow {
+    pub row: i32,
+    /// Sampling uniform in `[0, 2^24)`.
+    pub uniform: i32,
+    pub params: SampleParams,
+}
+
+impl LogitRow {
+    pub fn greedy(row: i32) -> Self {
+        LogitRow { row, uniform: 0, params: SampleParams::GREEDY }
+    }
+}
+
 /// Host side of [`StepInputs`] for one step.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostInputs {
     pub tokens: Vec<TokenRow>,
-    /// Token rows whose logits are wanted, with the uniform that samples each.
-    pub logits: Vec<(i32, i32)>,
+    pub logits: Vec<LogitRow>,
     /// Blocks of each sequence of the step (row `r` is what `TokenRow::seq == r` reads).
     pub block_tables: Vec<Vec<i32>>,
 }
@@ -94,7 +112,7 @@ impl HostInputs {
     /// padded logit row reads token row 0; its result is ignored).
     pub fn pad_to(&mut self, rows: usize, logits: usize) {
         self.tokens.resize(rows.max(self.tokens.len()), TokenRow::PAD);
-        self.logits.resize(logits.max(self.logits.len()), (0, 0));
+        self.logits.resize(logits.max(self.logits.len()), LogitRow::greedy(0));
     }
 
     /// The packed words, or an error naming the region that does not fit.
@@ -126,9 +144,10 @@ impl HostInputs {
             w[d.row_seq() + i] = r.seq;
             w[d.slots() + i] = r.slot;
         }
-        for (i, &(row, u)) in self.logits.iter().enumerate() {
-            w[d.logit_rows() + i] = row;
-            w[d.uniform() + i] = u;
+        for (i, l) in self.logits.iter().enumerate() {
+            w[d.logit_rows() + i] = l.row;
+            w[d.uniform() + i] = l.uniform;
+            w[d.sampling() + 4 * i..][..4].copy_from_slice(&l.params.to_words());
         }
         for (s, table) in self.block_tables.iter().enumerate() {
             let at = d.block_tables() + s * d.max_blocks;
@@ -166,6 +185,10 @@ impl<B: Backend> StepInputs<B> {
     pub fn uniform(&self, n: usize) -> Result<Tensor<B>> {
         self.region(self.dims.uniform(), n)
     }
+    /// Sampling settings of the first `n` logit rows: `[n, 4]`.
+    pub fn sampling(&self, n: usize) -> Result<Tensor<B>> {
+        self.region(self.dims.sampling(), 4 * n)?.reshape(&[n, 4])
+    }
     /// Every block table: `[R, MB]`.
     pub fn block_tables(&self) -> Result<Tensor<B>> {
         let d = self.dims;
@@ -188,17 +211,20 @@ mod tests {
     fn pack_lays_out_every_region_and_pads() {
         let mut h = HostInputs::default();
         h.tokens.push(TokenRow { id: 7, position: 5, seq: 1, slot: 37 });
-        h.logits.push((0, 99));
+        let sp = SampleParams { temperature: 0.5, top_k: 3, top_p: 0.9, min_p: 0.0 };
+        h.logits.push(LogitRow { row: 0, uniform: 99, params: sp });
         h.block_tables = vec![vec![4], vec![2, 6]];
         let w = h.pack(&D).unwrap();
-        assert_eq!(w.len(), 4 * 4 + 2 * 2 + 2 * 3);
+        assert_eq!(w.len(), 4 * 4 + 6 * 2 + 2 * 3);
         assert_eq!(&w[0..4], &[7, 0, 0, 0]); // ids
         assert_eq!(&w[4..8], &[5, -1, -1, -1]); // positions
         assert_eq!(&w[8..12], &[1, 0, 0, 0]); // row_seq
         assert_eq!(&w[12..16], &[37, -1, -1, -1]); // slots
         assert_eq!(&w[16..18], &[0, 0]); // logit rows
         assert_eq!(&w[18..20], &[99, 0]); // uniforms
-        assert_eq!(&w[20..26], &[4, 0, 0, 2, 6, 0]); // block tables
+        assert_eq!(&w[20..24], &sp.to_words()); // sampling, row 0
+        assert_eq!(&w[24..28], &[0; 4]); // row 1 unused
+        assert_eq!(&w[28..34], &[4, 0, 0, 2, 6, 0]); // block tables
     }
 
     #[test]
@@ -206,7 +232,7 @@ mod tests {
         let mut h = HostInputs::default();
         h.pad_to(5, 0);
         assert!(h.pack(&D).is_err(), "5 token rows");
-        let h = HostInputs { logits: vec![(0, 0); 3], ..Default::default() };
+        let h = HostInputs { logits: vec![LogitRow::greedy(0); 3], ..Default::default() };
         assert!(h.pack(&D).is_err(), "3 logit rows");
         let h = HostInputs { block_tables: vec![vec![0; 4]], ..Default::default() };
         assert!(h.pack(&D).is_err(), "4 blocks");

@@ -90,13 +90,14 @@ pub struct AttentionParams {
     pub block_size: u32,
 }
 
-/// Filters and temperature of [`Backend::sample`]. The kept set of a row is every token whose
-/// probability `p = softmax(logits / temperature)` is at least the largest of: the k-th
-/// largest p (top-k), `min_p * max p` (min-p), and the smallest p of the highest-p tokens
-/// whose mass reaches `top_p` of what is left (top-p); ties at a threshold are all kept.
+/// Filters and temperature of one row of [`Backend::sample`]. The kept set of a row is every
+/// token whose probability `p = softmax(logits / temperature)` is at least the largest of:
+/// the k-th largest p (top-k), `min_p * max p` (min-p), and the smallest p of the highest-p
+/// tokens whose mass reaches `top_p` of what is left (top-p); ties at a threshold are all
+/// kept. A temperature <= 0 is greedy: the argmax (first on ties).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleParams {
-    /// > 0 (0 is greedy: use argmax instead).
+    /// > 0 samples; <= 0 is greedy.
     pub temperature: f32,
     /// 0 keeps every token.
     pub top_k: u32,
@@ -104,6 +105,35 @@ pub struct SampleParams {
     pub top_p: f32,
     /// In [0, 1); 0 keeps every token.
     pub min_p: f32,
+}
+
+impl SampleParams {
+    pub const GREEDY: SampleParams = SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+
+    pub fn is_greedy(&self) -> bool {
+        // NaN is greedy too
+        self.temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    }
+
+    /// The row's 4 words in a `[R, 4]` i32 params tensor: temperature bits, top_k, top_p
+    /// bits, min_p bits.
+    pub fn to_words(self) -> [i32; 4] {
+        [self.temperature.to_bits() as i32, self.top_k as i32, self.top_p.to_bits() as i32, self.min_p.to_bits() as i32]
+    }
+
+    pub fn from_words(w: [i32; 4]) -> Self {
+        let f = |x: i32| f32::from_bits(x as u32);
+        SampleParams { temperature: f(w[0]), top_k: w[1] as u32, top_p: f(w[2]), min_p: f(w[3]) }
+    }
+
+    /// Values a sampling row accepts (greedy rows ignore the filters).
+    pub fn is_valid(&self) -> bool {
+        self.is_greedy()
+            || (self.temperature.is_finite()
+                && self.top_p > 0.0
+                && self.top_p <= 1.0
+                && (0.0..1.0).contains(&self.min_p))
+    }
 }
 
 /// `uniform` values of [`Backend::sample`] are integers in `[0, 2^24)`: `u = x / 2^24`.
@@ -270,14 +300,16 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     ) -> Result<()>;
     /// Index of the largest value of each row over the last dim (first on ties), u32.
     fn argmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
-    /// One token per row of f32 `logits: [R, V]` drawn from the kept set (see
-    /// [`SampleParams`]): with `u = uniform[r] / 2^24` (`uniform: [R]` i32), the first token
-    /// in id order whose running kept mass exceeds `u` times the kept total. u32 `dst: [R]`.
+    /// One token per row of f32 `logits: [R, V]`, each row with its own settings
+    /// (`params: [R, 4]` i32, [`SampleParams::to_words`]): a greedy row takes the argmax; a
+    /// sampling row, with `u = uniform[r] / 2^24` (`uniform: [R]` i32), the first token in id
+    /// order whose running kept mass exceeds `u` times the kept total (see [`SampleParams`]).
+    /// u32 `dst: [R]`. One captured graph thus serves any mix of requests' settings.
     fn sample(
         &self,
         logits: &Tensor<Self>,
         uniform: &Tensor<Self>,
-        params: SampleParams,
+        params: &Tensor<Self>,
         dst: &Tensor<Self>,
     ) -> Result<()>;
 

@@ -363,27 +363,21 @@ pub fn argmax<B: Backend>(x: &Tensor<B>, dst: &Tensor<B>) -> Result<Rows> {
 pub fn sample<B: Backend>(
     logits: &Tensor<B>,
     uniform: &Tensor<B>,
-    params: crate::SampleParams,
+    params: &Tensor<B>,
     dst: &Tensor<B>,
 ) -> Result<Rows> {
     const OP: &str = "sample";
     dtype_is(OP, logits, DType::F32)?;
     dtype_is(OP, uniform, DType::I32)?;
+    dtype_is(OP, params, DType::I32)?;
     dtype_is(OP, dst, DType::U32)?;
-    contiguous(OP, dst)?;
-    contiguous(OP, uniform)?;
+    for t in [dst, uniform, params] {
+        contiguous(OP, t)?;
+    }
     let r = rows(OP, logits)?;
     if dst.numel() != r.rows || uniform.numel() != r.rows || r.cols == 0 {
         return Err(Error::ShapeMismatch { op: OP, lhs: logits.dims().to_vec(), rhs: dst.dims().to_vec() });
     }
-    let p = params;
-    let valid = p.temperature > 0.0
-        && p.temperature.is_finite()
-        && p.top_p > 0.0
-        && p.top_p <= 1.0
-        && (0.0..1.0).contains(&p.min_p);
-    if !valid {
-        return Err(Error::InvalidArgument { op: OP, msg: format!("invalid sampling parameters {p:?}") });
-    }
+    dims_are(OP, params, &[r.rows, 4])?;
     Ok(r)
 }

@@ -1,34 +1,49 @@
-//! Sampling one token per row of f32 logits with temperature, top-k, min-p and top-p, from a
-//! given uniform per row (`encore_tensor::SampleParams` defines the kept set). The
-//! thresholds are computed exactly (sorting), the pick walks ids in order: the same choice
-//! as the CUDA kernel's bisection, up to rounding at a threshold.
+//! Sampling one token per row of f32 logits, each row with its own temperature, top-k, min-p
+//! and top-p (greedy rows take the argmax), from a given uniform per row
+//! (`encore_tensor::SampleParams` defines the kept set). The thresholds are computed exactly
+//! (sorting), the pick walks ids in order: the same choice as the CUDA kernel's bisection, up
+//! to rounding at a threshold. [`sample_row`] is also the engine's host sampler: one rule.
 
 use crate::storage::{with_reads, with_write, Data};
 use crate::strided::{gather_f32, i32s, scatter};
 use crate::Cpu;
-use encore_tensor::{check, Result, SampleParams, Tensor, SAMPLE_UNIFORM_SCALE};
+use encore_tensor::{check, Error, Result, SampleParams, Tensor, SAMPLE_UNIFORM_SCALE};
 
 pub(crate) fn sample(
     logits: &Tensor<Cpu>,
     uniform: &Tensor<Cpu>,
-    params: SampleParams,
+    params: &Tensor<Cpu>,
     dst: &Tensor<Cpu>,
 ) -> Result<()> {
     const OP: &str = "sample";
     let rows = check::sample(logits, uniform, params, dst)?;
-    let (l, u) = with_reads(OP, &[logits, uniform], |d| {
-        Ok((gather_f32(OP, d[0], logits.layout())?, i32s(OP, d[1], uniform.layout())?.to_vec()))
+    let (l, u, w) = with_reads(OP, &[logits, uniform, params], |d| {
+        let l = gather_f32(OP, d[0], logits.layout())?;
+        Ok((l, i32s(OP, d[1], uniform.layout())?.to_vec(), i32s(OP, d[2], params.layout())?.to_vec()))
     })?;
-    let picks: Vec<u32> = l
-        .chunks(rows.cols)
-        .zip(&u)
-        .map(|(row, &x)| sample_row(row, x as f64 / SAMPLE_UNIFORM_SCALE as f64, params))
-        .collect();
+    let mut picks = Vec::with_capacity(rows.rows);
+    for ((row, &x), w) in l.chunks(rows.cols).zip(&u).zip(w.chunks(4)) {
+        let p = SampleParams::from_words([w[0], w[1], w[2], w[3]]);
+        if !p.is_valid() {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("invalid sampling parameters {p:?}") });
+        }
+        picks.push(sample_row(row, x as f64 / SAMPLE_UNIFORM_SCALE as f64, p));
+    }
     with_write(OP, dst, |d| scatter(OP, d, dst.layout(), &Data::U32(picks)))
 }
 
-/// The kept set's threshold and the pick; see `SampleParams`.
-pub(crate) fn sample_row(l: &[f32], u: f64, p: SampleParams) -> u32 {
+/// The token `p` picks from one row of logits with the uniform `u` in `[0, 1)`: the argmax
+/// (first on ties, NaN never wins) when greedy, else the kept set's pick; see `SampleParams`.
+pub fn sample_row(l: &[f32], u: f64, p: SampleParams) -> u32 {
+    if p.is_greedy() {
+        let mut best = 0;
+        for (i, &x) in l.iter().enumerate() {
+            if x > l[best] || (l[best].is_nan() && !x.is_nan()) {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
     let m = l.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
     let inv_t = 1.0 / p.temperature;
     let probs: Vec<f64> = l.iter().map(|&x| (((x - m) * inv_t) as f64).exp()).collect();
@@ -68,6 +83,22 @@ pub(crate) fn sample_row(l: &[f32], u: f64, p: SampleParams) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use encore_tensor::{Backend, DType, HostTensor};
+
+    #[test]
+    fn invalid_settings_are_an_error_naming_them() {
+        let l = Cpu.zeros(DType::F32, &[1, 8]).unwrap();
+        let u = Cpu.tensor(&HostTensor::from_i32(&[1], &[3])).unwrap();
+        let d = Cpu.zeros(DType::U32, &[1]).unwrap();
+        for bad in [
+            SampleParams { temperature: 1.0, top_k: 0, top_p: 0.0, min_p: 0.0 },
+            SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 1.0 },
+            SampleParams { temperature: f32::INFINITY, top_k: 0, top_p: 1.0, min_p: 0.0 },
+        ] {
+            let p = Cpu.tensor(&HostTensor::from_i32(&[1, 4], &bad.to_words())).unwrap();
+            assert!(matches!(sample(&l, &u, &p, &d), Err(Error::InvalidArgument { .. })), "{bad:?}");
+        }
+    }
 
     fn sp(top_k: u32, top_p: f32, min_p: f32) -> SampleParams {
         SampleParams { temperature: 1.0, top_k, top_p, min_p }
