@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Prompt tokens for the prefill measurement.
     #[arg(long, default_value_t = 512)]
     prefill: usize,
+    /// Position the timed prefill starts at (a chunk attending to earlier context).
+    #[arg(long, default_value_t = 0)]
+    prefill_depth: usize,
     #[arg(long, default_value = "bf16")]
     dtype: String,
     /// cuda or cuda:N.
@@ -121,6 +124,7 @@ fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Re
             steps: a.steps,
             modes: modes.clone(),
             prefill_tokens: a.prefill,
+            prefill_depth: a.prefill_depth,
             dtype,
             ordinal,
             capture_all: a.capture_all,

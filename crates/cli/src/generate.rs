@@ -57,6 +57,21 @@ pub struct GenerateArgs {
     /// Positions per sequence (default: the model's, capped at 4096).
     #[arg(long)]
     max_ctx: Option<usize>,
+    /// Slots per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// KV-cache blocks (default: sized from memory).
+    #[arg(long)]
+    kv_blocks: Option<usize>,
+    /// CUDA: fraction of the GPU's memory encore may use (weights, activations, KV cache).
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_utilization: f64,
+    /// CPU: GiB of KV cache at most (also capped at half the available memory).
+    #[arg(long, default_value_t = 2.0)]
+    kv_cache_gib: f64,
+    /// Tokens per step: the prefill chunk.
+    #[arg(long, default_value_t = 512)]
+    max_num_batched_tokens: usize,
     /// Decode eagerly instead of replaying CUDA graphs.
     #[arg(long)]
     no_graphs: bool,
@@ -126,8 +141,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let open_secs = t0.elapsed().as_secs_f64();
 
-    let cfg =
-        EngineConfig { device, dtype, max_ctx: a.max_ctx, graphs: !a.no_graphs, launch_params, ..Default::default() };
+    if !(a.kv_cache_gib > 0.0 && a.kv_cache_gib.is_finite()) {
+        bail!("--kv-cache-gib must be a positive number of GiB, got {}", a.kv_cache_gib);
+    }
+    let cfg = EngineConfig {
+        device,
+        dtype,
+        max_ctx: a.max_ctx,
+        graphs: !a.no_graphs,
+        launch_params,
+        block_size: a.block_size,
+        kv_blocks: a.kv_blocks,
+        gpu_memory_utilization: a.gpu_memory_utilization,
+        cpu_kv_bytes: (a.kv_cache_gib * (1u64 << 30) as f64) as usize,
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        ..Default::default()
+    };
     let single = prompts.len() == 1;
     let mut decoders: Vec<_> = prompts.iter().map(|_| tok.stream_decoder(true)).collect();
     let mut texts = vec![String::new(); prompts.len()];
@@ -135,11 +164,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let holdback = a.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
     let mut stdout = std::io::stdout().lock();
     let mut io_error = None;
-    if single && !a.chat {
-        let _ = write!(stdout, "{}", prompts[0]);
-        let _ = stdout.flush();
-    }
+    // the prompt is echoed with the first token (not before: loading may still fail)
+    let mut echo = single && !a.chat;
     let (gen, report) = run_generate(&files, &cfg, &ids, &params, |s, id| {
+        if std::mem::take(&mut echo) {
+            let _ = write!(stdout, "{}", prompts[0]);
+        }
         let piece = match decoders[s].step(id) {
             Ok(p) => p,
             Err(e) => {
@@ -179,6 +209,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
     }
     if single {
+        if echo {
+            write!(stdout, "{}", prompts[0])?;
+        }
         let rest = &texts[0][printed..];
         writeln!(stdout, "{rest}")?;
         stdout.flush()?;
@@ -199,6 +232,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         s.decode_steps,
         s.generated_tokens as f64 / s.decode_secs.max(1e-9),
         if report.capture_secs > 0.0 { format!(", graph capture {:.3}s", report.capture_secs) } else { String::new() },
+    );
+    eprintln!(
+        "{}; {} of {} decode steps replayed a graph{}",
+        report.kv_line(),
+        s.graphed_steps,
+        s.decode_steps,
+        if s.host_sampled_rows > 0 {
+            format!(", {} rows sampled on the host", s.host_sampled_rows)
+        } else {
+            String::new()
+        }
     );
     for (bucket, why) in &report.fallbacks {
         eprintln!("warning: decode bucket {bucket} runs eagerly: {why}");

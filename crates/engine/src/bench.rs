@@ -60,6 +60,8 @@ pub struct BenchConfig {
     pub steps: usize,
     pub modes: Vec<BenchMode>,
     pub prefill_tokens: usize,
+    /// Position the timed prefill starts at (earlier positions are filled first, untimed).
+    pub prefill_depth: usize,
     pub dtype: DType,
     pub ordinal: usize,
     /// Also capture every bucket up to the largest batch (inline), as serving does at load.
@@ -94,6 +96,17 @@ pub struct BenchRow {
     pub tokens_match_eager: bool,
 }
 
+/// One layer's decode attention alone, every row at the bench position.
+#[derive(Clone, Debug, Default)]
+pub struct AttnRow {
+    pub batch: usize,
+    pub pos: usize,
+    pub us_per_layer: f64,
+    /// K and V bytes read per launch / time.
+    pub kv_gbps: f64,
+    pub pct_of_copy: f64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct BenchReport {
     pub model: String,
@@ -105,7 +118,9 @@ pub struct BenchReport {
     pub weight_bytes: usize,
     pub floor_ms: f64,
     pub prefill_tokens: usize,
+    pub prefill_depth: usize,
     pub prefill_tok_s: f64,
+    pub attention: Vec<AttnRow>,
     pub rows: Vec<BenchRow>,
     pub capture_all: Option<CaptureAll>,
 }
@@ -143,6 +158,12 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     if cfg.pos + 1 > cfg.ctx {
         return Err(EngineError::Config(format!("--pos {} must be below --ctx {}", cfg.pos, cfg.ctx)));
     }
+    if cfg.prefill_depth + cfg.prefill_tokens > cfg.ctx {
+        return Err(EngineError::Config(format!(
+            "--prefill-depth {} + --prefill {} must fit in --ctx {}",
+            cfg.prefill_depth, cfg.prefill_tokens, cfg.ctx
+        )));
+    }
     let model = Llama::random(&b, cfg.model.clone(), cfg.dtype, cfg.ctx, 1234)?;
     let weight_bytes = model.weight_bytes();
     let block_size = 16;
@@ -171,6 +192,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
         weight_bytes,
         floor_ms,
         prefill_tokens: cfg.prefill_tokens,
+        prefill_depth: cfg.prefill_depth,
         ..Default::default()
     };
 
@@ -192,6 +214,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     report.prefill_tok_s = cfg.prefill_tokens as f64 / times[1];
 
     for &batch in &cfg.batches {
+        report.attention.push(attention_alone(&b, &runner, &tables, batch, cfg.pos)?);
         let toks: Vec<[u32; 1]> = (0..batch).map(|_| [rng.below(vocab) as u32]).collect();
         let rows: Vec<SeqChunk> = (0..batch)
             .map(|s| SeqChunk {
@@ -230,6 +253,52 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
         });
     }
     Ok(report)
+}
+
+/// Time one layer's attention over `batch` rows at `pos` (the cache holds random values).
+fn attention_alone(
+    b: &Cuda,
+    runner: &ModelRunner<Cuda>,
+    tables: &[Vec<u32>],
+    batch: usize,
+    pos: usize,
+) -> Result<AttnRow, EngineError> {
+    use encore_tensor::{AttentionParams, HostTensor};
+    let c = &runner.model.cfg;
+    let (h, hkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let dt = runner.model.dtype;
+    let q = b.zeros(dt, &[batch, h, d])?;
+    b.fill_uniform(&q, 7, 1.0)?;
+    let out = b.zeros(dt, &[batch, h, d])?;
+    let flat: Vec<i32> = tables[..batch].iter().flatten().map(|&x| x as i32).collect();
+    let mb = tables[0].len();
+    let t = b.tensor(&HostTensor::from_i32(&[batch, mb], &flat))?;
+    let seqs = b.tensor(&HostTensor::from_i32(&[batch], &(0..batch as i32).collect::<Vec<_>>()))?;
+    let p = b.tensor(&HostTensor::from_i32(&[batch], &vec![pos as i32; batch]))?;
+    let params =
+        AttentionParams { scale: 1.0 / (d as f32).sqrt(), sliding_window: 0, block_size: runner.cfg.block_size as u32 };
+    let (kc, vc) = (&runner.cache.k[0], &runner.cache.v[0]);
+    let launch = || b.attention(&q, kc, vc, &t, &seqs, &p, params, &out).map_err(EngineError::from);
+    for _ in 0..5 {
+        launch()?;
+    }
+    sync(b)?;
+    let reps = 50;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        launch()?;
+    }
+    sync(b)?;
+    let secs = t0.elapsed().as_secs_f64() / reps as f64;
+    let bytes = (batch * (pos + 1) * hkv * d * 2 * dt.size_in_bytes()) as f64;
+    let copy = copy_bandwidth(b)?;
+    Ok(AttnRow {
+        batch,
+        pos,
+        us_per_layer: secs * 1e6,
+        kv_gbps: bytes / secs / 1e9,
+        pct_of_copy: 100.0 * bytes / secs / copy,
+    })
 }
 
 fn bench_mode(
@@ -325,7 +394,7 @@ fn time_steps(
 impl BenchReport {
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "{} on {} ({}), ctx {}, pos {}: weights {:.3} GB, copy {:.0} GB/s, floor {:.3} ms, prefill {} tok at {:.0} tok/s\n",
+            "{} on {} ({}), ctx {}, pos {}: weights {:.3} GB, copy {:.0} GB/s, floor {:.3} ms, prefill {} tok at depth {} at {:.0} tok/s\n",
             self.model,
             self.device,
             self.dtype,
@@ -335,8 +404,15 @@ impl BenchReport {
             self.copy_gbps,
             self.floor_ms,
             self.prefill_tokens,
+            self.prefill_depth,
             self.prefill_tok_s
         );
+        for a in &self.attention {
+            s += &format!(
+                "attention alone: batch {} at pos {}: {:.1} us/layer, {:.0} GB/s on KV bytes ({:.0}% of copy)\n",
+                a.batch, a.pos, a.us_per_layer, a.kv_gbps, a.pct_of_copy
+            );
+        }
         s += &format!(
             "{:>5} {:<13} {:>9} {:>9} {:>10} {:>7} {:>8} {:>8} {:>10} {:>9} {:>9} {:>5}  nodes\n",
             "batch",
@@ -402,7 +478,10 @@ impl BenchReport {
         serde_json::json!({
             "model": self.model, "device": self.device, "dtype": self.dtype, "ctx": self.ctx, "pos": self.pos,
             "copy_GBps": self.copy_gbps, "weight_bytes": self.weight_bytes, "floor_ms": self.floor_ms,
-            "prefill_tokens": self.prefill_tokens, "prefill_tok_s": self.prefill_tok_s, "rows": rows,
+            "prefill_tokens": self.prefill_tokens, "prefill_depth": self.prefill_depth,
+            "prefill_tok_s": self.prefill_tok_s, "rows": rows,
+            "attention": self.attention.iter().map(|a| serde_json::json!({"batch": a.batch, "pos": a.pos,
+                "us_per_layer": a.us_per_layer, "kv_GBps": a.kv_gbps, "pct_of_copy": a.pct_of_copy})).collect::<Vec<_>>(),
             "capture_all": self.capture_all.as_ref().map(|c| serde_json::json!({"buckets": c.buckets,
                 "capture_ms": c.capture_ms, "graph_mem_bytes": c.graph_mem_bytes, "fallbacks": c.fallbacks})),
         })

@@ -167,8 +167,11 @@ pub fn build_engine(files: &ModelFiles, cfg: &EngineConfig) -> Result<(Engine, R
             let t0 = Instant::now();
             let b = encore_cpu::Cpu;
             let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), dtype, max_ctx)?;
-            let avail = available_host_memory().map_or(cfg.cpu_kv_bytes, |a| (a / 2).min(cfg.cpu_kv_bytes));
-            let (rc, mut report) = size_cache(&model, cfg, max_ctx, avail)?;
+            // never more than the running sequences can fill, nor half the free memory
+            let avail = available_host_memory().map_or(usize::MAX, |a| a / 2);
+            let need = cfg.max_num_seqs.saturating_mul(max_ctx.div_ceil(cfg.block_size) * cfg.block_size);
+            let want = cfg.cpu_kv_bytes.min(need.saturating_mul(model.kv_bytes_per_token()));
+            let (rc, mut report) = size_cache(&model, cfg, max_ctx, want.min(avail), avail)?;
             let runner = ModelRunner::new(b, model, rc)?;
             report.device_name = "cpu".into();
             report.dtype = Some(dtype);
@@ -180,17 +183,30 @@ pub fn build_engine(files: &ModelFiles, cfg: &EngineConfig) -> Result<(Engine, R
     }
 }
 
-/// Size the KV cache: an explicit block count, or what `budget` bytes hold.
+/// Size the KV cache: an explicit block count (checked against `available` bytes before
+/// anything is allocated), or what `budget` bytes hold.
 fn size_cache<B: Backend>(
     model: &Llama<B>,
     cfg: &EngineConfig,
     max_ctx: usize,
     budget: usize,
+    available: usize,
 ) -> Result<(RunnerConfig, RunReport), EngineError> {
     let bs = cfg.block_size;
     let per_block = model.kv_bytes_per_token() * bs;
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let num_blocks = match cfg.kv_blocks {
-        Some(n) => n,
+        Some(n) => {
+            let bytes = n.checked_mul(per_block).unwrap_or(usize::MAX);
+            if bytes > available {
+                return Err(EngineError::Config(format!(
+                    "--kv-blocks {n}: the KV cache needs {:.1} GiB; {:.1} GiB are available: lower --kv-blocks",
+                    gib(bytes),
+                    gib(available)
+                )));
+            }
+            n
+        }
         None => budget / per_block.max(1),
     };
     let max_num_seqs = cfg.max_num_seqs;
@@ -274,7 +290,7 @@ fn build_cuda(
     let state = model.state_bytes(tokens, cfg.max_num_seqs);
     let others = ((1.0 - cfg.gpu_memory_utilization) * total as f64) as usize;
     let budget = free.saturating_sub(others + state + CUDA_RESERVE_BYTES);
-    let (rc, mut report) = size_cache(&model, cfg, max_ctx, budget)?;
+    let (rc, mut report) = size_cache(&model, cfg, max_ctx, budget, free.saturating_sub(state))?;
     let mut runner = ModelRunner::new(b.clone(), model, rc)?;
     report.device_name = b.device().name();
     report.dtype = Some(dtype);
