@@ -197,7 +197,7 @@ fn size_cache<B: Backend>(
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let num_blocks = match cfg.kv_blocks {
         Some(n) => {
-            let bytes = n.checked_mul(per_block).unwrap_or(usize::MAX);
+            let bytes = n.saturating_mul(per_block);
             if bytes > available {
                 return Err(EngineError::Config(format!(
                     "--kv-blocks {n}: the KV cache needs {:.1} GiB; {:.1} GiB are available: lower --kv-blocks",
