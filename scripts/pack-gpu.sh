@@ -72,13 +72,14 @@ for p in ${PACK_EXTRA:-}; do
     cp -r "$p" "$OUT/$p"
 done
 
-# The shared scripts a GPU run needs (../shared does not travel to the GPU host).
-SHARED="$ROOT/../shared"
+# The scripts a GPU run needs: the PyTorch anchor, the random-model writer, the HF reference.
 mkdir -p "$OUT/shared"
-for f in anchors/torch_decode.py tools/gen_random_hf.py; do
-    if [[ -f "$SHARED/$f" ]]; then cp "$SHARED/$f" "$OUT/shared/"; fi
-done
-cp tools/hf_reference.py "$OUT/shared/"
+cp tools/torch_decode.py tools/gen_random_hf.py tools/hf_reference.py "$OUT/shared/"
+# llama.cpp as a second anchor, when a copy of it is given (LLAMACPP_DIR: a folder with
+# llamacpp.sh and llamacpp-src.tar.xz; it travels separately: it is 7 MB)
+if [[ -n "${LLAMACPP_DIR:-}" && -f "$LLAMACPP_DIR/llamacpp.sh" ]]; then
+    cp -r "$LLAMACPP_DIR" "$OUT/llamacpp"
+fi
 
 # 4. The runner.
 cat >"$OUT/run.sh" <<'RUN'

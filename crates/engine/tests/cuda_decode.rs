@@ -300,7 +300,7 @@ fn tiny_models_bf16_on_cuda_agree_with_cpu() {
 }
 
 /// A random-weight Llama-3.2-1B in HF layout, written on the GPU host by
-/// shared/tools/gen_random_hf.py into $ENCORE_RANDOM_LLAMA_1B, and transformers' bf16 greedy
+/// tools/gen_random_hf.py into $ENCORE_RANDOM_LLAMA_1B, and transformers' bf16 greedy
 /// run of it on the same GPU in $ENCORE_HF_REFERENCE (tools/hf_reference.py); the GPU run
 /// script makes both. encore in bf16 on CUDA must follow transformers' tokens: equal until
 /// the first difference, where each side's token is in the other's top-5 (vLLM's rule), and
