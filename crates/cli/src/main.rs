@@ -3,6 +3,8 @@
 //! config structs by each command; errors print as one line and exit non-zero.
 
 mod bench;
+mod chat;
+mod engine_args;
 mod generate;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (streams to stdout; timings to stderr).
     Generate(Box<generate::GenerateArgs>),
+    /// Chat with the model interactively (multi-turn, streaming; /reset, /system, Ctrl-D).
+    Chat(Box<chat::ChatArgs>),
     /// Benchmark decode steps (eager vs graphs x launch-parameter modes), or kernel launches.
     Bench(Box<bench::BenchArgs>),
 }
@@ -27,6 +31,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(*args),
+        Command::Chat(args) => chat::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
