@@ -38,9 +38,10 @@ pub struct BenchArgs {
     /// Position the timed prefill starts at (a chunk attending to earlier context).
     #[arg(long, default_value_t = 0)]
     prefill_depth: usize,
-    #[arg(long, default_value = "bf16")]
-    dtype: String,
-    /// cuda or cuda:N.
+    /// f32, bf16 or f16 (default: bf16 on cuda, f32 on cpu).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// cuda, cuda:N, or cpu (a real model file's prefill and decode tok/s).
     #[arg(long, default_value = "cuda")]
     device: String,
     /// launch: strided ops in the chain.
@@ -60,7 +61,6 @@ fn list<T: std::str::FromStr<Err = String>>(flag: &str, s: &str) -> Result<Vec<T
     s.split(',').map(|x| x.trim().parse::<T>().map_err(|e| anyhow::anyhow!("{flag}: {e}"))).collect()
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|x| match x.trim().parse::<usize>() {
@@ -71,13 +71,19 @@ fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let dtype: encore_tensor::DType = a.dtype.parse().map_err(|e: String| anyhow::anyhow!("--dtype: {e}"))?;
-    if !dtype.is_float() {
-        bail!("--dtype: {dtype} is not a float dtype");
-    }
+    let dtype = |default: encore_tensor::DType| -> Result<encore_tensor::DType> {
+        let Some(s) = &a.dtype else { return Ok(default) };
+        match s.parse::<encore_tensor::DType>() {
+            Ok(d) if d.is_float() => Ok(d),
+            _ => bail!("--dtype: unknown dtype `{s}` (expected f32, bf16 or f16)"),
+        }
+    };
+    let cpu_dtype = dtype(encore_tensor::DType::F32)?;
+    let dtype = dtype(encore_tensor::DType::BF16)?;
     let ordinal = match a.device.parse::<encore_engine::Device>() {
         Ok(encore_engine::Device::Cuda(n)) => n,
-        Ok(encore_engine::Device::Cpu) => bail!("--device: bench measures CUDA decode; use cuda or cuda:N"),
+        Ok(encore_engine::Device::Cpu) if a.what.is_none() => return bench_cpu(&a, cpu_dtype),
+        Ok(encore_engine::Device::Cpu) => bail!("--device: `bench launch` measures CUDA launches; use cuda or cuda:N"),
         Err(e) => bail!("--device: {e}"),
     };
     match a.what.as_deref() {
@@ -85,6 +91,32 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some("launch") => bench_launch(&a, dtype, ordinal),
         Some(x) => bail!("bench: unknown benchmark `{x}` (expected nothing or `launch`)"),
     }
+}
+
+/// `--device cpu`: a real model file (`--model`, default: the default model), prefill and
+/// eager decode tok/s.
+fn bench_cpu(a: &BenchArgs, dtype: encore_tensor::DType) -> Result<()> {
+    use encore_engine::bench_cpu::{run_cpu_bench, CpuBenchConfig};
+    let path = match &a.model {
+        Some(m) => encore_models::hub::resolve_model(&m.display().to_string())?,
+        None => encore_models::hub::default_model_path()?,
+    };
+    let files = encore_models::hub::open_model(&path)?;
+    let cfg = CpuBenchConfig {
+        dtype,
+        batches: usizes("--batch", &a.batch)?,
+        prefill_tokens: a.prefill,
+        steps: a.steps.min(64),
+        pos: a.pos,
+    };
+    let r = run_cpu_bench(&files, &cfg)?;
+    let name = path.display().to_string();
+    println!("{}", r.to_table(&name, dtype));
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&r.to_json(&name, dtype))?)
+            .map_err(|e| anyhow::anyhow!("--json {}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]

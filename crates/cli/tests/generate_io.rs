@@ -60,3 +60,16 @@ fn a_closed_pipe_ends_quietly_with_exit_0() {
     assert!(status.success(), "exit {status:?}: {err}");
     assert!(!err.contains("error"), "{err}");
 }
+
+#[test]
+fn bench_runs_on_the_cpu_with_a_real_model_file() {
+    let out = encore()
+        .args(["bench", "--device", "cpu", "--batch", "1,2", "--prefill", "8", "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("on cpu (f32") && text.contains("prefill"), "{text}");
+    let rows = text.lines().filter(|l| l.trim_start().starts_with(['1', '2'])).count();
+    assert_eq!(rows, 2, "one row per batch size:\n{text}");
+}

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod bench;
+pub mod bench_cpu;
 pub mod block_manager;
 pub mod buckets;
 pub mod device;
