@@ -110,7 +110,10 @@ impl ApiError {
         match e {
             EngineError::Config(m) => {
                 let (message, param) = flag_to_field(&m);
-                ApiError::bad_request(message, Some(param.as_deref().unwrap_or(prompt_field)))
+                match param {
+                    Some(p) => ApiError::bad_request(message, Some(&p)),
+                    None => ApiError::bad_request(format!("{prompt_field}: {message}"), Some(prompt_field)),
+                }
             }
             EngineError::ContextFull { needed, max_ctx } => ApiError::bad_request(
                 format!("the prompt needs {needed} positions but the context holds {max_ctx}"),
