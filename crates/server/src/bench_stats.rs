@@ -128,12 +128,9 @@ impl BenchReport {
         line("Request throughput (req/s):", format!("{:.2}", self.request_throughput));
         line("Output token throughput (tok/s):", format!("{:.2}", self.output_throughput));
         line("Total token throughput (tok/s):", format!("{:.2}", self.total_token_throughput));
-        for (name, m) in [
-            ("TTFT", &self.ttft_ms),
-            ("TPOT", &self.tpot_ms),
-            ("ITL", &self.itl_ms),
-            ("E2E latency", &self.e2el_ms),
-        ] {
+        for (name, m) in
+            [("TTFT", &self.ttft_ms), ("TPOT", &self.tpot_ms), ("ITL", &self.itl_ms), ("E2E latency", &self.e2el_ms)]
+        {
             line(&format!("Mean {name} (ms):"), format!("{:.2}", m.mean));
             line(&format!("Median {name} (ms):"), format!("{:.2}", m.median));
             line(&format!("P90 {name} (ms):"), format!("{:.2}", m.p90));
