@@ -312,3 +312,28 @@ fn serve_without_an_api_key_and_a_model_without_tokenizer() {
     assert!(code == 400 && body.contains("token ids"), "{body}");
     assert!(s.sigterm_and_wait().success());
 }
+
+/// The last stderr line of `encore serve ARGS`, which must fail without a panic.
+fn serve_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_encore")).arg("serve").args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && !stderr.contains("panicked"), "encore serve {args:?}: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("error: "), "one-line error expected last: {stderr}");
+    last
+}
+
+#[test]
+fn serve_refuses_bad_flags_a_busy_port_and_a_missing_model_in_one_line() {
+    assert!(serve_fails(&["--device", "tpu"]).contains("--device"));
+    assert!(serve_fails(&["--dtype", "f8"]).contains("--dtype"));
+    assert!(serve_fails(&["--max-concurrent", "0"]).contains("--max-concurrent"));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    assert!(serve_fails(&["--port", &port]).contains(&format!("127.0.0.1:{port}")));
+    let free = free_port().to_string();
+    assert!(serve_fails(&["--port", &free, "--model", "/nonexistent/model-dir"]).contains("/nonexistent/model-dir"));
+    let tiny = repo().join("tests/golden/tiny-llama3");
+    let e = serve_fails(&["--port", &free, "--model", tiny.to_str().unwrap(), "--block-size", "0"]);
+    assert!(e.contains("--block-size"), "{e}");
+}
