@@ -1,11 +1,15 @@
-//! The `encore` binary: `generate` (text from a model) and `bench` (decode-step and
-//! launch benchmarks). Flags are parsed here into raw args, validated into the engine's
-//! config structs by each command; errors print as one line and exit non-zero.
+//! The `encore` binary: `generate` (text from a model), `chat` (an interactive REPL), `serve` (the OpenAI-compatible
+//! server), `bench` (decode-step and launch benchmarks) and `bench serve` (a load generator
+//! for any OpenAI-compatible server; also spelled `bench-serve`). Flags are parsed here
+//! into raw args, validated into the engine's config structs by each command; errors print
+//! as one line and exit non-zero.
 
 mod bench;
 mod chat;
 mod engine_args;
+mod bench_serve;
 mod generate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -24,14 +28,26 @@ enum Command {
     Chat(Box<chat::ChatArgs>),
     /// Benchmark decode steps (eager vs graphs x launch-parameter modes), or kernel launches.
     Bench(Box<bench::BenchArgs>),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming).
+    Serve(Box<serve::ServeArgs>),
+    /// Load an OpenAI-compatible server and report TTFT / TPOT / ITL / throughput
+    /// (`encore bench serve ...` is the same).
+    BenchServe(Box<bench_serve::BenchServeArgs>),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // `encore bench serve ...` is `encore bench-serve ...` (bench's own flags are others)
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() > 2 && args[1] == "bench" && args[2] == "serve" {
+        args.splice(1..3, ["bench-serve".into()]);
+    }
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Generate(args) => generate::run(*args),
         Command::Bench(args) => bench::run(*args),
         Command::Chat(args) => chat::run(*args),
+        Command::Serve(args) => serve::run(*args),
+        Command::BenchServe(args) => bench_serve::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bench_cpu;
 pub mod block_manager;
 pub mod buckets;
+pub mod detokenize;
 pub mod device;
 mod error;
 pub mod generate;
@@ -20,6 +21,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod session;
+pub mod worker;
 
 pub use device::Device;
 pub use error::EngineError;
@@ -29,3 +31,4 @@ pub use model_runner::{DecodeRow, Eager, ModelRunner, RunnerConfig, SeqChunk, St
 pub use sampler::{Sampler, SamplingParams};
 pub use sequence::{FinishReason, RequestId};
 pub use session::{build_engine, run_generate, Engine, EngineConfig, RunReport};
+pub use worker::{EngineHandle, EngineInfo, Event, QueueLimits, Submission, SubmitError, Usage, WorkerStats};
