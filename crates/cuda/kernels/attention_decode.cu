@@ -15,12 +15,18 @@
 // 16w..16w+15 of each tile into its own (m, l, O); the 4 warp states are merged through
 // shared memory at the end. nsplit == 1 writes dst; otherwise the unnormalised partial
 // (O, max, sum) goes to the workspace in attention_merge's layout ([T*H, nsplit, 2] and
-// [T*H, nsplit, D]) and attention_merge_<dtype> finishes.
+// [T*H, nsplit, D]) and the last split CTA of each (row, KV head, head chunk) to finish
+// merges them (splits in index order, so the result does not depend on which CTA is last)
+// and writes dst. "Last" is counted in `counters` (one i32 per (t, blockIdx.y), zero
+// between launches: the merging CTA resets its counter). The atomic only elects the
+// merger; no result depends on the order of the atomics. With counters == nullptr the
+// partials are left for attention_merge_<dtype> instead.
 //
 // CUDA graphs: the grid depends on T, Hkv, G and nsplit (from the SM count and T) only; the
 // context length is read from `positions` on the device.
 //
-// Shared memory (dynamic): Q [16][D + 8], then STAGES x {K, V} [64][D + 8] elements.
+// Shared memory (dynamic): Q [16][D + 8], then STAGES x {K, V} [64][D + 8] elements; a
+// launch with less traps (the launcher's tc_decode_smem must match decode_stages).
 //
 // Entry points: attention_decode_d<DMAX>_<dtype>, DMAX in {64, 128, 256}.
 #include "attention_tc.cuh"
@@ -29,14 +35,49 @@ namespace attention_tc {
 
 constexpr int DEC_TK = 64;  // keys a tile: 4 warps x 16
 
-__host__ __device__ constexpr int decode_stages(int dmax) { return dmax <= 64 ? 4 : (dmax <= 128 ? 3 : 2); }
+__host__ __device__ constexpr int decode_stages(int) { return 2; }
+
+// Split-K epilogue: count this CTA's partial in; the last of the nsplit CTAs of the unit
+// (blockIdx.z, blockIdx.y) combines the gc rows' partials exactly as attention_merge does
+// and resets the counter.
+template <typename T>
+__device__ __forceinline__ void merge_if_last(const float* __restrict__ ws_ml, const float* __restrict__ ws_acc,
+                                              int32_t* __restrict__ counters, T* __restrict__ dst, size_t head0,
+                                              int gc, int D, uint32_t nsplit) {
+    __shared__ int s_last;
+    __threadfence();  // this CTA's partials, visible device-wide before it is counted
+    __syncthreads();
+    int32_t* counter = counters + static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y;
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == static_cast<int>(nsplit) - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < gc * D; i += THREADS) {
+        const int r = i / D, d = i - r * D;
+        const size_t row0 = (head0 + r) * nsplit;
+        float mb = -INFINITY;
+        for (uint32_t s = 0; s < nsplit; ++s) mb = fmaxf(mb, __ldcg(ws_ml + (row0 + s) * 2));
+        float lb = 0.f, o = 0.f;
+        for (uint32_t s = 0; s < nsplit; ++s) {
+            const float ms = __ldcg(ws_ml + (row0 + s) * 2);
+            if (ms != -INFINITY) {
+                const float w = exp2f(ms - mb);
+                lb = fmaf(__ldcg(ws_ml + (row0 + s) * 2 + 1), w, lb);
+                o = fmaf(__ldcg(ws_acc + (row0 + s) * D + d), w, o);
+            }
+        }
+        store_f32(dst + (head0 + r) * D + d, lb > 0.f ? o / lb : 0.f);
+    }
+    if (threadIdx.x == 0) *counter = 0;  // ready for the next launch (stream-ordered)
+}
 
 template <typename T, int DMAX, int STAGES>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
                                             const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
                                             const int32_t* __restrict__ row_seq,
                                             const int32_t* __restrict__ positions, T* __restrict__ dst,
-                                            float* __restrict__ ws_ml, float* __restrict__ ws_acc, uint32_t heads,
+                                            float* __restrict__ ws_ml, float* __restrict__ ws_acc,
+                                            int32_t* __restrict__ counters, uint32_t heads,
                                             uint32_t heads_kv, uint32_t head_dim, uint32_t max_blocks,
                                             uint32_t block_size, float scale, uint32_t window) {
     constexpr bool QREGS = DMAX <= 128;
@@ -49,6 +90,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     const uint32_t t = blockIdx.z, split = blockIdx.x, nsplit = gridDim.x;
     const size_t head0 = static_cast<size_t>(t) * heads + kvh * G + g0;  // (t, h) row of local row 0
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, qd = lane & 3;
+    if (dynamic_smem_bytes() < (16 + STAGES * 2 * DEC_TK) * rb) __trap();
 
     int kbeg, kend;
     key_range(positions[t], window, max_blocks, block_size, kbeg, kend);
@@ -56,7 +98,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     const int chunk = ((len + static_cast<int>(nsplit) - 1) / static_cast<int>(nsplit) + DEC_TK - 1) / DEC_TK * DEC_TK;
     const int sbeg = kbeg + static_cast<int>(split) * chunk;
     const int send = min(kend, sbeg + chunk);
-    if (sbeg >= send) {  // past the end, or a padded row
+    if (sbeg >= send) {  // past the end, or a padded row: nothing to fold in
         for (int i = tid; i < gc * D; i += THREADS) {
             const int r = i / D, d = i - r * D;
             if (nsplit == 1) {
@@ -67,6 +109,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
                 ws_ml[w * 2 + 1] = 0.f;
             }
         }
+        if (nsplit > 1 && counters != nullptr) merge_if_last(ws_ml, ws_acc, counters, dst, head0, gc, D, nsplit);
         return;
     }
 
@@ -115,53 +158,19 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     __syncthreads();  // every warp is done with the tiles: reuse the shared memory
     wa.finish();
 
-    // Merge the 4 warps: sm_m, sm_l [4][16], so [4][16][D] floats.
-    float* sm_m = reinterpret_cast<float*>(smem);
-    float* sm_l = sm_m + 64;
-    float* so = sm_l + 64;
-    const int gr = lane >> 2;
-    if (qd == 0) {
-        sm_m[warp * 16 + gr] = wa.m[0];
-        sm_m[warp * 16 + gr + 8] = wa.m[1];
-        sm_l[warp * 16 + gr] = wa.l[0];
-        sm_l[warp * 16 + gr + 8] = wa.l[1];
-    }
-#pragma unroll
-    for (int n = 0; n < DMAX / 8; ++n) {
-        if (n < nt) {
-            float* r0 = so + (warp * 16 + gr) * D + n * 8 + 2 * qd;
-            float* r1 = r0 + 8 * D;
-            r0[0] = wa.o[n][0];
-            r0[1] = wa.o[n][1];
-            r1[0] = wa.o[n][2];
-            r1[1] = wa.o[n][3];
-        }
-    }
-    __syncthreads();
-    for (int i = tid; i < gc * D; i += THREADS) {
-        const int r = i / D, d = i - r * D;
-        float mb = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) mb = fmaxf(mb, sm_m[w * 16 + r]);
-        float lb = 0.f, ob = 0.f;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            const float mw = sm_m[w * 16 + r];
-            const float wt = mw == -INFINITY ? 0.f : exp2f(mw - mb);
-            lb = fmaf(sm_l[w * 16 + r], wt, lb);
-            ob = fmaf(so[(w * 16 + r) * D + d], wt, ob);
-        }
+    merge_warps(smem, wa, gc, D, [&](int r, int d, float o, float l, float m) {
         if (nsplit == 1) {
-            store_f32(dst + (head0 + r) * D + d, lb > 0.f ? ob / lb : 0.f);
+            store_f32(dst + (head0 + r) * D + d, l > 0.f ? o / l : 0.f);
         } else {
             const size_t w = (head0 + r) * nsplit + split;
-            ws_acc[w * D + d] = ob;
+            ws_acc[w * D + d] = o;
             if (d == 0) {
-                ws_ml[w * 2] = mb;
-                ws_ml[w * 2 + 1] = lb;
+                ws_ml[w * 2] = m;
+                ws_ml[w * 2 + 1] = l;
             }
         }
-    }
+    });
+    if (nsplit > 1 && counters != nullptr) merge_if_last(ws_ml, ws_acc, counters, dst, head0, gc, D, nsplit);
 }
 
 }  // namespace attention_tc
@@ -171,11 +180,11 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
         NAME(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,            \
              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                     \
              const int32_t* __restrict__ positions, T* __restrict__ dst, float* __restrict__ ws_ml,              \
-             float* __restrict__ ws_acc, uint32_t heads, uint32_t heads_kv, uint32_t head_dim,                   \
-             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {                          \
+             float* __restrict__ ws_acc, int32_t* __restrict__ counters, uint32_t heads, uint32_t heads_kv,       \
+             uint32_t head_dim, uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {         \
         attention_tc::decode_impl<T, DMAX, attention_tc::decode_stages(DMAX)>(                                  \
-            q, k_cache, v_cache, block_tables, row_seq, positions, dst, ws_ml, ws_acc, heads, heads_kv, head_dim, \
-            max_blocks, block_size, scale, window);                                                             \
+            q, k_cache, v_cache, block_tables, row_seq, positions, dst, ws_ml, ws_acc, counters, heads, heads_kv, \
+            head_dim, max_blocks, block_size, scale, window);                                                   \
     }
 
 ATTENTION_DECODE(attention_decode_d64_bf16, __nv_bfloat16, 64)

@@ -28,7 +28,12 @@
 // CUDA graphs: both grids depend on T, R, H, Hkv only; everything else is read on the
 // device. No atomics on results (shared-memory min/max of the key range are exact).
 //
-// Shared memory (dynamic): Q [64][D + 8], then STAGES x {K, V} [64][D + 8] elements.
+// Items of at most 16 rows (decode rows and short runs mixed into a prefill step) would
+// leave 3 of the 4 warps idle: there the 4 warps hold the same 16 rows and split each tile's
+// keys instead, merging through shared memory at the end.
+//
+// Shared memory (dynamic): Q [64][D + 8], then STAGES x {K, V} [64][D + 8] elements; a
+// launch with less traps (the launcher's tc_prefill_smem must match prefill_stages).
 #include "attention_tc.cuh"
 
 namespace attention_tc {
@@ -36,7 +41,7 @@ namespace attention_tc {
 constexpr int PRE_BM = 64;  // packed query rows a CTA
 constexpr int PRE_BN = 64;  // keys a tile
 
-__host__ __device__ constexpr int prefill_stages(int dmax) { return dmax <= 128 ? 3 : 2; }
+__host__ __device__ constexpr int prefill_stages(int) { return 2; }
 
 // Exact min / max over the warp.
 __device__ __forceinline__ int warp_min_i(int x) {
@@ -50,50 +55,28 @@ __device__ __forceinline__ int warp_max_i(int x) {
     return x;
 }
 
-template <typename T, int DMAX, int STAGES>
-__device__ __forceinline__ void prefill_item(unsigned char* smem, int* s_range, int t0, int t1,
-                                             const T* __restrict__ q, const T* __restrict__ k_cache,
+// Everything of one item after its Q copies are queued and its key range [lo, hi) is known.
+// SPLIT (items of at most 16 rows: decode rows, short runs): the 4 warps hold the same 16
+// rows and fold disjoint 16-key slabs of each tile, merged at the end (merge_warps); else
+// warp w holds rows 16w.. and folds whole 64-key tiles.
+template <typename T, int DMAX, int STAGES, bool SPLIT>
+__device__ __forceinline__ void prefill_rows(unsigned char* smem, int t0, int nrows, int gc, int lo, int hi,
+                                             size_t hbase, const T* __restrict__ k_cache,
                                              const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
                                              const int32_t* __restrict__ row_seq,
                                              const int32_t* __restrict__ positions, T* __restrict__ dst,
-                                             uint32_t heads, uint32_t heads_kv, uint32_t head_dim,
-                                             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {
+                                             uint32_t heads, uint32_t heads_kv, int D, uint32_t max_blocks,
+                                             uint32_t block_size, float scale, uint32_t window) {
     constexpr bool QREGS = DMAX <= 128;
-    const int D = static_cast<int>(head_dim), nch = D / 8, kt = D / 16, nt = D / 8;
+    constexpr int NKEY = SPLIT ? 16 : PRE_BN;  // keys a warp folds per tile
+    const int nch = D / 8, kt = D / 16, nt = D / 8;
     const uint32_t rb = (D + 8) * 2;
-    const uint32_t G = heads / heads_kv, nhc = (G + PRE_BM - 1) / PRE_BM;
-    const uint32_t kvh = blockIdx.y / nhc, g0 = (blockIdx.y - kvh * nhc) * PRE_BM;
-    const int gc = static_cast<int>(min(static_cast<uint32_t>(PRE_BM), G - g0));
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gr = lane >> 2, qd = lane & 3;
-    const int ntok = t1 - t0;
-    const int nrows = min(ntok * gc, PRE_BM);
-    const size_t hbase = static_cast<size_t>(kvh) * G + g0;  // query head of local head 0
-
-    if (tid == 0) {
-        s_range[0] = INT_MAX;
-        s_range[1] = INT_MIN;
-    }
-    __syncthreads();
-    if (tid < ntok) {
-        int lo, hi;
-        key_range(positions[t0 + tid], window, max_blocks, block_size, lo, hi);
-        if (lo < hi) {
-            atomicMin(&s_range[0], lo);
-            atomicMax(&s_range[1], hi);
-        }
-    }
+    const int row0 = SPLIT ? 0 : warp * 16;     // this warp's first row
+    const int key0 = SPLIT ? warp * 16 : 0;     // this warp's first key of a tile
     const uint32_t sq = smem_addr(smem);
     const uint32_t skv = sq + PRE_BM * rb;
     const uint32_t stage_bytes = 2 * PRE_BN * rb;
-    for (int i = tid; i < PRE_BM * nch; i += THREADS) {
-        const int r = i / nch, c = i - r * nch;
-        const bool ok = r < nrows;
-        const int rr = ok ? r : 0;
-        const size_t row = static_cast<size_t>(t0 + rr / gc) * heads + hbase + rr % gc;
-        cp_async16(sq + r * rb + c * 16, q + row * D + c * 8, ok);
-    }
-    __syncthreads();
-    const int lo = s_range[0], hi = s_range[1];
 
     // This thread's rows: attended keys [rlo, rhi) (empty for padded rows), and the warp's
     // union (tiles to visit) and intersection (tiles that need no mask) of them. Rows past
@@ -101,7 +84,7 @@ __device__ __forceinline__ void prefill_item(unsigned char* smem, int* s_range, 
     int rlo[2], rhi[2], ulo = INT_MAX, uhi = INT_MIN, ilo = INT_MIN, ihi = INT_MAX;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-        const int r = warp * 16 + gr + 8 * i;
+        const int r = row0 + gr + 8 * i;
         rlo[i] = INT_MAX;
         rhi[i] = INT_MIN;
         if (r < nrows) {
@@ -122,13 +105,13 @@ __device__ __forceinline__ void prefill_item(unsigned char* smem, int* s_range, 
     ilo = warp_max_i(ilo);
     ihi = warp_min_i(ihi);
 
-    WarpAttn<T, PRE_BN, DMAX, QREGS> wa;
+    WarpAttn<T, NKEY, DMAX, QREGS> wa;
     wa.init();
     const int ntile = lo < hi ? (hi - lo + PRE_BN - 1) / PRE_BN : 0;
     if (ntile > 0) {
         const int32_t* table = block_tables + static_cast<size_t>(row_seq[t0]) * max_blocks;
-        const T* kb = k_cache + static_cast<size_t>(kvh) * D;
-        const T* vb = v_cache + static_cast<size_t>(kvh) * D;
+        const T* kb = k_cache + static_cast<size_t>(hbase / (heads / heads_kv)) * D;
+        const T* vb = v_cache + static_cast<size_t>(hbase / (heads / heads_kv)) * D;
         const size_t slot_stride = static_cast<size_t>(heads_kv) * D;
         auto load = [&](int tile) {
             const uint32_t sk = skv + (tile % STAGES) * stage_bytes;
@@ -141,17 +124,17 @@ __device__ __forceinline__ void prefill_item(unsigned char* smem, int* s_range, 
             cp_async_commit();
         }
         const float sl2 = scale * ENCORE_LOG2E;
-        const uint32_t swq = sq + warp * 16 * rb;
+        const uint32_t swq = sq + row0 * rb;
         for (int it = 0; it < ntile; ++it) {
             cp_async_wait<STAGES - 2>();
             __syncthreads();
             if (it == 0) wa.load_q(swq, rb, kt);
             if (it + STAGES - 1 < ntile) load(it + STAGES - 1);
             cp_async_commit();
-            const int jb = lo + it * PRE_BN;
-            if (jb < uhi && jb + PRE_BN > ulo) {  // warp-uniform
-                const uint32_t sk = skv + (it % STAGES) * stage_bytes;
-                const bool need_mask = !(jb >= ilo && jb + PRE_BN <= ihi);
+            const int jb = lo + it * PRE_BN + key0;  // this warp's first key
+            if (jb < uhi && jb + NKEY > ulo) {       // warp-uniform
+                const uint32_t sk = skv + (it % STAGES) * stage_bytes + key0 * rb;
+                const bool need_mask = !(jb >= ilo && jb + NKEY <= ihi);
                 wa.step(swq, sk, sk + PRE_BN * rb, rb, kt, nt, sl2, need_mask, [&](int n, int e) {
                     const int j = jb + n * 8 + 2 * qd + (e & 1);
                     return j >= rlo[e >> 1] && j < rhi[e >> 1];
@@ -162,21 +145,82 @@ __device__ __forceinline__ void prefill_item(unsigned char* smem, int* s_range, 
     cp_async_commit();  // with ntile == 0 the Q copies are in no group yet
     cp_async_wait<0>();
     wa.finish();
-
+    auto out_row = [&](int r) {
+        return dst + (static_cast<size_t>(t0 + r / gc) * heads + hbase + r % gc) * D;
+    };
+    if constexpr (SPLIT) {
+        __syncthreads();  // every warp is done with the tiles: merge_warps reuses the memory
+        merge_warps(smem, wa, nrows, D, [&](int r, int d, float o, float l, float) {
+            store_f32(out_row(r) + d, l > 0.f ? o / l : 0.f);
+        });
+    } else {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int r = warp * 16 + gr + 8 * i;
-        if (r < nrows) {
-            const float inv = wa.l[i] > 0.f ? 1.f / wa.l[i] : 0.f;
-            T* out = dst + (static_cast<size_t>(t0 + r / gc) * heads + hbase + r % gc) * D + 2 * qd;
+        for (int i = 0; i < 2; ++i) {
+            const int r = row0 + gr + 8 * i;
+            if (r < nrows) {
+                const float inv = wa.l[i] > 0.f ? 1.f / wa.l[i] : 0.f;
+                T* out = out_row(r) + 2 * qd;
 #pragma unroll
-            for (int n = 0; n < DMAX / 8; ++n) {
-                if (n < nt) {
-                    *reinterpret_cast<uint32_t*>(out + n * 8) =
-                        pack2<T>(wa.o[n][2 * i] * inv, wa.o[n][2 * i + 1] * inv);
+                for (int n = 0; n < DMAX / 8; ++n) {
+                    if (n < nt) {
+                        *reinterpret_cast<uint32_t*>(out + n * 8) =
+                            pack2<T>(wa.o[n][2 * i] * inv, wa.o[n][2 * i + 1] * inv);
+                    }
                 }
             }
         }
+    }
+}
+
+template <typename T, int DMAX, int STAGES>
+__device__ __forceinline__ void prefill_item(unsigned char* smem, int* s_range, int t0, int t1,
+                                             const T* __restrict__ q, const T* __restrict__ k_cache,
+                                             const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
+                                             const int32_t* __restrict__ row_seq,
+                                             const int32_t* __restrict__ positions, T* __restrict__ dst,
+                                             uint32_t heads, uint32_t heads_kv, uint32_t head_dim,
+                                             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {
+    const int D = static_cast<int>(head_dim), nch = D / 8;
+    const uint32_t rb = (D + 8) * 2;
+    const uint32_t G = heads / heads_kv, nhc = (G + PRE_BM - 1) / PRE_BM;
+    const uint32_t kvh = blockIdx.y / nhc, g0 = (blockIdx.y - kvh * nhc) * PRE_BM;
+    const int gc = static_cast<int>(min(static_cast<uint32_t>(PRE_BM), G - g0));
+    const int tid = threadIdx.x;
+    const int ntok = t1 - t0;
+    const int nrows = min(ntok * gc, PRE_BM);
+    const size_t hbase = static_cast<size_t>(kvh) * G + g0;  // query head of local head 0
+
+    if (tid == 0) {
+        s_range[0] = INT_MAX;
+        s_range[1] = INT_MIN;
+    }
+    __syncthreads();
+    if (tid < ntok) {
+        int lo, hi;
+        key_range(positions[t0 + tid], window, max_blocks, block_size, lo, hi);
+        if (lo < hi) {
+            atomicMin(&s_range[0], lo);
+            atomicMax(&s_range[1], hi);
+        }
+    }
+    const uint32_t sq = smem_addr(smem);
+    for (int i = tid; i < PRE_BM * nch; i += THREADS) {
+        const int r = i / nch, c = i - r * nch;
+        const bool ok = r < nrows;
+        const int rr = ok ? r : 0;
+        const size_t row = static_cast<size_t>(t0 + rr / gc) * heads + hbase + rr % gc;
+        cp_async16(sq + r * rb + c * 16, q + row * D + c * 8, ok);
+    }
+    __syncthreads();
+    const int lo = s_range[0], hi = s_range[1];
+    if (nrows <= 16) {
+        prefill_rows<T, DMAX, STAGES, true>(smem, t0, nrows, gc, lo, hi, hbase, k_cache, v_cache, block_tables,
+                                            row_seq, positions, dst, heads, heads_kv, D, max_blocks, block_size,
+                                            scale, window);
+    } else {
+        prefill_rows<T, DMAX, STAGES, false>(smem, t0, nrows, gc, lo, hi, hbase, k_cache, v_cache, block_tables,
+                                             row_seq, positions, dst, heads, heads_kv, D, max_blocks, block_size,
+                                             scale, window);
     }
 }
 
@@ -190,6 +234,7 @@ __device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* _
                                              uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int s_range[2];
+    if (dynamic_smem_bytes() < (PRE_BM + STAGES * 2 * PRE_BN) * (head_dim + 8) * 2) __trap();
     const int n = *count;
     for (int i = blockIdx.x; i < n; i += gridDim.x) {
         const int2 it = items[n - 1 - i];
@@ -242,8 +287,9 @@ extern "C" __global__ void attention_plan(const int32_t* __restrict__ row_seq, c
     if (tid == 0) *count = n;
 }
 
-#define ATTENTION_PREFILL(NAME, T, DMAX)                                                                         \
-    extern "C" __global__ void __launch_bounds__(attention_tc::THREADS)                                          \
+// MINB: CTAs an SM must hold (the register cap that keeps D <= 64 at 4 CTAs an SM).
+#define ATTENTION_PREFILL(NAME, T, DMAX, MINB)                                                                   \
+    extern "C" __global__ void __launch_bounds__(attention_tc::THREADS, MINB)                                    \
         NAME(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,              \
              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                       \
              const int32_t* __restrict__ positions, T* __restrict__ dst, const int2* __restrict__ items,           \
@@ -254,11 +300,11 @@ extern "C" __global__ void attention_plan(const int32_t* __restrict__ row_seq, c
             max_blocks, block_size, scale, window);                                                               \
     }
 
-ATTENTION_PREFILL(attention_prefill_d64_bf16, __nv_bfloat16, 64)
-ATTENTION_PREFILL(attention_prefill_d64_f16, __half, 64)
-ATTENTION_PREFILL(attention_prefill_d128_bf16, __nv_bfloat16, 128)
-ATTENTION_PREFILL(attention_prefill_d128_f16, __half, 128)
-ATTENTION_PREFILL(attention_prefill_d256_bf16, __nv_bfloat16, 256)
-ATTENTION_PREFILL(attention_prefill_d256_f16, __half, 256)
+ATTENTION_PREFILL(attention_prefill_d64_bf16, __nv_bfloat16, 64, 4)
+ATTENTION_PREFILL(attention_prefill_d64_f16, __half, 64, 4)
+ATTENTION_PREFILL(attention_prefill_d128_bf16, __nv_bfloat16, 128, 2)
+ATTENTION_PREFILL(attention_prefill_d128_f16, __half, 128, 2)
+ATTENTION_PREFILL(attention_prefill_d256_bf16, __nv_bfloat16, 256, 1)
+ATTENTION_PREFILL(attention_prefill_d256_f16, __half, 256, 1)
 
 #undef ATTENTION_PREFILL

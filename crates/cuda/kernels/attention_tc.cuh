@@ -189,6 +189,53 @@ struct WarpAttn {
     }
 };
 
+// Merge the states of the 4 warps, which folded disjoint keys of the same 16 rows, through
+// shared memory (`smem`: free by now, at least 512 + 256 * D bytes; the caller syncs
+// before). emit(r, d, o, l, m) for every row r < nrows and d < D: o unnormalised, l the sum
+// and m the max (base 2) over all 4 warps. Ends with the block synced.
+template <class WA, class Emit>
+__device__ __forceinline__ void merge_warps(unsigned char* smem, const WA& wa, int nrows, int D, Emit emit) {
+    float* sm_m = reinterpret_cast<float*>(smem);  // [4][16]
+    float* sm_l = sm_m + 64;                       // [4][16]
+    float* so = sm_l + 64;                         // [4][16][D]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gr = lane >> 2, qd = lane & 3;
+    const int nt = D / 8;
+    if (qd == 0) {
+        sm_m[warp * 16 + gr] = wa.m[0];
+        sm_m[warp * 16 + gr + 8] = wa.m[1];
+        sm_l[warp * 16 + gr] = wa.l[0];
+        sm_l[warp * 16 + gr + 8] = wa.l[1];
+    }
+#pragma unroll
+    for (int n = 0; n < WA::NO; ++n) {
+        if (n < nt) {
+            float* r0 = so + (warp * 16 + gr) * D + n * 8 + 2 * qd;
+            float* r1 = r0 + 8 * D;
+            r0[0] = wa.o[n][0];
+            r0[1] = wa.o[n][1];
+            r1[0] = wa.o[n][2];
+            r1[1] = wa.o[n][3];
+        }
+    }
+    __syncthreads();
+    for (int i = tid; i < nrows * D; i += THREADS) {
+        const int r = i / D, d = i - r * D;
+        float mb = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) mb = fmaxf(mb, sm_m[w * 16 + r]);
+        float lb = 0.f, ob = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const float mw = sm_m[w * 16 + r];
+            const float wt = mw == -INFINITY ? 0.f : exp2f(mw - mb);
+            lb = fmaf(sm_l[w * 16 + r], wt, lb);
+            ob = fmaf(so[(w * 16 + r) * D + d], wt, ob);
+        }
+        emit(r, d, ob, lb, mb);
+    }
+    __syncthreads();
+}
+
 // The keys [kbeg, kend) a query at `pos` attends (empty for a padded row), clipped to the
 // block table.
 __device__ __forceinline__ void key_range(int32_t pos, uint32_t window, uint32_t max_blocks, uint32_t block_size,

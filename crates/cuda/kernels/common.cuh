@@ -280,3 +280,11 @@ __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
     memcpy(&u, &v, sizeof(u));
     return u;
 }
+
+// Bytes of dynamic shared memory this launch was given (kernels that size their tiles from
+// run-time arguments trap rather than overrun when a launcher passes too little).
+__device__ __forceinline__ uint32_t dynamic_smem_bytes() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(r));
+    return r;
+}

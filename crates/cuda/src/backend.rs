@@ -39,17 +39,18 @@ const ATTENTION_MIN_KEYS_PER_SPLIT: usize = 64;
 /// query rows a CTA holds (16 decode, 64 prefill).
 const TC_THREADS: u32 = 128;
 const TC_DMAX: [usize; 3] = [64, 128, 256];
-const TC_DECODE_STAGES: [usize; 3] = [4, 3, 2];
-const TC_PREFILL_STAGES: [usize; 3] = [3, 2, 2];
+const TC_DECODE_STAGES: [usize; 3] = [2, 2, 2];
+const TC_PREFILL_STAGES: [usize; 3] = [2, 2, 2];
 const TC_TILE_KEYS: usize = 64;
 const TC_DECODE_ROWS: usize = 16;
 const TC_PREFILL_ROWS: usize = 64;
 /// Steps of at most this many query rows take the decode kernel (one CTA per row, split-K);
 /// larger ones the plan + prefill kernels (one CTA per chunk of a sequence's rows).
 const TC_DECODE_MAX_ROWS: usize = 64;
-/// Decode split-K: aim for this many CTAs per SM over the grid, at most this many splits.
-const TC_DECODE_CTAS_PER_SM: usize = 4;
-const TC_DECODE_MAX_SPLITS: usize = 64;
+/// Decode split-K: at most this many splits of a row's keys (see `decode_splits`).
+const TC_DECODE_MAX_SPLITS: usize = 32;
+/// One i32 per decode CTA column (T x Hkv x head chunks): the split-K merge election.
+const TC_DECODE_COUNTERS: usize = 1 << 16;
 /// attention_plan runs as one block of this many threads.
 const ATTENTION_PLAN_THREADS: u32 = 1024;
 /// The attention workspace: split-K partials or the prefill plan, whichever a launch uses.
@@ -61,6 +62,24 @@ fn tc_decode_smem(c: usize, d: usize) -> usize {
 }
 fn tc_prefill_smem(c: usize, d: usize) -> usize {
     (TC_PREFILL_ROWS + TC_PREFILL_STAGES[c] * 2 * TC_TILE_KEYS) * (d + 8) * 2
+}
+
+/// Splits of each of `columns` decode CTA columns over a device holding `slots` CTAs at once.
+/// Fewer columns than slots: as many splits as still fit one wave (a wave need not be full
+/// to saturate memory, and every wave boundary costs a tail). More: the n that minimises
+/// waves(n) * (1 / n + 1 / 64), waves(n) = ceil(columns * n / slots): a grid just under a
+/// whole number of waves, not just over it, where each CTA also pays a fixed cost of about
+/// 1/64 of a column's work (its prologue, epilogue and share of the merge); the smallest n
+/// on ties. Measured in crates/cuda/dev/attn_sweep.cu (NOTES.md there).
+fn decode_splits(columns: usize, slots: usize) -> usize {
+    let slots = slots.max(1);
+    if columns < slots {
+        return (slots / columns.max(1)).clamp(1, TC_DECODE_MAX_SPLITS);
+    }
+    let waves = |n: usize| (columns * n).div_ceil(slots);
+    // waves(n) (64 + n) / n < waves(best) (64 + best) / best, in integers
+    let better = |n: usize, best: usize| waves(n) * (64 + n) * best < waves(best) * (64 + best) * n;
+    (1..=TC_DECODE_MAX_SPLITS).fold(1, |best, n| if better(n, best) { n } else { best })
 }
 
 /// The CUDA backend on one device. Cheap to clone (shares the device and the workspace).
@@ -77,10 +96,14 @@ pub struct Cuda {
 /// because every launch is ordered on the device's single stream.
 struct AttentionWorkspace {
     buf: DeviceBuffer,
+    /// attention_decode.cu's merge counters, zero between launches (the kernel resets them).
+    counters: DeviceBuffer,
     sm_count: usize,
     /// Per D class: whether the decode / prefill kernel's shared memory fits this device.
     tc_decode: [bool; 3],
     tc_prefill: [bool; 3],
+    /// Per D class: decode CTAs the whole device holds at once (occupancy x SMs, at DMAX).
+    tc_decode_slots: [usize; 3],
 }
 
 impl Cuda {
@@ -122,6 +145,7 @@ impl Cuda {
         let k = dev.kernels();
         let mut tc_decode = [false; 3];
         let mut tc_prefill = [false; 3];
+        let mut tc_decode_slots = [sm_count; 3];
         for c in 0..TC_DMAX.len() {
             let need = [tc_decode_smem(c, TC_DMAX[c]), tc_prefill_smem(c, TC_DMAX[c])];
             for (kind, (ok, kernels)) in
@@ -145,9 +169,25 @@ impl Cuda {
                 }
                 *ok = true;
             }
+            if tc_decode[c] {
+                let mut per_sm = 0;
+                // SAFETY: valid out-pointer, a loaded function, its block size and a dynamic
+                // shared-memory size within the limit just set.
+                drv("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+                    sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                        &mut per_sm,
+                        k.attention_decode[c][0].func,
+                        TC_THREADS as i32,
+                        need[0],
+                    )
+                })?;
+                tc_decode_slots[c] = sm_count * per_sm.max(1) as usize;
+            }
         }
         let buf = dev.alloc(ATTENTION_WS_BYTES.max(4 * sm_count * (ATTENTION_MAX_D + 2) * 4))?;
-        Ok(Cuda { dev, attn: Arc::new(AttentionWorkspace { buf, sm_count, tc_decode, tc_prefill }) })
+        let counters = dev.alloc_zeroed(TC_DECODE_COUNTERS * 4)?;
+        let ws = AttentionWorkspace { buf, counters, sm_count, tc_decode, tc_prefill, tc_decode_slots };
+        Ok(Cuda { dev, attn: Arc::new(ws) })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -308,25 +348,27 @@ impl Cuda {
         Ok(args)
     }
 
-    /// attention_decode.cu: grid (nsplit, Hkv * ceil(G / 16), T), then attention_merge when
-    /// split. nsplit comes from the SM count and the grid's other dims, never from the
-    /// context: one captured graph serves every position.
+    /// attention_decode.cu: grid (nsplit, Hkv * ceil(G / 16), T); split launches merge in the
+    /// kernel (its last CTA per column), or in attention_merge when the grid has more columns
+    /// than counters. nsplit comes from the device's CTA slots and the grid's other dims,
+    /// never from the context: one captured graph serves every position.
     fn attention_decode(&self, c: usize, a: &AttnArgs) -> Result<()> {
         let AttentionDims { t, h, hkv, d, .. } = a.dims;
-        let nhc = (h / hkv).div_ceil(TC_DECODE_ROWS);
-        let ctas = t * hkv * nhc;
-        let mut splits = (TC_DECODE_CTAS_PER_SM * self.attn.sm_count).div_ceil(ctas).clamp(1, TC_DECODE_MAX_SPLITS);
+        let columns = t * hkv * (h / hkv).div_ceil(TC_DECODE_ROWS);
+        let mut splits = decode_splits(columns, self.attn.tc_decode_slots[c]);
         while splits > 1 && t * h * splits * (d + 2) * 4 > self.attn.buf.bytes() {
             splits -= 1;
         }
+        let fused = splits > 1 && columns <= TC_DECODE_COUNTERS;
         let ws = self.attn.buf.ptr();
         let ws_acc = ws + (t * h * splits * 2 * 4) as u64;
         let k = self.dev.kernels();
         let kernel = &k.attention_decode[c][(a.dtype == DType::F16) as usize];
-        let args = self.attention_args(a, ws, ws_acc)?;
-        let grid = (splits as u32, (hkv * nhc) as u32, t as u32);
+        let mut args = self.attention_args(a, ws, ws_acc)?;
+        args.insert(9, Arg::Ptr(if fused { self.attn.counters.ptr() } else { 0 }));
+        let grid = (splits as u32, (columns / t) as u32, t as u32);
         self.launch_smem(kernel, grid, TC_THREADS, tc_decode_smem(c, d), &args, None)?;
-        if splits > 1 {
+        if splits > 1 && !fused {
             let merge = &k.attention_merge[float_ix("attention", a.dtype)?];
             let args = [Arg::Ptr(ws), Arg::Ptr(ws_acc), Arg::Ptr(a.dst), Arg::U32(d as u32), Arg::U32(splits as u32)];
             self.launch(merge, (row_grid("attention", t * h)?, 1, 1), ATTENTION_BLOCK, &args, None)?;
@@ -880,6 +922,19 @@ mod tests {
             assert!(b % 32 == 0 && (32..=1024).contains(&b), "{cols} -> {b}");
         }
         assert_eq!(row_block(576), 256);
+    }
+
+    #[test]
+    fn decode_splits_fill_whole_waves() {
+        // H200: 132 SMs x 5 CTAs (D = 64) or x 3 (D = 128); columns = T * Hkv
+        assert_eq!(decode_splits(512, 660), 1, "batch 64 fits one wave");
+        assert_eq!(decode_splits(512, 396), 3, "1.3 waves -> 3.9 waves");
+        assert_eq!(decode_splits(64, 660), 10, "batch 8: one full wave");
+        assert_eq!(decode_splits(8, 660), TC_DECODE_MAX_SPLITS, "batch 1: capped");
+        for columns in 1..2000 {
+            let n = decode_splits(columns, 396);
+            assert!((1..=TC_DECODE_MAX_SPLITS).contains(&n), "{columns}: {n}");
+        }
     }
 
     #[test]
