@@ -506,16 +506,16 @@ int main(int argc, char** argv) {
                     decode_kernel<64, 2>(0, true, &n)(P, 0);
                     vs.push_back({"dec s2 auto fused", decode_kernel<64, 2>(0, true)});
                     vs.push_back({"dec s2 auto merge-kernel", decode_kernel<64, 2>(0, false)});
-                    vs.push_back({"dec s3 auto fused", decode_kernel<64, 3>(0, true)});
-                    vs.push_back({"dec s2 n/2 fused", decode_kernel<64, 2>(std::max(1, n / 2), true)});
-                    vs.push_back({"dec s2 2n fused", decode_kernel<64, 2>(std::min(64, 2 * n), true)});
+                    vs.push_back({"dec s3 auto merge-kernel", decode_kernel<64, 3>(0, false)});
+                    vs.push_back({"dec s2 n/2 merge-kernel", decode_kernel<64, 2>(std::max(1, n / 2), false)});
+                    vs.push_back({"dec s2 2n merge-kernel", decode_kernel<64, 2>(std::min(32, 2 * n), false)});
                 } else {
                     decode_kernel<128, 2>(0, true, &n)(P, 0);
                     vs.push_back({"dec s2 auto fused", decode_kernel<128, 2>(0, true)});
                     vs.push_back({"dec s2 auto merge-kernel", decode_kernel<128, 2>(0, false)});
-                    vs.push_back({"dec s3 auto fused", decode_kernel<128, 3>(0, true)});
-                    vs.push_back({"dec s2 n/2 fused", decode_kernel<128, 2>(std::max(1, n / 2), true)});
-                    vs.push_back({"dec s2 2n fused", decode_kernel<128, 2>(std::min(64, 2 * n), true)});
+                    vs.push_back({"dec s3 auto merge-kernel", decode_kernel<128, 3>(0, false)});
+                    vs.push_back({"dec s2 n/2 merge-kernel", decode_kernel<128, 2>(std::max(1, n / 2), false)});
+                    vs.push_back({"dec s2 2n merge-kernel", decode_kernel<128, 2>(std::min(32, 2 * n), false)});
                 }
                 CK(cudaStreamSynchronize(g_stream));
                 printf("# auto splits n=%d\n", n);
@@ -535,11 +535,11 @@ int main(int argc, char** argv) {
             P.build(rng);
             std::vector<std::pair<std::string, Launch>> vs{{"old", old_kernel()}};
             if (s.d == 64) {
-                vs.push_back({"dec s2 auto fused", decode_kernel<64, 2>(0, true)});
+                vs.push_back({"dec s2 auto merge-kernel", decode_kernel<64, 2>(0, false)});
                 vs.push_back({"pre s2", prefill_kernel<64, 2, 1>()});
                 vs.push_back({"pre s2 minb4", prefill_kernel<64, 2, 4>()});
             } else {
-                vs.push_back({"dec s2 auto fused", decode_kernel<128, 2>(0, true)});
+                vs.push_back({"dec s2 auto merge-kernel", decode_kernel<128, 2>(0, false)});
                 vs.push_back({"pre s2", prefill_kernel<128, 2, 1>()});
                 vs.push_back({"pre s2 minb2", prefill_kernel<128, 2, 2>()});
             }
@@ -593,7 +593,9 @@ int main(int argc, char** argv) {
                 vs.push_back({"pre s2", prefill_kernel<128, 2, 1>()});
                 vs.push_back({"pre s2 minb2", prefill_kernel<128, 2, 2>()});
             }
-            if (P.t <= 64) vs.push_back({"dec s2 auto fused", s.d == 64 ? decode_kernel<64, 2>(0, true) : decode_kernel<128, 2>(0, true)});
+            if (P.t <= 64)
+                vs.push_back({"dec s2 auto merge-kernel",
+                              s.d == 64 ? decode_kernel<64, 2>(0, false) : decode_kernel<128, 2>(0, false)});
             char what[96];
             snprintf(what, sizeof what, "%s %s", s.name, c.name);
             run_variants(P, what, vs, rows);

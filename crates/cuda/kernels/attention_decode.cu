@@ -20,7 +20,9 @@
 // and writes dst. "Last" is counted in `counters` (one i32 per (t, blockIdx.y), zero
 // between launches: the merging CTA resets its counter). The atomic only elects the
 // merger; no result depends on the order of the atomics. With counters == nullptr the
-// partials are left for attention_merge_<dtype> instead.
+// partials are left for attention_merge_<dtype> instead, which is what the launcher does:
+// the separate merge measured faster at small batches, equal at large ones
+// (crates/cuda/dev/NOTES.md); the in-kernel merge stays for the sweep to keep measuring.
 //
 // CUDA graphs: the grid depends on T, Hkv, G and nsplit (from the SM count and T) only; the
 // context length is read from `positions` on the device.
@@ -37,14 +39,17 @@ constexpr int DEC_TK = 64;  // keys a tile: 4 warps x 16
 
 __host__ __device__ constexpr int decode_stages(int) { return 2; }
 
-// Split-K epilogue: count this CTA's partial in; the last of the nsplit CTAs of the unit
-// (blockIdx.z, blockIdx.y) combines the gc rows' partials exactly as attention_merge does
-// and resets the counter.
+// Split-K epilogue: count this CTA's partial in; the last of the nsplit (<= 32) CTAs of
+// the column (blockIdx.z, blockIdx.y) combines the gc rows' partials as attention_merge
+// does (one weight a split per row first, then independent loads) and resets the counter.
 template <typename T>
 __device__ __forceinline__ void merge_if_last(const float* __restrict__ ws_ml, const float* __restrict__ ws_acc,
                                               int32_t* __restrict__ counters, T* __restrict__ dst, size_t head0,
                                               int gc, int D, uint32_t nsplit) {
     __shared__ int s_last;
+    __shared__ float s_w[16][32];
+    __shared__ float s_inv[16];
+    if (nsplit > 32) __trap();
     __threadfence();  // this CTA's partials, visible device-wide before it is counted
     __syncthreads();
     int32_t* counter = counters + static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y;
@@ -52,21 +57,27 @@ __device__ __forceinline__ void merge_if_last(const float* __restrict__ ws_ml, c
     __syncthreads();
     if (!s_last) return;
     __threadfence();
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int r = warp; r < gc; r += THREADS / 32) {
+        const size_t row0 = (head0 + r) * nsplit;
+        const float ms = lane < nsplit ? __ldcg(ws_ml + (row0 + lane) * 2) : -INFINITY;
+        const float mb = warp_max(ms);
+        const float w = ms == -INFINITY ? 0.f : exp2f(ms - mb);
+        const float l = warp_sum(lane < nsplit ? __ldcg(ws_ml + (row0 + lane) * 2 + 1) * w : 0.f);
+        s_w[r][lane] = w;
+        if (lane == 0) s_inv[r] = l > 0.f ? 1.f / l : 0.f;
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < gc * D; i += THREADS) {
         const int r = i / D, d = i - r * D;
         const size_t row0 = (head0 + r) * nsplit;
-        float mb = -INFINITY;
-        for (uint32_t s = 0; s < nsplit; ++s) mb = fmaxf(mb, __ldcg(ws_ml + (row0 + s) * 2));
-        float lb = 0.f, o = 0.f;
+        float o = 0.f;
+#pragma unroll 8
         for (uint32_t s = 0; s < nsplit; ++s) {
-            const float ms = __ldcg(ws_ml + (row0 + s) * 2);
-            if (ms != -INFINITY) {
-                const float w = exp2f(ms - mb);
-                lb = fmaf(__ldcg(ws_ml + (row0 + s) * 2 + 1), w, lb);
-                o = fmaf(__ldcg(ws_acc + (row0 + s) * D + d), w, o);
-            }
+            const float a = __ldcg(ws_acc + (row0 + s) * D + d);
+            o = s_w[r][s] != 0.f ? fmaf(a, s_w[r][s], o) : o;
         }
-        store_f32(dst + (head0 + r) * D + d, lb > 0.f ? o / lb : 0.f);
+        store_f32(dst + (head0 + r) * D + d, o * s_inv[r]);
     }
     if (threadIdx.x == 0) *counter = 0;  // ready for the next launch (stream-ordered)
 }

@@ -29,7 +29,8 @@ const ELEMENTWISE_BLOCK: u32 = 256;
 /// attention.cu: ATTN_WARPS * 32 threads per block; head dims up to ATTN_MAX_D.
 const ATTENTION_BLOCK: u32 = 128;
 const ATTENTION_MAX_D: usize = 256;
-/// Most splits of one query's keys (attention.cu split-K), and the fewest keys worth a split.
+/// Most splits of one query's keys (attention.cu split-K; at most attention_merge's
+/// ATTN_MERGE_MAX_SPLITS), and the fewest keys worth a split.
 const ATTENTION_MAX_SPLITS: usize = 32;
 const ATTENTION_MIN_KEYS_PER_SPLIT: usize = 64;
 
@@ -47,10 +48,9 @@ const TC_PREFILL_ROWS: usize = 64;
 /// Steps of at most this many query rows take the decode kernel (one CTA per row, split-K);
 /// larger ones the plan + prefill kernels (one CTA per chunk of a sequence's rows).
 const TC_DECODE_MAX_ROWS: usize = 64;
-/// Decode split-K: at most this many splits of a row's keys (see `decode_splits`).
+/// Decode split-K: at most this many splits of a row's keys (see `decode_splits`; also
+/// attention_merge's ATTN_MERGE_MAX_SPLITS).
 const TC_DECODE_MAX_SPLITS: usize = 32;
-/// One i32 per decode CTA column (T x Hkv x head chunks): the split-K merge election.
-const TC_DECODE_COUNTERS: usize = 1 << 16;
 /// attention_plan runs as one block of this many threads.
 const ATTENTION_PLAN_THREADS: u32 = 1024;
 /// The attention workspace: split-K partials or the prefill plan, whichever a launch uses.
@@ -96,8 +96,6 @@ pub struct Cuda {
 /// because every launch is ordered on the device's single stream.
 struct AttentionWorkspace {
     buf: DeviceBuffer,
-    /// attention_decode.cu's merge counters, zero between launches (the kernel resets them).
-    counters: DeviceBuffer,
     sm_count: usize,
     /// Per D class: whether the decode / prefill kernel's shared memory fits this device.
     tc_decode: [bool; 3],
@@ -185,8 +183,7 @@ impl Cuda {
             }
         }
         let buf = dev.alloc(ATTENTION_WS_BYTES.max(4 * sm_count * (ATTENTION_MAX_D + 2) * 4))?;
-        let counters = dev.alloc_zeroed(TC_DECODE_COUNTERS * 4)?;
-        let ws = AttentionWorkspace { buf, counters, sm_count, tc_decode, tc_prefill, tc_decode_slots };
+        let ws = AttentionWorkspace { buf, sm_count, tc_decode, tc_prefill, tc_decode_slots };
         Ok(Cuda { dev, attn: Arc::new(ws) })
     }
 
@@ -348,10 +345,10 @@ impl Cuda {
         Ok(args)
     }
 
-    /// attention_decode.cu: grid (nsplit, Hkv * ceil(G / 16), T); split launches merge in the
-    /// kernel (its last CTA per column), or in attention_merge when the grid has more columns
-    /// than counters. nsplit comes from the device's CTA slots and the grid's other dims,
-    /// never from the context: one captured graph serves every position.
+    /// attention_decode.cu: grid (nsplit, Hkv * ceil(G / 16), T), then attention_merge when
+    /// split (the kernel's own last-CTA merge, counters != 0, measured slower at small
+    /// batches: crates/cuda/dev/NOTES.md). nsplit comes from the device's CTA slots and the
+    /// grid's other dims, never from the context: one captured graph serves every position.
     fn attention_decode(&self, c: usize, a: &AttnArgs) -> Result<()> {
         let AttentionDims { t, h, hkv, d, .. } = a.dims;
         let columns = t * hkv * (h / hkv).div_ceil(TC_DECODE_ROWS);
@@ -359,16 +356,15 @@ impl Cuda {
         while splits > 1 && t * h * splits * (d + 2) * 4 > self.attn.buf.bytes() {
             splits -= 1;
         }
-        let fused = splits > 1 && columns <= TC_DECODE_COUNTERS;
         let ws = self.attn.buf.ptr();
         let ws_acc = ws + (t * h * splits * 2 * 4) as u64;
         let k = self.dev.kernels();
         let kernel = &k.attention_decode[c][(a.dtype == DType::F16) as usize];
         let mut args = self.attention_args(a, ws, ws_acc)?;
-        args.insert(9, Arg::Ptr(if fused { self.attn.counters.ptr() } else { 0 }));
+        args.insert(9, Arg::Ptr(0)); // counters: none, attention_merge finishes
         let grid = (splits as u32, (columns / t) as u32, t as u32);
         self.launch_smem(kernel, grid, TC_THREADS, tc_decode_smem(c, d), &args, None)?;
-        if splits > 1 && !fused {
+        if splits > 1 {
             let merge = &k.attention_merge[float_ix("attention", a.dtype)?];
             let args = [Arg::Ptr(ws), Arg::Ptr(ws_acc), Arg::Ptr(a.dst), Arg::U32(d as u32), Arg::U32(splits as u32)];
             self.launch(merge, (row_grid("attention", t * h)?, 1, 1), ATTENTION_BLOCK, &args, None)?;
