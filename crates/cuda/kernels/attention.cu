@@ -1,4 +1,8 @@
-// attention.cu: causal attention over a paged KV cache, decode and prefill alike.
+// attention.cu: causal attention over a paged KV cache, decode and prefill alike, on CUDA
+// cores: the general path (f32, any D <= 256, unaligned operands). bf16 / f16 with aligned
+// operands and D % 16 == 0 take the tensor-core kernels of attention_decode.cu and
+// attention_prefill.cu instead (the launcher, backend.rs, picks); attention_merge_<dtype>
+// below also finishes their split-K partials when the decode kernel cannot merge itself.
 //
 // Query t (head h) attends the positions j in [max(0, pos - window + 1), pos] (window 0 = no
 // window), pos = positions[t], of the sequence whose block table is row row_seq[t] of
@@ -37,6 +41,7 @@
 #define ATTN_WARPS 4
 #define ATTN_UNROLL 2
 #define ATTN_MAX_D 256
+#define ATTN_MERGE_MAX_SPLITS 32
 
 namespace attention_cu {
 
@@ -229,26 +234,36 @@ __device__ __forceinline__ void attention_impl(const T* __restrict__ q, const T*
     }
 }
 
-// Combine the nsplit partial states of one (t, h): grid = T*H, any block size.
-// ws_ml: [T*H, nsplit, 2] (max in base 2, sum of exp2), ws_acc: [T*H, nsplit, D].
+// Combine the nsplit partial states of one (t, h): grid = T*H, any block size of whole
+// warps, nsplit <= ATTN_MERGE_MAX_SPLITS (the launchers cap their splits at 32).
+// ws_ml: [T*H, nsplit, 2] (max in base 2, sum of exp2), ws_acc: [T*H, nsplit, D]. The first
+// warp turns the maxima into one weight a split (in shared memory), then every output is a
+// sum of independent loads. A split with weight 0 (empty: its ws_acc row was never
+// written) is skipped by a select, so stale workspace bits cannot leak in.
 template <typename T>
 __device__ __forceinline__ void attention_merge_impl(const float* __restrict__ ws_ml, const float* __restrict__ ws_acc,
                                                      T* __restrict__ dst, uint32_t head_dim, uint32_t nsplit) {
+    __shared__ float s_w[ATTN_MERGE_MAX_SPLITS];
+    __shared__ float s_inv;
     const size_t row0 = static_cast<size_t>(blockIdx.x) * nsplit;
-    float mb = -INFINITY;
-    for (uint32_t s = 0; s < nsplit; ++s) mb = fmaxf(mb, ws_ml[(row0 + s) * 2]);
-    float lb = 0.f;
-    for (uint32_t s = 0; s < nsplit; ++s) {
-        const float ms = ws_ml[(row0 + s) * 2];
-        lb += ms == -INFINITY ? 0.f : ws_ml[(row0 + s) * 2 + 1] * exp2f(ms - mb);
+    if (threadIdx.x < 32) {
+        const uint32_t lane = threadIdx.x;
+        const float ms = lane < nsplit ? ws_ml[(row0 + lane) * 2] : -INFINITY;
+        const float mb = warp_max(ms);
+        const float w = ms == -INFINITY ? 0.f : exp2f(ms - mb);
+        const float l = warp_sum(lane < nsplit ? ws_ml[(row0 + lane) * 2 + 1] * w : 0.f);
+        s_w[lane] = w;
+        if (lane == 0) s_inv = l > 0.f ? 1.f / l : 0.f;
     }
+    __syncthreads();
     for (uint32_t d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.f;
+#pragma unroll 8
         for (uint32_t s = 0; s < nsplit; ++s) {
-            const float ms = ws_ml[(row0 + s) * 2];
-            if (ms != -INFINITY) o = fmaf(ws_acc[(row0 + s) * head_dim + d], exp2f(ms - mb), o);
+            const float a = ws_acc[(row0 + s) * head_dim + d];
+            o = s_w[s] != 0.f ? fmaf(a, s_w[s], o) : o;
         }
-        store_f32(dst + static_cast<size_t>(blockIdx.x) * head_dim + d, lb > 0.f ? o / lb : 0.f);
+        store_f32(dst + static_cast<size_t>(blockIdx.x) * head_dim + d, o * s_inv);
     }
 }
 
@@ -284,5 +299,6 @@ ATTENTION_MERGE(attention_merge_f16, __half)
 #undef ATTN_WARPS
 #undef ATTN_UNROLL
 #undef ATTN_MAX_D
+#undef ATTN_MERGE_MAX_SPLITS
 #undef ATTENTION
 #undef ATTENTION_MERGE

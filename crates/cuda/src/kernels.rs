@@ -78,6 +78,21 @@ const BINARY: [[&str; 3]; 6] = [
     per_dtype!("binary_min"),
 ];
 
+/// Tensor-core attention entries, `[decode, prefill][D class 64, 128, 256][bf16, f16]`
+/// (attention_decode.cu, attention_prefill.cu): `attention_<kind>_d<DMAX>_<dtype>`.
+const ATTENTION_TC: [[[&str; 2]; 3]; 2] = [
+    [
+        ["attention_decode_d64_bf16", "attention_decode_d64_f16"],
+        ["attention_decode_d128_bf16", "attention_decode_d128_f16"],
+        ["attention_decode_d256_bf16", "attention_decode_d256_f16"],
+    ],
+    [
+        ["attention_prefill_d64_bf16", "attention_prefill_d64_f16"],
+        ["attention_prefill_d128_bf16", "attention_prefill_d128_f16"],
+        ["attention_prefill_d256_bf16", "attention_prefill_d256_f16"],
+    ],
+];
+
 /// Every kernel of the module. Field comments name the `.cu` file and the entry pattern.
 #[derive(Debug)]
 pub struct Kernels {
@@ -112,6 +127,13 @@ pub struct Kernels {
     pub attention_scalar: [Kernel; 3],
     /// attention.cu `attention_merge_<dtype>`: combines the splits of a split-K launch.
     pub attention_merge: [Kernel; 3],
+    /// attention_decode.cu: `[D class (64, 128, 256)][bf16, f16]`, tensor cores, one CTA per
+    /// (query row, KV head, split).
+    pub attention_decode: [[Kernel; 2]; 3],
+    /// attention_prefill.cu: `[D class][bf16, f16]`, tensor cores over the plan's items.
+    pub attention_prefill: [[Kernel; 2]; 3],
+    /// attention_prefill.cu `attention_plan`: cuts the step's rows into prefill items.
+    pub attention_plan: Kernel,
 }
 
 impl Kernels {
@@ -124,6 +146,12 @@ impl Kernels {
         };
         let table = |names: &[[&'static str; 3]]| -> Result<Vec<[Kernel; 3]>, CudaError> {
             names.iter().map(|n| three(*n)).collect()
+        };
+        let tc = |names: &[[&'static str; 2]; 3]| -> Result<[[Kernel; 2]; 3], CudaError> {
+            let two = |[a, b]: [&'static str; 2]| -> Result<[Kernel; 2], CudaError> {
+                Ok([get(module, a)?, get(module, b)?])
+            };
+            Ok([two(names[0])?, two(names[1])?, two(names[2])?])
         };
         Ok(Kernels {
             copy: vec_to_array(table(&COPY)?),
@@ -145,6 +173,9 @@ impl Kernels {
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
             attention_merge: three(per_dtype!("attention_merge"))?,
+            attention_decode: tc(&ATTENTION_TC[0])?,
+            attention_prefill: tc(&ATTENTION_TC[1])?,
+            attention_plan: one("attention_plan")?,
         })
     }
 
@@ -154,6 +185,8 @@ impl Kernels {
         v.extend([&self.copy_u32, &self.copy_i32]);
         v.extend(self.gemv_to_f32.iter());
         v.push(&self.sample);
+        v.push(&self.attention_plan);
+        v.extend(self.attention_decode.iter().chain(&self.attention_prefill).flatten());
         v.extend(self.unary.iter().flatten());
         v.extend(self.binary.iter().flatten());
         for k in [
@@ -250,6 +283,7 @@ mod tests {
         let mut table: Vec<String> =
             COPY.iter().chain(&UNARY).chain(&BINARY).flatten().map(|s| s.to_string()).collect();
         table.extend(["copy_u32_u32", "copy_i32_i32", "gemv_bf16_f32", "gemv_f16_f32", "sample_f32"].map(String::from));
+        table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
         for op in [
             "silu_mul",
             "rms_norm",

@@ -5,13 +5,17 @@
 //!   one test per op and launch-parameter mode (inline, cached, upload); the strided ops
 //!   also assert that the mode was really used (launch counters);
 //! - direct CUDA-vs-CPU comparisons at model shapes the parity suite does not reach:
-//!   attention at decode (split-K path) and prefill shapes, the scalar (unaligned) attention
-//!   path, wide rows for rms_norm / softmax / argmax, embedding rows that are not whole
-//!   16-byte vectors.
+//!   attention at decode shapes (the tensor-core decode kernel with split-K, up to 64
+//!   sequences at 8k positions), prefill shapes (the plan + tensor-core prefill kernel:
+//!   chunks at depth over earlier context, several sequences' chunks in one launch, rows out
+//!   of sequence order), every head-dim class, GQA from 1 to 128 heads a group, block sizes 1
+//!   to 32, the f32 and scalar (unaligned) paths, each also replayed from a captured graph
+//!   (kernel nodes only, bits equal to the eager launch); wide rows for rms_norm / softmax /
+//!   argmax, embedding rows that are not whole 16-byte vectors.
 
 use encore_cpu::parity::Paging;
 use encore_cpu::{parity, Cpu};
-use encore_cuda::{Cuda, LaunchParamMode};
+use encore_cuda::{capture, Cuda, LaunchParamMode};
 use encore_tensor::testing::{assert_close, round_to, Rng};
 use encore_tensor::{AttentionParams, Backend, DType, HostTensor, Tensor};
 
@@ -149,17 +153,32 @@ fn attention_vs_cpu(
     gpu.attention(&gq, &gk, &gv, &gt, &gs, &gp, params, &go).expect("cuda attention");
     Cpu.attention(&cq, &ck, &cv, &ct, &cs, &cp, params, &co).expect("cpu attention");
     let want = Cpu.download(&co).unwrap().to_f32();
-    let got = gpu.download(&go).unwrap().to_f32();
+    let eager = gpu.download(&go).unwrap();
+    let got = eager.to_f32();
     assert_close(what, dtype, &got, &f64s(&want));
     for (i, r) in rows.iter().enumerate() {
         if r.1 < 0 {
             assert!(got[i * h * d..(i + 1) * h * d].iter().all(|&x| x == 0.0), "{what}: padded row {i} is not zero");
         }
     }
+    // The same launch captured and replayed over a fresh random destination: kernel nodes
+    // only, and the eager launch's bits.
+    gpu.write(&random(&mut rng, dtype, &[t, h, d], -9.0, 9.0), &go).unwrap();
+    let dev = gpu.device();
+    let g = capture(dev, || {
+        gpu.attention(&gq, &gk, &gv, &gt, &gs, &gp, params, &go).expect("captured attention");
+        Ok(())
+    })
+    .expect("capture attention");
+    let audit = g.audit();
+    assert!(audit.kernels_only() && audit.kernel >= 1, "{what}: graph {audit}");
+    g.instantiate().unwrap().replay().unwrap();
+    assert!(gpu.download(&go).unwrap() == eager, "{what}: graph replay differs from the eager launch");
 }
 
 /// Decode: 3 sequences at different positions (up to 700), H=8, Hkv=2, D=64, blocks of 16.
-/// T*H = 24 queries is far below 2 * SMs, so this runs the split-K kernel and the merge.
+/// bf16 / f16 take the tensor-core decode kernel, split (T * Hkv is far below the SM count)
+/// and merged; f32 the CUDA-core kernel, split too.
 const DECODE_ROWS: [(usize, i32); 3] = [(0, 700), (1, 1), (2, 345)];
 const DECODE_SHAPE: (usize, usize, usize, usize) = (8, 2, 64, 16);
 
@@ -199,8 +218,8 @@ fn attention_decode_large_heads_matches_cpu() {
     }
 }
 
-/// Prefill: T = 37 rows (30 tokens of a new sequence, 7 continuing one at position 500).
-/// T*H = 296 queries: one block per query, no split.
+/// A short prefill: T = 37 rows (30 tokens of a new sequence, 7 continuing one at position
+/// 500): at most 64 rows, so the decode kernel (one CTA per row).
 #[test]
 fn attention_prefill_matches_cpu() {
     let mut rows: Vec<(usize, i32)> = (0..30).map(|p| (0, p)).collect();
@@ -209,6 +228,65 @@ fn attention_prefill_matches_cpu() {
         attention_vs_cpu(&format!("attention prefill {dt}"), dt, &rows, DECODE_SHAPE, 0, false);
     }
     attention_vs_cpu("attention prefill window bf16", DType::BF16, &rows, DECODE_SHAPE, 16, false);
+}
+
+/// Long decode: 64 sequences at positions up to 8191 (the decode kernel's split-K over its
+/// widest grid), GQA 8, D = 128, blocks of 16; 8 sequences at 8k with Llama's H=32 Hkv=8;
+/// MQA (G = 32: two CTAs of 16 heads a KV head); a 4096 window at 8k.
+#[test]
+fn attention_decode_long_contexts_match_cpu() {
+    let rows: Vec<(usize, i32)> = (0..64).map(|s| (s, 8191 - s as i32 * 113)).collect();
+    attention_vs_cpu("attention decode 64 x 8k GQA 8 D=128 bf16", DType::BF16, &rows, (8, 1, 128, 16), 0, false);
+    let rows: Vec<(usize, i32)> = (0..8).map(|s| (s, 8191 - s as i32 * 1000)).collect();
+    attention_vs_cpu("attention decode 8 x 8k H=32 Hkv=8 D=64 f16", DType::F16, &rows, (32, 8, 64, 16), 0, false);
+    attention_vs_cpu("attention decode 8 x 8k MQA G=32 bf16", DType::BF16, &rows, (32, 1, 64, 16), 0, false);
+    attention_vs_cpu("attention decode 8 x 8k window bf16", DType::BF16, &rows, (32, 8, 64, 16), 4096, false);
+}
+
+/// Prefill rows of one step (T > 64: attention_plan + the prefill kernel): a 100-token chunk
+/// at depth 3000 (its earlier context already in the cache), a fresh 300-token prompt, a
+/// 64-token chunk at 700, three decode rows, two padded rows.
+fn prefill_rows() -> Vec<(usize, i32)> {
+    let mut rows: Vec<(usize, i32)> = (3000..3100).map(|p| (0, p)).collect();
+    rows.extend((0..300).map(|p| (1, p)));
+    rows.extend((700..764).map(|p| (2, p)));
+    rows.extend([(3, 1500), (4, 0), (5, 2047), (0, -1), (0, -1)]);
+    rows
+}
+
+#[test]
+fn attention_prefill_chunks_at_depth_match_cpu() {
+    let rows = prefill_rows();
+    for dt in DType::FLOATS {
+        attention_vs_cpu(&format!("attention prefill chunks {dt}"), dt, &rows, (32, 8, 64, 16), 0, false);
+    }
+    attention_vs_cpu("attention prefill chunks window 256 bf16", DType::BF16, &rows, (32, 8, 64, 16), 256, false);
+    attention_vs_cpu("attention prefill chunks GQA 8 D=128 bf16", DType::BF16, &rows, (16, 2, 128, 16), 0, false);
+    attention_vs_cpu("attention prefill chunks bs=1 bf16", DType::BF16, &rows, (8, 2, 64, 1), 0, false);
+    // G = 3 (21 tokens an item, 63 of 64 rows), D = 32, blocks of 32
+    attention_vs_cpu("attention prefill chunks G=3 D=32 bs=32 f16", DType::F16, &rows, (6, 2, 32, 32), 0, false);
+    attention_vs_cpu("attention prefill chunks D=96 f16", DType::F16, &rows, (8, 2, 96, 16), 0, false);
+    attention_vs_cpu("attention prefill chunks D=256 bf16", DType::BF16, &rows, (8, 4, 256, 16), 0, false);
+    attention_vs_cpu("attention prefill chunks D=36 scalar bf16", DType::BF16, &rows, (8, 2, 36, 16), 0, false);
+    attention_vs_cpu("attention prefill chunks misaligned q bf16", DType::BF16, &rows, (8, 2, 64, 16), 0, true);
+}
+
+#[test]
+fn attention_prefill_wide_groups_and_rows_out_of_order_match_cpu() {
+    // G = 128 > 64 rows a CTA: one token an item, two CTAs a KV head.
+    let mut rows: Vec<(usize, i32)> = (400..480).map(|p| (0, p)).collect();
+    rows.push((1, 90));
+    attention_vs_cpu("attention prefill MQA G=128 bf16", DType::BF16, &rows, (128, 1, 64, 16), 0, false);
+    // G = 16 (4 tokens an item)
+    attention_vs_cpu("attention prefill G=16 D=128 bf16", DType::BF16, &rows, (32, 2, 128, 16), 0, false);
+    // Rows of a sequence split into runs (against the packing contract: slower, still right):
+    // more items than the grid's bound, so CTAs take several.
+    let mut rows: Vec<(usize, i32)> = Vec::new();
+    for k in 0..40 {
+        rows.push((0, 200 + k));
+        rows.push((1, 50 + k));
+    }
+    attention_vs_cpu("attention prefill interleaved rows bf16", DType::BF16, &rows, (8, 2, 64, 16), 0, false);
 }
 
 /// Attention reads positions and block tables from device memory: the same tensors with new
