@@ -109,7 +109,6 @@ fn config(a: ServeArgs) -> Result<ServerConfig> {
         cpu_kv_bytes: (a.kv_cache_gib * (1u64 << 30) as f64) as usize,
         graphs: !a.no_graphs,
         launch_params,
-        ..Default::default()
     };
     Ok(ServerConfig {
         host: a.host,
