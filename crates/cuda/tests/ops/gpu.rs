@@ -1,13 +1,5 @@
-#![cfg(feature = "cuda")]
-//! GPU tests of the CUDA kernels (run on a GPU host only; here they must compile):
-//!
-//! - the backend-parity suite of `encore_cpu::parity` (written once, run on every backend),
-//!   one test per op and launch-parameter mode (inline, cached, upload); the strided ops
-//!   also assert that the mode was really used (launch counters);
-//! - direct CUDA-vs-CPU comparisons at model shapes the parity suite does not reach:
-//!   attention at decode (split-K path) and prefill shapes, the scalar (unaligned) attention
-//!   path, wide rows for rms_norm / softmax / argmax, embedding rows that are not whole
-//!   16-byte vectors.
+// The GPU tests of the `ops` test target, included by main.rs with the `cuda` feature (see
+// main.rs for what they cover). An included file cannot carry `//!` docs or inner attributes.
 
 use encore_cpu::{parity, Cpu};
 use encore_cuda::{Cuda, LaunchParamMode};
