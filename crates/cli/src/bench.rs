@@ -1,6 +1,6 @@
 //! `encore bench`: the decode-step benchmark (random-weight presets created on the GPU, or
 //! a model folder's config) and `encore bench launch` (the launch-metadata micro-benchmark).
-//! CUDA only: a build without the `cuda` feature says so.
+//! CUDA only: a build without the `cuda` feature says so, after the flags were checked.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -52,12 +52,6 @@ pub struct BenchArgs {
     json: Option<std::path::PathBuf>,
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn list<T: std::str::FromStr<Err = String>>(flag: &str, s: &str) -> Result<Vec<T>> {
-    s.split(',').map(|x| x.trim().parse::<T>().map_err(|e| anyhow::anyhow!("{flag}: {e}"))).collect()
-}
-
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|x| match x.trim().parse::<usize>() {
@@ -67,7 +61,29 @@ fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+/// The flags, validated before anything needs CUDA: a build without it names the wrong flag
+/// first, and only then says that CUDA is missing.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Checked {
+    dtype: encore_tensor::DType,
+    ordinal: usize,
+    /// `--modes` (or the default list), each a valid mode of the benchmark chosen.
+    modes: Vec<String>,
+    batches: Vec<usize>,
+    /// (name, shape) of each preset, or of `--model`'s config.json.
+    models: Vec<(String, encore_models::config::ModelConfig)>,
+}
+
+/// `eager` or `graph-<launch mode>` (encore_engine::bench::BenchMode, which needs CUDA).
+fn check_model_mode(m: &str) -> Result<()> {
+    match m.strip_prefix("graph-") {
+        _ if m == "eager" => Ok(()),
+        Some(p) if p.parse::<encore_cuda::LaunchParamMode>().is_ok() => Ok(()),
+        _ => bail!("--modes: unknown mode `{m}` (expected eager, graph-upload, graph-cached or graph-inline)"),
+    }
+}
+
+fn check(a: &BenchArgs) -> Result<Checked> {
     let dtype: encore_tensor::DType = a.dtype.parse().map_err(|e: String| anyhow::anyhow!("--dtype: {e}"))?;
     if !dtype.is_float() {
         bail!("--dtype: {dtype} is not a float dtype");
@@ -77,29 +93,37 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Ok(encore_engine::Device::Cpu) => bail!("--device: bench measures CUDA decode; use cuda or cuda:N"),
         Err(e) => bail!("--device: {e}"),
     };
-    match a.what.as_deref() {
-        None => bench_model(&a, dtype, ordinal),
-        Some("launch") => bench_launch(&a, dtype, ordinal),
+    let launch = match a.what.as_deref() {
+        None => false,
+        Some("launch") => true,
         Some(x) => bail!("bench: unknown benchmark `{x}` (expected nothing or `launch`)"),
+    };
+    if a.steps == 0 {
+        bail!("--steps: must be at least 1");
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn bench_model(_: &BenchArgs, _: encore_tensor::DType, _: usize) -> Result<()> {
-    bail!("bench: this encore was built without CUDA; rebuild with `--features cuda`")
-}
-
-#[cfg(not(feature = "cuda"))]
-fn bench_launch(a: &BenchArgs, d: encore_tensor::DType, o: usize) -> Result<()> {
-    bench_model(a, d, o)
-}
-
-#[cfg(feature = "cuda")]
-fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
-    use encore_engine::bench::{run_bench, BenchConfig, BenchMode};
-    let modes: Vec<BenchMode> =
-        list("--modes", a.modes.as_deref().unwrap_or("eager,graph-upload,graph-cached,graph-inline"))?;
+    let default_modes = if launch { "upload,cached,inline" } else { "eager,graph-upload,graph-cached,graph-inline" };
+    let modes: Vec<String> =
+        a.modes.as_deref().unwrap_or(default_modes).split(',').map(|m| m.trim().to_string()).collect();
+    for m in &modes {
+        if launch {
+            m.parse::<encore_cuda::LaunchParamMode>().map_err(|e| anyhow::anyhow!("--modes: {e}"))?;
+        } else {
+            check_model_mode(m)?;
+        }
+    }
+    if launch {
+        if a.ops == 0 {
+            bail!("--ops: must be at least 1");
+        }
+        return Ok(Checked { dtype, ordinal, modes, batches: Vec::new(), models: Vec::new() });
+    }
     let batches = usizes("--batch", &a.batch)?;
+    if a.ctx == 0 {
+        bail!("--ctx: must be at least 1");
+    }
+    if a.pos >= a.ctx {
+        bail!("--pos: {} is not below --ctx {}", a.pos, a.ctx);
+    }
     let models: Vec<(String, encore_models::config::ModelConfig)> = match &a.model {
         Some(dir) => {
             vec![(dir.display().to_string(), encore_models::config::ModelConfig::from_file(&dir.join("config.json"))?)]
@@ -110,6 +134,42 @@ fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Re
             .map(|p| Ok((p.trim().to_string(), encore_models::presets::preset(p.trim())?)))
             .collect::<Result<_>>()?,
     };
+    let max_batch = batches.iter().copied().max().unwrap_or(1);
+    for (name, m) in &models {
+        if m.kv_cache_bytes(max_batch, a.ctx, dtype).is_none() {
+            bail!("--ctx: a KV cache of {max_batch} sequences x {} positions for {name} overflows 64 bits", a.ctx);
+        }
+    }
+    Ok(Checked { dtype, ordinal, modes, batches, models })
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let checked = check(&a)?;
+    if a.what.is_some() {
+        bench_launch(&a, checked)
+    } else {
+        bench_model(&a, checked)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_model(_: &BenchArgs, _: Checked) -> Result<()> {
+    bail!("bench: this encore was built without CUDA; rebuild with `--features cuda`")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_launch(a: &BenchArgs, c: Checked) -> Result<()> {
+    bench_model(a, c)
+}
+
+#[cfg(feature = "cuda")]
+fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
+    use encore_engine::bench::{run_bench, BenchConfig, BenchMode};
+    let Checked { dtype, ordinal, modes, batches, models } = c;
+    let modes: Vec<BenchMode> = modes
+        .iter()
+        .map(|m| m.parse::<BenchMode>().map_err(|e| anyhow::anyhow!("--modes: {e}")))
+        .collect::<Result<_>>()?;
     let mut reports = Vec::new();
     for (name, model) in models {
         let cfg = BenchConfig {
@@ -137,9 +197,14 @@ fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Re
 }
 
 #[cfg(feature = "cuda")]
-fn bench_launch(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
+fn bench_launch(a: &BenchArgs, c: Checked) -> Result<()> {
     use encore_cuda::{CudaDevice, LaunchBenchConfig, LaunchParamMode};
-    let modes: Vec<LaunchParamMode> = list("--modes", a.modes.as_deref().unwrap_or("upload,cached,inline"))?;
+    let (dtype, ordinal) = (c.dtype, c.ordinal);
+    let modes: Vec<LaunchParamMode> = c
+        .modes
+        .iter()
+        .map(|m| m.parse::<LaunchParamMode>().map_err(|e| anyhow::anyhow!("--modes: {e}")))
+        .collect::<Result<_>>()?;
     let dev = CudaDevice::new(ordinal).map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))?;
     let cfg = LaunchBenchConfig { ops: a.ops, reps: a.steps, dtype, modes, ..Default::default() };
     let r = encore_cuda::bench_launch(&dev, cfg)?;
