@@ -209,11 +209,21 @@ fn one_line(e: &minijinja::Error) -> String {
     msg.replace('\n', " ")
 }
 
+/// The widest `tojson(indent=...)` accepted (templates use 2 or 4).
+const MAX_TOJSON_INDENT: usize = 64;
+
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`,
 /// so `", "` / `": "` separators when not indented, and no HTML escaping.
 fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    // the template's number: `indent=1e18` must be an error, not an allocation of 1e18 spaces
+    if let Some(n) = indent.filter(|&n| n > MAX_TOJSON_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent={n} is over the limit of {MAX_TOJSON_INDENT}"),
+        ));
+    }
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();

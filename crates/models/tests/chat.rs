@@ -55,6 +55,18 @@ fn tojson_prints_like_python_json_dumps() {
 }
 
 #[test]
+fn tojson_with_a_huge_indent_is_an_error_not_an_allocation_abort() {
+    // found by the chat_template fuzz target: `indent=1e18` asked for 1e18 spaces
+    for n in ["1e18", "9223372036854775807", "18446744073709551615", "65"] {
+        let t = ChatTemplate::new(&format!("{{{{ messages | tojson(indent={n}) }}}}"), None, None).unwrap();
+        let e = t.render(&[Message::new("user", "x")], false).unwrap_err().to_string();
+        assert!(e.contains("tojson") || e.contains("indent"), "{n}: {e}");
+    }
+    let t = ChatTemplate::new("{{ [1] | tojson(indent=64) }}", None, None).unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), format!("[\n{}1\n]", " ".repeat(64)));
+}
+
+#[test]
 fn strftime_now_and_its_formats() {
     assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
     // 2023-11-14 22:13:20 UTC
