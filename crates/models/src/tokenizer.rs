@@ -49,6 +49,14 @@ impl Tokenizer {
         Ok(t)
     }
 
+    /// A `tokenizer.json` text with no `tokenizer_config.json` (no BOS/EOS strings, no
+    /// `add_bos_token`); `source` names it in errors.
+    pub fn from_json_str(json: &str, source: &Path) -> Result<Self> {
+        let inner =
+            parse_tokenizer_json(json).map_err(|msg| ModelError::Tokenizer { path: source.to_path_buf(), msg })?;
+        Ok(Tokenizer { inner, source: source.to_path_buf(), bos: None, eos: None, add_bos: false })
+    }
+
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys (`gpt2` BPE only).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let path = file.path().to_path_buf();

@@ -197,3 +197,14 @@ fn tokenizer_json_that_is_a_fifo_is_not_read() {
     let e = Tokenizer::from_file(&p).err().expect("refused").to_string();
     assert!(e.contains("tokenizer.json") && e.contains("not a regular file (a FIFO)"), "{e}");
 }
+
+#[test]
+fn from_json_str_reads_a_tokenizer_and_names_the_source_in_errors() {
+    let (tokens, types, merges) = vocab();
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let json = gpt2_tokenizer_json(&refs, &types, &merges, None).unwrap().to_string();
+    let t = Tokenizer::from_json_str(&json, std::path::Path::new("mem.json")).unwrap();
+    assert_eq!(t.encode("the", false).unwrap(), vec![id(&t, "t"), id(&t, "he")]);
+    let e = Tokenizer::from_json_str(&json[..json.len() / 2], std::path::Path::new("mem.json")).err().unwrap();
+    assert!(e.to_string().starts_with("mem.json: tokenizer: invalid JSON"), "{e}");
+}
