@@ -338,7 +338,11 @@ impl GgufFile {
                 .map(|a| a.len())
                 .ok_or_else(|| self.field_err(&key("vocab_size"), "missing, and no tokenizer.ggml.tokens"))?,
         };
-        let token = |k: &str| -> Result<Option<u32>> { Ok(self.opt_u64(k)?.map(|v| v as u32)) };
+        let token = |k: &str| -> Result<Option<u32>> {
+            self.opt_u64(k)?
+                .map(|v| u32::try_from(v).map_err(|_| self.field_err(k, format!("{v} is not a token id"))))
+                .transpose()
+        };
         let mut eos_token_ids: Vec<u32> = token("tokenizer.ggml.eos_token_id")?.into_iter().collect();
         if let Some(eot) = token("tokenizer.ggml.eot_token_id")? {
             if !eos_token_ids.contains(&eot) {

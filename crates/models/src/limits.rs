@@ -4,7 +4,9 @@
 //! available memory read from `/proc/meminfo`. Pure functions, so the engine can call them
 //! with device memory too. What it is not: an allocator or a memory tracker.
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use encore_tensor::DType;
 
 /// The most decoder layers a config may declare (published models have up to ~130); a
 /// number above it is a corrupt file, not a model.
@@ -65,6 +67,39 @@ pub fn human_bytes(bytes: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// The KV cache of `cfg` for `num_seqs` sequences of `max_ctx` positions stored as `dtype`
+/// fits in `available_bytes` (device memory, say): its byte count, or the one-line error
+/// "the KV cache for 1000 sequences x 4096 positions needs 93.8 GiB; 21.3 GiB are
+/// available: lower --max-ctx or the batch" (`TooLarge` when the count overflows).
+pub fn check_kv_cache_fits(
+    cfg: &ModelConfig,
+    num_seqs: usize,
+    max_ctx: usize,
+    dtype: DType,
+    available_bytes: u64,
+) -> Result<u64> {
+    let what = format!("the KV cache for {num_seqs} sequences x {max_ctx} positions");
+    let needed = cfg.kv_cache_bytes(num_seqs, max_ctx, dtype).ok_or_else(|| ModelError::TooLarge {
+        what: what.clone(),
+        msg: "the byte count overflows 64 bits: lower --max-ctx or the batch".to_string(),
+    })?;
+    check_fits(&what, needed, available_bytes, "lower --max-ctx or the batch")?;
+    Ok(needed)
+}
+
+/// The weights of `cfg` stored as `dtype` fit in `available_bytes`: their byte count, or
+/// "storing the weights (N parameters as bf16) needs ...; ... available: <hint>".
+pub fn check_weights_fit(cfg: &ModelConfig, dtype: DType, available_bytes: u64, hint: &str) -> Result<u64> {
+    let params = cfg.param_count().unwrap_or(u64::MAX);
+    let what = format!("storing the weights ({params} parameters as {dtype})");
+    let needed = cfg.weight_bytes(dtype).ok_or_else(|| ModelError::TooLarge {
+        what: what.clone(),
+        msg: "the byte count overflows 64 bits".to_string(),
+    })?;
+    check_fits(&what, needed, available_bytes, hint)?;
+    Ok(needed)
+}
+
 /// `dims.product() * elem_bytes` in u64, or `TooLarge` naming `what` when it overflows.
 pub fn bytes_of(what: &str, dims: &[usize], elem_bytes: usize) -> Result<u64> {
     dims.iter().try_fold(elem_bytes as u64, |acc, &d| acc.checked_mul(d as u64)).ok_or_else(|| ModelError::TooLarge {
@@ -113,6 +148,22 @@ mod tests {
         );
         assert!(check_fits("x", 10, 10, "h").is_ok());
         assert!(check_fits("x", 11, 10, "h").is_err());
+    }
+
+    #[test]
+    fn kv_cache_and_weights_checks_name_the_sizes_and_the_flag() {
+        let cfg = crate::presets::preset("llama-3.1-8b").unwrap();
+        let e = check_kv_cache_fits(&cfg, 1000, 4096, DType::BF16, 21 << 30).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the KV cache for 1000 sequences x 4096 positions needs 500.0 GiB; 21.0 GiB are available: lower --max-ctx or the batch"
+        );
+        assert_eq!(check_kv_cache_fits(&cfg, 1, 16, DType::BF16, u64::MAX).unwrap(), 2 * 32 * 16 * 8 * 128 * 2);
+        let e = check_kv_cache_fits(&cfg, usize::MAX, usize::MAX, DType::F32, u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("overflows") && e.contains("--max-ctx"), "{e}");
+        let e = check_weights_fit(&cfg, DType::BF16, 1 << 30, "use a smaller model").unwrap_err().to_string();
+        assert!(e.starts_with("storing the weights (") && e.contains("as bf16) needs 15.0 GiB"), "{e}");
+        assert!(e.ends_with("1.0 GiB are available: use a smaller model"), "{e}");
     }
 
     #[test]

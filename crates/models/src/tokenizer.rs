@@ -81,7 +81,7 @@ impl Tokenizer {
         let json = gpt2_tokenizer_json(&tokens, &types, &merges, file.str("tokenizer.ggml.pre"))
             .map_err(|m| bad(format!("tokenizer.ggml.merges: {m}")))?;
         let inner = parse_tokenizer_json(&json.to_string()).map_err(bad)?;
-        let id = |key: &str| file.get(key).and_then(GgufValue::as_u64).map(|v| v as u32);
+        let id = |key: &str| file.get(key).and_then(GgufValue::as_u64).and_then(|v| u32::try_from(v).ok());
         let with_text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|s| (i, s.to_string())));
         Ok(Tokenizer {
             inner,

@@ -403,3 +403,12 @@ fn gguf_from_bytes_parses_like_open() {
     let e = one_line(GgufFile::from_bytes(std::path::Path::new("mem.gguf"), b"GGUF".to_vec()).err().unwrap());
     assert!(e.contains("mem.gguf") && e.contains("truncated"), "{e}");
 }
+
+#[test]
+fn gguf_token_ids_past_u32_are_an_error_not_truncated() {
+    // 2^32 + 1 used to become token 1 (a valid EOS) silently
+    let b = tiny_llama_gguf().kv_raw("tokenizer.ggml.eos_token_id", ty::U64, &((1u64 << 32) + 1).to_le_bytes());
+    let (_d, p) = save(&b);
+    let e = one_line(GgufFile::open(&p).unwrap().model_config().unwrap_err());
+    assert!(e.contains("tokenizer.ggml.eos_token_id") && e.contains("not a token id"), "{e}");
+}
