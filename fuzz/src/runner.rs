@@ -6,7 +6,8 @@
 //! - before each execution the worker copies its input into a small shared file and bumps
 //!   the execution counter there, so when it dies (abort, signal) or stops making progress
 //!   (a hang), the supervisor knows which input did it, saves it, and starts a new worker;
-//! - panics are caught in the worker (`catch_unwind`), saved and counted there.
+//! - panics are caught in the worker (`catch_unwind`), saved and counted there;
+//! - a worker whose memory grows past half the cap exits and is replaced (not a failure).
 //!
 //! Inputs are seeds ([`crate::seeds`]) plus extra corpus files, mutated by
 //! [`crate::mutate::Mutator`]; a quarter of the time the last input is mutated further
@@ -171,7 +172,7 @@ pub fn supervise(cfg: &RunConfig, exe: &Path) -> std::io::Result<Report> {
     let deadline = t0 + Duration::from_secs_f64(cfg.seconds);
     let mut failures = Vec::new();
     let mut workers = 0;
-    while Instant::now() < deadline && workers < 50 {
+    while Instant::now() < deadline && failures.len() < 50 {
         workers += 1;
         let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
         let mut cmd = Command::new(exe);
@@ -225,6 +226,7 @@ pub fn supervise(cfg: &RunConfig, exe: &Path) -> std::io::Result<Report> {
         };
         match status {
             Some(s) if s.success() => break,
+            Some(s) if s.code() == Some(RECYCLE) => {} // grew past half the cap: a fresh one
             Some(s) => {
                 use std::os::unix::process::ExitStatusExt;
                 let kind = match (s.signal(), s.code()) {
@@ -263,6 +265,18 @@ pub fn supervise(cfg: &RunConfig, exe: &Path) -> std::io::Result<Report> {
         workers,
         failures,
     })
+}
+
+/// The exit code of a worker whose memory grew past half its cap (slow leaks in a
+/// dependency: tokenizers 0.23 keeps a per-thread BPE cache entry for every tokenizer ever
+/// used); the supervisor starts a fresh one, it is not a failure.
+const RECYCLE: i32 = 75;
+
+/// Resident set size of this process, bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// Panicking inputs a worker saves (it counts them all).
@@ -318,6 +332,10 @@ pub fn worker(cfg: &RunConfig, shared_path: &Path, failures_log: &Path) -> std::
     let mut n = 0u64;
     while n % 64 != 0 || Instant::now() < deadline {
         n += 1;
+        if n % 64 == 0 && rss_bytes().is_some_and(|r| r > cfg.mem_mb.saturating_mul(1 << 20) / 2) {
+            crate::targets::cleanup();
+            std::process::exit(RECYCLE);
+        }
         // mostly a seed, sometimes the last input again (a short walk away from the seeds:
         // deep walks end up as inputs every parser rejects at its first byte)
         let base = if current.is_empty() || !pick.chance(4) { &corpus[pick.below(corpus.len())] } else { &current };

@@ -36,6 +36,9 @@ pub const SELFTEST_TARGETS: &[Target] = &[
         let v = vec![1u8; (1usize << 40) + d.len()];
         assert!(v[0] == 1);
     }),
+    ("selftest_leak", |_| {
+        std::mem::forget(vec![1u8; 1 << 20]);
+    }),
     ("selftest_hang", |_| loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }),

@@ -39,3 +39,14 @@ fn panics_aborts_allocations_past_the_cap_and_hangs_are_failures() {
         assert!(out.contains(kind) && out.contains("(input: "), "{target}: {out}");
     }
 }
+
+#[test]
+fn a_worker_that_leaks_is_replaced_not_reported() {
+    // 1 MiB leaked per execution, a 512 MiB cap: the worker passes half the cap and is
+    // replaced, again and again, without a failure
+    let (code, out) = fuzz(&["--target", "selftest_leak", "--seconds", "3", "--mem-mb", "512"]);
+    assert_eq!(code, 0, "{out}");
+    let line = out.lines().find(|l| l.starts_with("fuzz selftest_leak:")).unwrap_or_else(|| panic!("{out}"));
+    let n: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(n > 512 && line.contains("0 failures"), "more executions than one worker could hold: {line}");
+}
