@@ -48,10 +48,11 @@ pub struct SafetensorsWeights {
 
 impl SafetensorsWeights {
     /// A directory with `model.safetensors.index.json` (sharded) or `model.safetensors`.
+    /// (A FIFO or device under either name is opened, so that it is reported as one.)
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        if dir.join(INDEX_FILE).is_file() {
+        if dir.join(INDEX_FILE).exists() {
             Self::open_index(&dir.join(INDEX_FILE))
-        } else if dir.join(SINGLE_FILE).is_file() {
+        } else if dir.join(SINGLE_FILE).exists() {
             Self::open_file(&dir.join(SINGLE_FILE))
         } else {
             let msg = format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory");

@@ -110,6 +110,12 @@ fn a_fifo_as_model_is_not_a_regular_file_or_directory() {
     }
     let e = open_model(&p).err().expect("refused").to_string();
     assert!(e.contains("model.gguf") && e.contains("not a regular file or directory (a FIFO)"), "{e}");
+    // a FIFO inside a model folder is named too (and never opened for reading)
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(golden_dir().join("tiny-llama3/config.json"), folder.path().join("config.json")).unwrap();
+    std::process::Command::new("mkfifo").arg(folder.path().join("model.safetensors")).status().unwrap();
+    let e = open_model(folder.path()).err().expect("refused").to_string();
+    assert!(e.contains("model.safetensors") && e.contains("not a regular file (a FIFO)"), "{e}");
     let e = open_model(std::path::Path::new("/dev/null")).err().expect("refused").to_string();
     assert!(e.contains("/dev/null") && e.contains("a character device"), "{e}");
 }
