@@ -155,8 +155,9 @@ pub fn safetensors_index(data: &[u8]) {
 
 /// `config.json`, then the size checks and RoPE tables built from it.
 pub fn config_json(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(cfg) = ModelConfig::parse(text, "fuzz.json") else { return };
+    // lossy: a flipped bit must not stop the input at a UTF-8 check before the parser
+    let text = String::from_utf8_lossy(data);
+    let Ok(cfg) = ModelConfig::parse(&text, "fuzz.json") else { return };
     let _ = cfg.param_count();
     let _ = cfg.weight_bytes(DType::BF16);
     let _ = cfg.kv_cache_bytes(1000, 4096, DType::BF16);
@@ -169,8 +170,8 @@ pub fn config_json(data: &[u8]) {
 
 /// `tokenizer.json`, then encoding, decoding and streaming.
 pub fn tokenizer_json(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(t) = Tokenizer::from_json_str(text, Path::new("fuzz-tokenizer.json")) else { return };
+    let text = String::from_utf8_lossy(data);
+    let Ok(t) = Tokenizer::from_json_str(&text, Path::new("fuzz-tokenizer.json")) else { return };
     exercise_tokenizer(&t);
 }
 
