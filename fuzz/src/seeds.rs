@@ -196,6 +196,7 @@ mod tests {
                 f(seed);
             }
         }
+        crate::targets::cleanup();
     }
 
     #[test]
