@@ -1,6 +1,6 @@
 //! `encore bench`: the decode-step benchmark (random-weight presets created on the GPU, or
 //! a model folder's config) and `encore bench launch` (the launch-metadata micro-benchmark).
-//! CUDA only: a build without the `cuda` feature says so.
+//! CUDA only: a build without the `cuda` feature says so, after the flags were checked.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -11,8 +11,9 @@ pub struct BenchArgs {
     what: Option<String>,
     /// Model shape(s), comma-separated: smollm2-135m, qwen2.5-0.5b, llama-3.2-1b,
     /// qwen2.5-1.5b, qwen2.5-7b, llama-3.1-8b (random weights created on the GPU).
-    #[arg(long, default_value = "llama-3.2-1b")]
-    preset: String,
+    /// (Default llama-3.2-1b; CUDA only: the CPU bench runs a real model file.)
+    #[arg(long)]
+    preset: Option<String>,
     /// A model folder: its config.json shape is benchmarked (weights random).
     #[arg(long)]
     model: Option<std::path::PathBuf>,
@@ -56,11 +57,6 @@ pub struct BenchArgs {
     json: Option<std::path::PathBuf>,
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn list<T: std::str::FromStr<Err = String>>(flag: &str, s: &str) -> Result<Vec<T>> {
-    s.split(',').map(|x| x.trim().parse::<T>().map_err(|e| anyhow::anyhow!("{flag}: {e}"))).collect()
-}
-
 fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|x| match x.trim().parse::<usize>() {
@@ -70,26 +66,113 @@ fn usizes(flag: &str, s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
-    let dtype = |default: encore_tensor::DType| -> Result<encore_tensor::DType> {
-        let Some(s) = &a.dtype else { return Ok(default) };
-        match s.parse::<encore_tensor::DType>() {
-            Ok(d) if d.is_float() => Ok(d),
-            _ => bail!("--dtype: unknown dtype `{s}` (expected f32, bf16 or f16)"),
-        }
-    };
-    let cpu_dtype = dtype(encore_tensor::DType::F32)?;
-    let dtype = dtype(encore_tensor::DType::BF16)?;
+/// `--dtype`, or `default` when not given.
+fn dtype_or(a: &BenchArgs, default: encore_tensor::DType) -> Result<encore_tensor::DType> {
+    let Some(s) = &a.dtype else { return Ok(default) };
+    match s.parse::<encore_tensor::DType>() {
+        Ok(d) if d.is_float() => Ok(d),
+        _ => bail!("--dtype: unknown dtype `{s}` (expected f32, bf16 or f16)"),
+    }
+}
+
+/// The flags, validated before anything needs CUDA: a build without it names the wrong flag
+/// first, and only then says that CUDA is missing.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Checked {
+    dtype: encore_tensor::DType,
+    ordinal: usize,
+    /// `--modes` (or the default list), each a valid mode of the benchmark chosen.
+    modes: Vec<String>,
+    batches: Vec<usize>,
+    /// (name, shape) of each preset, or of `--model`'s config.json.
+    models: Vec<(String, encore_models::config::ModelConfig)>,
+}
+
+/// `eager` or `graph-<launch mode>` (encore_engine::bench::BenchMode, which needs CUDA).
+fn check_model_mode(m: &str) -> Result<()> {
+    match m.strip_prefix("graph-") {
+        _ if m == "eager" => Ok(()),
+        Some(p) if p.parse::<encore_cuda::LaunchParamMode>().is_ok() => Ok(()),
+        _ => bail!("--modes: unknown mode `{m}` (expected eager, graph-upload, graph-cached or graph-inline)"),
+    }
+}
+
+fn check(a: &BenchArgs) -> Result<Checked> {
+    let dtype = dtype_or(a, encore_tensor::DType::BF16)?;
     let ordinal = match a.device.parse::<encore_engine::Device>() {
         Ok(encore_engine::Device::Cuda(n)) => n,
-        Ok(encore_engine::Device::Cpu) if a.what.is_none() => return bench_cpu(&a, cpu_dtype),
         Ok(encore_engine::Device::Cpu) => bail!("--device: `bench launch` measures CUDA launches; use cuda or cuda:N"),
         Err(e) => bail!("--device: {e}"),
     };
-    match a.what.as_deref() {
-        None => bench_model(&a, dtype, ordinal),
-        Some("launch") => bench_launch(&a, dtype, ordinal),
+    let launch = match a.what.as_deref() {
+        None => false,
+        Some("launch") => true,
         Some(x) => bail!("bench: unknown benchmark `{x}` (expected nothing or `launch`)"),
+    };
+    if a.steps == 0 {
+        bail!("--steps: must be at least 1");
+    }
+    let default_modes = if launch { "upload,cached,inline" } else { "eager,graph-upload,graph-cached,graph-inline" };
+    let modes: Vec<String> =
+        a.modes.as_deref().unwrap_or(default_modes).split(',').map(|m| m.trim().to_string()).collect();
+    for m in &modes {
+        if launch {
+            m.parse::<encore_cuda::LaunchParamMode>().map_err(|e| anyhow::anyhow!("--modes: {e}"))?;
+        } else {
+            check_model_mode(m)?;
+        }
+    }
+    if launch {
+        if a.ops == 0 {
+            bail!("--ops: must be at least 1");
+        }
+        return Ok(Checked { dtype, ordinal, modes, batches: Vec::new(), models: Vec::new() });
+    }
+    let batches = usizes("--batch", &a.batch)?;
+    if a.ctx == 0 {
+        bail!("--ctx: must be at least 1");
+    }
+    if a.pos >= a.ctx {
+        bail!("--pos: {} is not below --ctx {}", a.pos, a.ctx);
+    }
+    if a.prefill == 0 || a.prefill_depth + a.prefill > a.ctx {
+        bail!(
+            "--prefill: {} tokens at --prefill-depth {} must be at least 1 and fit in --ctx {}",
+            a.prefill,
+            a.prefill_depth,
+            a.ctx
+        );
+    }
+    let models: Vec<(String, encore_models::config::ModelConfig)> = match &a.model {
+        Some(dir) => {
+            vec![(dir.display().to_string(), encore_models::config::ModelConfig::from_file(&dir.join("config.json"))?)]
+        }
+        None => a
+            .preset
+            .as_deref()
+            .unwrap_or("llama-3.2-1b")
+            .split(',')
+            .map(|p| Ok((p.trim().to_string(), encore_models::presets::preset(p.trim())?)))
+            .collect::<Result<_>>()?,
+    };
+    let max_batch = batches.iter().copied().max().unwrap_or(1);
+    for (name, m) in &models {
+        if m.kv_cache_bytes(max_batch, a.ctx, dtype).is_none() {
+            bail!("--ctx: a KV cache of {max_batch} sequences x {} positions for {name} overflows 64 bits", a.ctx);
+        }
+    }
+    Ok(Checked { dtype, ordinal, modes, batches, models })
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.what.is_none() && a.device == "cpu" {
+        return bench_cpu(&a, dtype_or(&a, encore_tensor::DType::F32)?);
+    }
+    let checked = check(&a)?;
+    if a.what.is_some() {
+        bench_launch(&a, checked)
+    } else {
+        bench_model(&a, checked)
     }
 }
 
@@ -97,6 +180,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// eager decode tok/s.
 fn bench_cpu(a: &BenchArgs, dtype: encore_tensor::DType) -> Result<()> {
     use encore_engine::bench_cpu::{run_cpu_bench, CpuBenchConfig};
+    if a.preset.is_some() {
+        bail!("--preset: presets are random-weight CUDA shapes; on --device cpu give a model file with --model");
+    }
+    if a.capture_all || a.modes.is_some() {
+        bail!("--device cpu runs eagerly: --modes and --capture-all are CUDA flags");
+    }
     let path = match &a.model {
         Some(m) => encore_models::hub::resolve_model(&m.display().to_string())?,
         None => encore_models::hub::default_model_path()?,
@@ -120,31 +209,23 @@ fn bench_cpu(a: &BenchArgs, dtype: encore_tensor::DType) -> Result<()> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn bench_model(_: &BenchArgs, _: encore_tensor::DType, _: usize) -> Result<()> {
+fn bench_model(_: &BenchArgs, _: Checked) -> Result<()> {
     bail!("bench: this encore was built without CUDA; rebuild with `--features cuda`")
 }
 
 #[cfg(not(feature = "cuda"))]
-fn bench_launch(a: &BenchArgs, d: encore_tensor::DType, o: usize) -> Result<()> {
-    bench_model(a, d, o)
+fn bench_launch(a: &BenchArgs, c: Checked) -> Result<()> {
+    bench_model(a, c)
 }
 
 #[cfg(feature = "cuda")]
-fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
+fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
     use encore_engine::bench::{run_bench, BenchConfig, BenchMode};
-    let modes: Vec<BenchMode> =
-        list("--modes", a.modes.as_deref().unwrap_or("eager,graph-upload,graph-cached,graph-inline"))?;
-    let batches = usizes("--batch", &a.batch)?;
-    let models: Vec<(String, encore_models::config::ModelConfig)> = match &a.model {
-        Some(dir) => {
-            vec![(dir.display().to_string(), encore_models::config::ModelConfig::from_file(&dir.join("config.json"))?)]
-        }
-        None => a
-            .preset
-            .split(',')
-            .map(|p| Ok((p.trim().to_string(), encore_models::presets::preset(p.trim())?)))
-            .collect::<Result<_>>()?,
-    };
+    let Checked { dtype, ordinal, modes, batches, models } = c;
+    let modes: Vec<BenchMode> = modes
+        .iter()
+        .map(|m| m.parse::<BenchMode>().map_err(|e| anyhow::anyhow!("--modes: {e}")))
+        .collect::<Result<_>>()?;
     let mut reports = Vec::new();
     for (name, model) in models {
         let cfg = BenchConfig {
@@ -173,9 +254,14 @@ fn bench_model(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Re
 }
 
 #[cfg(feature = "cuda")]
-fn bench_launch(a: &BenchArgs, dtype: encore_tensor::DType, ordinal: usize) -> Result<()> {
+fn bench_launch(a: &BenchArgs, c: Checked) -> Result<()> {
     use encore_cuda::{CudaDevice, LaunchBenchConfig, LaunchParamMode};
-    let modes: Vec<LaunchParamMode> = list("--modes", a.modes.as_deref().unwrap_or("upload,cached,inline"))?;
+    let (dtype, ordinal) = (c.dtype, c.ordinal);
+    let modes: Vec<LaunchParamMode> = c
+        .modes
+        .iter()
+        .map(|m| m.parse::<LaunchParamMode>().map_err(|e| anyhow::anyhow!("--modes: {e}")))
+        .collect::<Result<_>>()?;
     let dev = CudaDevice::new(ordinal).map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))?;
     let cfg = LaunchBenchConfig { ops: a.ops, reps: a.steps, dtype, modes, ..Default::default() };
     let r = encore_cuda::bench_launch(&dev, cfg)?;

@@ -5,9 +5,9 @@
 //! as one line and exit non-zero.
 
 mod bench;
+mod bench_serve;
 mod chat;
 mod engine_args;
-mod bench_serve;
 mod generate;
 mod serve;
 

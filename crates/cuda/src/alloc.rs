@@ -6,6 +6,11 @@
 //! - A block released while the stream is capturing may be referenced by the graph being
 //!   captured, so it does not go back to the free lists: the capture collects it and the
 //!   graph hands it back when the graph (and every exec made from it) is dropped.
+//! - A block handed out while a capture is open may be addressed by that graph's kernels
+//!   too: when it is released after the capture ended it goes to that graph, not to the
+//!   free lists, and comes back with the graph's other blocks.
+//! - One capture at a time: `begin_capture` refuses a second one (atomically, under the
+//!   pool's lock), so a losing thread never ends or steals the winner's capture.
 //! - Reuse is stream-ordered: the device has one stream, so a block released after queuing
 //!   work and handed out again is only touched by work queued later on the same stream.
 //!   Returning blocks to the driver (`trim`) needs the stream idle: the caller syncs first.
@@ -67,11 +72,27 @@ pub struct PoolStats {
     pub graph_held_bytes: usize,
 }
 
+/// Which capture (and so which graph) a block belongs to.
+pub type CaptureId = u64;
+
+/// The open capture: blocks released during it, and blocks handed out during it that are
+/// still in use (the graph may address both).
+struct OpenCapture {
+    id: CaptureId,
+    retired: Vec<Block>,
+    handed_out: Vec<u64>,
+}
+
 #[derive(Default)]
 struct State {
     free: HashMap<usize, Vec<u64>>,
-    /// `Some` while a capture is open: blocks released during it.
-    capture_retired: Option<Vec<Block>>,
+    /// `Some` while a capture is open.
+    capture: Option<OpenCapture>,
+    next_capture: CaptureId,
+    /// Blocks handed out during a finished capture and not yet released: ptr -> capture.
+    graph_owned: HashMap<u64, CaptureId>,
+    /// Blocks of `graph_owned` released after their capture ended, until the graph drops.
+    released_late: HashMap<CaptureId, Vec<Block>>,
     stats: PoolStats,
 }
 
@@ -104,6 +125,9 @@ impl<R: RawAlloc> Pool<R> {
                 s.stats.reuses += 1;
                 s.stats.cached_bytes -= class;
                 s.stats.in_use_bytes += class;
+                if let Some(c) = s.capture.as_mut() {
+                    c.handed_out.push(ptr);
+                }
                 return Ok(Block { ptr, class });
             }
         }
@@ -128,12 +152,17 @@ impl<R: RawAlloc> Pool<R> {
         Ok(Block { ptr, class })
     }
 
-    /// Give a block back: to the free lists, or to the open capture's graph.
+    /// Give a block back: to the free lists, or to the graph that may address it (the open
+    /// capture's, or the finished capture's that handed it out).
     pub fn release(&self, b: Block) {
         let mut s = self.lock();
         s.stats.in_use_bytes -= b.class;
-        if let Some(held) = s.capture_retired.as_mut() {
-            held.push(b);
+        if let Some(c) = s.capture.as_mut() {
+            c.handed_out.retain(|&p| p != b.ptr);
+            c.retired.push(b);
+            s.stats.graph_held_bytes += b.class;
+        } else if let Some(id) = s.graph_owned.remove(&b.ptr) {
+            s.released_late.entry(id).or_default().push(b);
             s.stats.graph_held_bytes += b.class;
         } else {
             s.free.entry(b.class).or_default().push(b.ptr);
@@ -141,24 +170,60 @@ impl<R: RawAlloc> Pool<R> {
         }
     }
 
-    /// Start collecting released blocks for the graph being captured.
-    pub fn begin_capture(&self) {
-        self.lock().capture_retired = Some(Vec::new());
-    }
-
-    /// Stop collecting; the blocks released during the capture (the graph keeps them).
-    pub fn end_capture(&self) -> Vec<Block> {
-        self.lock().capture_retired.take().unwrap_or_default()
-    }
-
-    /// Blocks a dropped graph held go back to the free lists.
-    pub fn return_graph_blocks(&self, blocks: Vec<Block>) {
+    /// Start collecting the blocks the graph being captured may address. Refused while
+    /// another capture is open (one stream, one capture).
+    pub fn begin_capture(&self) -> Result<CaptureId, CudaError> {
         let mut s = self.lock();
-        for b in blocks {
+        if s.capture.is_some() {
+            return Err(CudaError::capture("a second capture while one is open"));
+        }
+        s.next_capture += 1;
+        let id = s.next_capture;
+        s.capture = Some(OpenCapture { id, retired: Vec::new(), handed_out: Vec::new() });
+        Ok(id)
+    }
+
+    /// Stop collecting: the blocks released during capture `id` (the graph keeps them);
+    /// blocks it handed out that are still in use will go to the graph when released.
+    /// Ending a capture that is not the open one does nothing.
+    pub fn end_capture(&self, id: CaptureId) -> Vec<Block> {
+        let mut s = self.lock();
+        match s.capture.take() {
+            Some(c) if c.id == id => {
+                for p in c.handed_out {
+                    s.graph_owned.insert(p, id);
+                }
+                c.retired
+            }
+            other => {
+                s.capture = other;
+                Vec::new()
+            }
+        }
+    }
+
+    /// The graph of capture `id` was dropped (and the stream passed its replays): its blocks
+    /// go back to the free lists, and blocks it handed out that are still in use will go
+    /// there when released.
+    pub fn return_graph_blocks(&self, id: CaptureId, blocks: Vec<Block>) {
+        let mut s = self.lock();
+        let late = s.released_late.remove(&id).unwrap_or_default();
+        for b in blocks.into_iter().chain(late) {
             s.stats.graph_held_bytes -= b.class;
             s.stats.cached_bytes += b.class;
             s.free.entry(b.class).or_default().push(b.ptr);
         }
+        s.graph_owned.retain(|_, owner| *owner != id);
+    }
+
+    /// Every graph is gone (the device is being dropped, its stream idle): what they held
+    /// goes to the free lists, to be trimmed.
+    pub fn forget_graphs(&self) {
+        let ids: Vec<CaptureId> = self.lock().released_late.keys().copied().collect();
+        for id in ids {
+            self.return_graph_blocks(id, Vec::new());
+        }
+        self.lock().graph_owned.clear();
     }
 
     /// Return every cached block to the driver; the caller guarantees the stream is idle and
@@ -295,19 +360,88 @@ mod tests {
         let p = pool(1 << 30);
         let a = p.alloc(4096, false, idle).unwrap();
         p.release(a);
-        p.begin_capture();
+        let id = p.begin_capture().unwrap();
         assert_eq!(p.alloc(4096, true, idle).unwrap(), a);
         let err = p.alloc(8192, true, idle).unwrap_err();
         assert!(matches!(&err, CudaError::CaptureViolation { op } if op == "allocation"), "{err}");
         assert_eq!(p.stats().driver_allocs, 1, "no driver call while capturing");
         p.release(a);
-        let held = p.end_capture();
+        let held = p.end_capture(id);
         assert_eq!(held, vec![a], "a block released during capture stays with the graph");
         assert_ne!(p.alloc(4096, false, idle).unwrap(), a, "and is not handed out again meanwhile");
         assert_eq!(p.stats().graph_held_bytes, 4096);
-        p.return_graph_blocks(held);
+        p.return_graph_blocks(id, held);
         assert_eq!(p.alloc(4096, false, idle).unwrap(), a);
         assert_eq!(p.stats().graph_held_bytes, 0);
+    }
+
+    #[test]
+    fn a_block_handed_out_during_capture_and_released_after_stays_with_the_graph() {
+        let p = pool(1 << 30);
+        let a = p.alloc(4096, false, idle).unwrap();
+        p.release(a);
+        let id = p.begin_capture().unwrap();
+        let b = p.alloc(4096, true, idle).unwrap(); // the graph's kernels write into b
+        assert_eq!(b, a);
+        assert!(p.end_capture(id).is_empty(), "b is still in use when the capture ends");
+        p.release(b); // the caller drops its buffer; the graph still addresses b
+        assert_eq!(p.stats().graph_held_bytes, 4096);
+        let c = p.alloc(4096, false, idle).unwrap();
+        assert_ne!(c, b, "b must not be handed out while the graph may replay");
+        p.release(c);
+        p.return_graph_blocks(id, Vec::new()); // the graph (and its execs) dropped
+        assert_eq!(p.stats().graph_held_bytes, 0);
+        let mut again = vec![p.alloc(4096, false, idle).unwrap(), p.alloc(4096, false, idle).unwrap()];
+        again.sort_by_key(|x| x.ptr);
+        assert!(again.contains(&b), "b is back on the free lists: {again:?}");
+        again.into_iter().for_each(|x| p.release(x));
+        // a block still in use when its graph drops goes to the free lists when released
+        let id = p.begin_capture().unwrap();
+        let d = p.alloc(4096, true, idle).unwrap();
+        p.end_capture(id);
+        p.return_graph_blocks(id, Vec::new());
+        p.release(d);
+        assert_eq!(p.stats().graph_held_bytes, 0);
+        assert_eq!(p.alloc(4096, false, idle).unwrap(), d);
+    }
+
+    #[test]
+    fn forget_graphs_returns_every_late_released_block_for_the_final_trim() {
+        let p = pool(1 << 30);
+        let a = p.alloc(4096, false, idle).unwrap();
+        p.release(a);
+        let id = p.begin_capture().unwrap();
+        let b = p.alloc(4096, true, idle).unwrap();
+        p.end_capture(id);
+        p.release(b); // held for the graph, whose keep the dying device frees directly
+        assert_eq!(p.stats().graph_held_bytes, 4096);
+        p.forget_graphs();
+        assert_eq!(p.stats().graph_held_bytes, 0);
+        assert_eq!(p.trim().unwrap(), 4096, "the block is freed, not leaked");
+    }
+
+    #[test]
+    fn only_one_capture_can_be_open_and_a_loser_leaves_the_winner_alone() {
+        let p = std::sync::Arc::new(pool(1 << 30));
+        let a = p.alloc(4096, false, idle).unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (p, barrier) = (p.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    p.begin_capture().ok()
+                })
+            })
+            .collect();
+        let won: Vec<CaptureId> = handles.into_iter().filter_map(|h| h.join().unwrap()).collect();
+        assert_eq!(won.len(), 1, "exactly one thread opens the capture");
+        let err = p.begin_capture().unwrap_err();
+        assert!(err.is_capture_violation(), "{err}");
+        assert!(p.end_capture(won[0] + 100).is_empty(), "ending another capture does nothing");
+        p.release(a); // still collected by the winner's open capture
+        assert_eq!(p.end_capture(won[0]), vec![a]);
+        assert!(p.begin_capture().is_ok(), "a new capture after the winner ended");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! synchronisation, and no allocation or copy while the stream is capturing (those return
 //! `CaptureViolation`). Use one device from one thread at a time: it is `Send + Sync` so it
 //! can move between threads, but a capture records whatever any thread queues on the stream.
+//! Starting a capture claims the device atomically (`try_begin_capturing`, a
+//! compare-exchange): of two threads that start one at once, the second gets
+//! `CaptureViolation` and touches nothing of the first's.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -121,7 +124,9 @@ impl CudaDevice {
             sys::cuStreamCreate(&mut raw.stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
         })?;
         raw.module = load_module_image(crate::kernels::FATBIN)?;
-        let kernels = Kernels::load(raw.module)?;
+        // SAFETY: `raw.module` was just loaded from our fatbin, and `raw` (which unloads it)
+        // is the last field of `Inner` to drop, after the `kernels` table.
+        let kernels = unsafe { Kernels::load(raw.module)? };
         let staging = Staging::new(cfg.staging_bytes.max(4096))?;
         let arena = RawDeviceMem::alloc(cfg.param_cache_bytes.max(256))?;
         let blas = Blas::new(raw.stream, cfg.blas_workspace_bytes)?;
@@ -199,8 +204,15 @@ impl CudaDevice {
         self.0.capturing.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_capturing(&self, on: bool) {
-        self.0.capturing.store(on, Ordering::Release);
+    /// Claims the capturing flag: `true` for the one caller that switched it from off to on
+    /// (it must `end_capturing` later), `false` when a capture is already running.
+    pub(crate) fn try_begin_capturing(&self) -> bool {
+        self.0.capturing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Releases the flag claimed by `try_begin_capturing`.
+    pub(crate) fn end_capturing(&self) {
+        self.0.capturing.store(false, Ordering::Release);
     }
 
     fn refuse_while_capturing(&self, op: &str) -> Result<(), CudaError> {
@@ -949,6 +961,7 @@ impl Drop for Inner {
         // item, cached block and staging buffer unused before they are freed below.
         let _ = unsafe { sys::cuStreamSynchronize(self.raw.stream) };
         drop(lock(&self.retired).collect_all());
+        self.pool.forget_graphs();
         let _ = self.pool.trim();
     }
 }

@@ -138,7 +138,13 @@ pub struct Kernels {
 
 impl Kernels {
     /// Resolve every entry point of `module` (the module loaded from [`FATBIN`]).
-    pub fn load(module: sys::CUmodule) -> Result<Self, CudaError> {
+    ///
+    /// # Safety
+    /// `module` is a module loaded in the current context (from [`FATBIN`], or an image with
+    /// the same entry points), and it stays loaded for as long as the returned table or any
+    /// `Kernel` of it is used: a `CUfunction` of an unloaded module is a dangling handle
+    /// that a launch would pass to the driver.
+    pub unsafe fn load(module: sys::CUmodule) -> Result<Self, CudaError> {
         let one = |name: &'static str| get(module, name);
         let three = |names: [&'static str; 3]| -> Result<[Kernel; 3], CudaError> {
             let [a, b, c] = names;
@@ -247,20 +253,47 @@ mod tests {
         }
     }
 
-    /// Every entry point defined in kernels/*.cu (an instantiation line `OP(name, ...)` or an
-    /// `extern "C" __global__ void name(` definition), read from the sources.
+    /// Every `kernels/*.cu`, embedded when the test is compiled: the packed GPU suite runs
+    /// this test on a host that has the executable but not the sources.
+    const SOURCES: &[(&str, &str)] = &[
+        ("argmax.cu", include_str!("../kernels/argmax.cu")),
+        ("attention.cu", include_str!("../kernels/attention.cu")),
+        ("binary.cu", include_str!("../kernels/binary.cu")),
+        ("copy.cu", include_str!("../kernels/copy.cu")),
+        ("embedding.cu", include_str!("../kernels/embedding.cu")),
+        ("fill.cu", include_str!("../kernels/fill.cu")),
+        ("gemv.cu", include_str!("../kernels/gemv.cu")),
+        ("kv_write.cu", include_str!("../kernels/kv_write.cu")),
+        ("rms_norm.cu", include_str!("../kernels/rms_norm.cu")),
+        ("rope.cu", include_str!("../kernels/rope.cu")),
+        ("sample.cu", include_str!("../kernels/sample.cu")),
+        ("silu_mul.cu", include_str!("../kernels/silu_mul.cu")),
+        ("softmax.cu", include_str!("../kernels/softmax.cu")),
+        ("unary.cu", include_str!("../kernels/unary.cu")),
+    ];
+
+    /// The `.cu` files build.rs compiled into the fatbin (its generated translation unit
+    /// `#include`s each one), embedded at compile time too.
+    const COMPILED_UNIT: &str = include_str!(concat!(env!("OUT_DIR"), "/encore_kernels_all.cu"));
+
+    #[test]
+    fn the_embedded_sources_are_exactly_the_files_build_rs_compiled() {
+        let mut compiled: Vec<&str> = COMPILED_UNIT
+            .lines()
+            .filter_map(|l| l.strip_prefix("#include \""))
+            .map(|p| p.trim_end_matches('"').rsplit(['/', '\\']).next().unwrap_or(p))
+            .collect();
+        compiled.sort_unstable();
+        let embedded: Vec<&str> = SOURCES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(embedded, compiled, "a .cu file was added or removed: update SOURCES in this test");
+    }
+
+    /// Every entry point defined in the kernel sources (an instantiation line `OP(name, ...)`
+    /// or an `extern "C" __global__ void name(` definition).
     fn entries_in_sources() -> Vec<String> {
-        let dir = match std::env::var_os("ENCORE_REPO_ROOT") {
-            Some(root) => std::path::PathBuf::from(root).join("crates/cuda/kernels"),
-            None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels"),
-        };
         let mut names = Vec::new();
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let path = e.unwrap().path();
-            if path.extension().is_none_or(|x| x != "cu") {
-                continue;
-            }
-            for line in std::fs::read_to_string(&path).unwrap().lines() {
+        for (_, text) in SOURCES {
+            for line in text.lines() {
                 let line = line.trim();
                 let is_inst =
                     line.starts_with(|c: char| c.is_ascii_uppercase()) && line.ends_with(')') && !line.starts_with("#");

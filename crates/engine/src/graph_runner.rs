@@ -114,7 +114,7 @@ impl GraphDecoder {
             Ok(())
         })
         .map_err(encore_tensor::Error::from)?;
-        let audit = graph.audit();
+        let audit = graph.try_audit().map_err(encore_tensor::Error::from)?; // unaudited: no replay
         let exec = graph.instantiate().map_err(encore_tensor::Error::from)?;
         Ok(BucketGraph { bucket, exec, audit, _graph: graph })
     }

@@ -5,6 +5,7 @@
 //! `strftime_now`, and a `tojson` that prints like Python's `json.dumps`.
 
 use crate::error::{ModelError, Result};
+use crate::weights::read_text;
 use minijinja::value::{Kwargs, Value as JValue};
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
@@ -23,40 +24,99 @@ impl Message {
     }
 }
 
+/// What one render may cost. A template is code from the model files: without a bound a
+/// loop can run for hours or print gigabytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateLimits {
+    /// minijinja instructions per render (`Environment::set_fuel`).
+    pub fuel: u64,
+    /// Output bytes per render, on top of the bytes of the messages themselves (a template
+    /// prints each message once; a long prompt must not hit the limit).
+    pub max_output_bytes: usize,
+}
+
+impl Default for TemplateLimits {
+    /// 20M instructions (a fraction of a second; real templates use a few thousand per
+    /// message) and 1 MiB of output beyond the messages.
+    fn default() -> Self {
+        TemplateLimits { fuel: 20_000_000, max_output_bytes: 1 << 20 }
+    }
+}
+
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The compile error of a template accepted by [`ChatTemplate::lenient`]: reported by
+    /// `render`, so a broken template only breaks `--chat`.
+    broken: Option<String>,
+    /// Where the template came from ("m.gguf: tokenizer.chat_template"), for messages.
+    origin: String,
     bos_token: String,
     eos_token: String,
+    limits: TemplateLimits,
 }
 
 impl ChatTemplate {
-    /// `bos_token` / `eos_token` are the strings the template sees (empty when the model has none).
+    /// `bos_token` / `eos_token` are the strings the template sees (empty when the model has
+    /// none). A template that does not compile is an error here.
     pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
+        let t = Self::lenient(source, bos_token, eos_token, "");
+        t.check()?;
+        Ok(t)
+    }
+
+    /// Like [`ChatTemplate::new`], but a template that does not compile is accepted and the
+    /// error (prefixed by `origin`) comes from [`ChatTemplate::render`] and
+    /// [`ChatTemplate::check`]: loading a model must not fail because of its template.
+    pub fn lenient(source: &str, bos_token: Option<&str>, eos_token: Option<&str>, origin: &str) -> Self {
+        let limits = TemplateLimits::default();
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(fuel_level(limits.fuel)));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<JValue, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| strftime(&fmt, unix_now()));
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| ModelError::ChatTemplate { msg: one_line(&e) })?;
-        Ok(ChatTemplate {
+        let broken = env.add_template_owned("chat", source.to_string()).err().map(|e| one_line(&e));
+        ChatTemplate {
             env,
+            broken,
+            origin: origin.to_string(),
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
-        })
+            limits,
+        }
+    }
+
+    /// Replaces the default [`TemplateLimits`].
+    pub fn with_limits(mut self, limits: TemplateLimits) -> Self {
+        self.env.set_fuel(Some(fuel_level(limits.fuel)));
+        self.limits = limits;
+        self
+    }
+
+    /// `Err` when the template does not compile.
+    pub fn check(&self) -> Result<()> {
+        match &self.broken {
+            Some(msg) => Err(self.error(msg)),
+            None => Ok(()),
+        }
+    }
+
+    fn error(&self, msg: &str) -> ModelError {
+        let msg = if self.origin.is_empty() { msg.to_string() } else { format!("{}: {msg}", self.origin) };
+        ModelError::ChatTemplate { msg }
     }
 
     /// The template of a `tokenizer_config.json` (`chat_template` as a string, or a list of
     /// `{name, template}` of which `default` is taken), else of a `chat_template.jinja` beside
-    /// it; `None` if neither has one.
+    /// it; `None` if neither has one. A template that does not compile is accepted (see
+    /// [`ChatTemplate::lenient`]); a file that is not JSON is an error.
     pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_path_buf(), source: e })?;
+        let text = read_text(path)?;
+        let config: Value = serde_json::from_str(&text).map_err(|e| ModelError::json(path, e))?;
         let token = |k: &str| match config.get(k) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Object(m)) => m.get("content").and_then(Value::as_str).map(str::to_string),
@@ -71,27 +131,70 @@ impl ChatTemplate {
             _ => None,
         };
         let jinja = path.with_file_name("chat_template.jinja");
-        let source = match source {
-            Some(s) => s,
-            None if jinja.is_file() => std::fs::read_to_string(&jinja).map_err(|e| ModelError::io(&jinja, e))?,
+        let (source, origin) = match source {
+            Some(s) => (s, format!("{}: chat_template", path.display())),
+            None if jinja.is_file() => (read_text(&jinja)?, jinja.display().to_string()),
             None => return Ok(None),
         };
-        let in_file = |e: ModelError| match e {
-            ModelError::ChatTemplate { msg } => ModelError::ChatTemplate { msg: format!("{}: {msg}", path.display()) },
-            e => e,
-        };
-        Self::new(&source, token("bos_token").as_deref(), token("eos_token").as_deref()).map(Some).map_err(in_file)
+        Ok(Some(Self::lenient(&source, token("bos_token").as_deref(), token("eos_token").as_deref(), &origin)))
     }
 
+    /// Renders the conversation, within the [`TemplateLimits`]: running out of fuel or
+    /// printing past the output limit is an error that says which.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| ModelError::ChatTemplate { msg: one_line(&e) })?;
+        self.check()?;
+        let tmpl = self.env.get_template("chat").map_err(|e| self.error(&one_line(&e)))?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
         };
-        tmpl.render(ctx).map_err(|e| ModelError::ChatTemplate { msg: one_line(&e) })
+        let input: usize = messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        let limit = self.limits.max_output_bytes.saturating_add(input.saturating_mul(2));
+        let mut out = LimitedWriter { buf: Vec::new(), limit, exceeded: false };
+        if let Err(e) = tmpl.render_captured_to(ctx, &mut out) {
+            let msg = if out.exceeded {
+                format!(
+                    "the output passed the limit of {} (a template that does not stop printing?)",
+                    crate::limits::human_bytes(limit as u64)
+                )
+            } else if e.kind() == ErrorKind::OutOfFuel {
+                format!("stopped after {} instructions (a loop that does not end?)", self.limits.fuel)
+            } else {
+                one_line(&e)
+            };
+            return Err(self.error(&msg));
+        }
+        String::from_utf8(out.buf).map_err(|_| self.error("the output is not UTF-8"))
+    }
+}
+
+/// minijinja keeps the remaining fuel in an `isize`: a larger level would wrap negative and
+/// stop every render at its first instruction.
+fn fuel_level(fuel: u64) -> u64 {
+    fuel.min(isize::MAX as u64)
+}
+
+/// Collects rendered output up to `limit` bytes; past it, writes fail (and minijinja stops).
+struct LimitedWriter {
+    buf: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for LimitedWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -106,11 +209,21 @@ fn one_line(e: &minijinja::Error) -> String {
     msg.replace('\n', " ")
 }
 
+/// The widest `tojson(indent=...)` accepted (templates use 2 or 4).
+const MAX_TOJSON_INDENT: usize = 64;
+
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`,
 /// so `", "` / `": "` separators when not indented, and no HTML escaping.
 fn tojson(value: JValue, kwargs: Kwargs) -> std::result::Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    // the template's number: `indent=1e18` must be an error, not an allocation of 1e18 spaces
+    if let Some(n) = indent.filter(|&n| n > MAX_TOJSON_INDENT) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent={n} is over the limit of {MAX_TOJSON_INDENT}"),
+        ));
+    }
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut out = String::new();

@@ -5,6 +5,7 @@
 //! names the field. GGUF metadata becomes a `ModelConfig` in `gguf.rs`.
 
 use crate::error::{ModelError, Result};
+use crate::limits;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::DType;
 use serde_json::{Map, Value};
@@ -64,7 +65,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::weights::read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -179,6 +180,8 @@ impl ModelConfig {
                 format!("{} is not a positive number", self.rope_theta),
             ));
         }
+        check_rope_scaling(&self.rope_scaling, file, "rope_scaling")?;
+        self.validate_sizes(file)?;
         if self.sliding_window == Some(0) {
             return Err(ModelError::config(file, "sliding_window", "must be positive or null"));
         }
@@ -197,6 +200,74 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// Every count the loader allocates by is bounded ([`limits::MAX_LAYERS`],
+    /// [`limits::MAX_DIM`]) and the parameter count fits 64 bits, so a corrupt number fails
+    /// here with its field name instead of aborting an allocation later.
+    fn validate_sizes(&self, file: &str) -> Result<()> {
+        if self.num_hidden_layers > limits::MAX_LAYERS {
+            return Err(ModelError::config(
+                file,
+                "num_hidden_layers",
+                format!("{} is over the limit of {} (a corrupt file?)", self.num_hidden_layers, limits::MAX_LAYERS),
+            ));
+        }
+        let dims = [
+            ("hidden_size", Some(self.hidden_size)),
+            ("intermediate_size", Some(self.intermediate_size)),
+            ("vocab_size", Some(self.vocab_size)),
+            ("max_position_embeddings", Some(self.max_position_embeddings)),
+            ("num_attention_heads", self.num_attention_heads.checked_mul(self.head_dim)),
+            ("num_key_value_heads", self.num_key_value_heads.checked_mul(self.head_dim)),
+        ];
+        for (field, v) in dims {
+            match v {
+                Some(v) if v <= limits::MAX_DIM => {}
+                _ => {
+                    let what =
+                        if field.starts_with("num_") { format!("{field} x head_dim") } else { field.to_string() };
+                    return Err(ModelError::config(
+                        file,
+                        field,
+                        format!("{what} is over the limit of {} elements (a corrupt file?)", limits::MAX_DIM),
+                    ));
+                }
+            }
+        }
+        if self.param_count().is_none() {
+            return Err(ModelError::config(file, "num_hidden_layers", "the parameter count overflows 64 bits"));
+        }
+        Ok(())
+    }
+
+    /// Parameters of the decoder (embedding, layers, norm, an untied LM head); `None` when
+    /// the count overflows.
+    pub fn param_count(&self) -> Option<u64> {
+        let (c, i, v) = (self.hidden_size as u64, self.intermediate_size as u64, self.vocab_size as u64);
+        let q = (self.num_attention_heads as u64).checked_mul(self.head_dim as u64)?;
+        let kv = (self.num_key_value_heads as u64).checked_mul(self.head_dim as u64)?;
+        let attn = q.checked_add(kv.checked_mul(2)?)?.checked_mul(c)?.checked_add(c.checked_mul(q)?)?;
+        let bias = if self.attention_bias { q.checked_add(kv.checked_mul(2)?)? } else { 0 };
+        let mlp = c.checked_mul(i)?.checked_mul(3)?;
+        let layer = attn.checked_add(bias)?.checked_add(mlp)?.checked_add(c.checked_mul(2)?)?;
+        let embed = v.checked_mul(c)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(embed)?.checked_add(head)?.checked_add(c)
+    }
+
+    /// Bytes of the weights stored as `dtype`; `None` when the count overflows.
+    pub fn weight_bytes(&self, dtype: DType) -> Option<u64> {
+        self.param_count()?.checked_mul(dtype.size_in_bytes() as u64)
+    }
+
+    /// Bytes of a KV cache (K and V, every layer) for `num_seqs` sequences of `max_ctx`
+    /// positions stored as `dtype`; `None` when the count overflows. The number to give
+    /// [`limits::check_fits`] before allocating the cache.
+    pub fn kv_cache_bytes(&self, num_seqs: usize, max_ctx: usize, dtype: DType) -> Option<u64> {
+        [self.num_hidden_layers, num_seqs, max_ctx, self.num_key_value_heads, self.head_dim, dtype.size_in_bytes()]
+            .iter()
+            .try_fold(2u64, |acc, &n| acc.checked_mul(n as u64))
     }
 
     /// H / Hkv: query heads per KV head.
@@ -353,11 +424,7 @@ impl Fields<'_> {
                 ))
             }
         };
-        if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling {
-            if high_freq_factor <= low_freq_factor {
-                return Err(self.err(&format!("{field}.high_freq_factor"), "must be above low_freq_factor"));
-            }
-        }
+        check_rope_scaling(&scaling, self.file, field)?;
         Ok((theta as f32, scaling))
     }
 
@@ -391,6 +458,42 @@ impl Fields<'_> {
             "bfloat16" => Ok(Some(DType::BF16)),
             "float16" => Ok(Some(DType::F16)),
             other => Err(self.err(field, format!("`{other}` is not supported (float32, bfloat16 or float16)"))),
+        }
+    }
+}
+
+/// Scaling factors that are not positive finite numbers make every RoPE angle NaN or
+/// infinite (NaN logits): errors, not values. `field` is the object they came from.
+fn check_rope_scaling(scaling: &RopeScaling, file: &str, field: &str) -> Result<()> {
+    let positive = |name: &str, v: f32| -> Result<()> {
+        if v > 0.0 && v.is_finite() {
+            Ok(())
+        } else {
+            Err(ModelError::config(file, format!("{field}.{name}"), format!("{v} is not a positive number")))
+        }
+    };
+    match *scaling {
+        RopeScaling::None => Ok(()),
+        RopeScaling::Linear { factor } => positive("factor", factor),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            positive("factor", factor)?;
+            positive("low_freq_factor", low_freq_factor)?;
+            positive("high_freq_factor", high_freq_factor)?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(ModelError::config(
+                    file,
+                    format!("{field}.high_freq_factor"),
+                    "must be above low_freq_factor",
+                ));
+            }
+            if original_max_position_embeddings == 0 {
+                return Err(ModelError::config(
+                    file,
+                    format!("{field}.original_max_position_embeddings"),
+                    "must be positive",
+                ));
+            }
+            Ok(())
         }
     }
 }

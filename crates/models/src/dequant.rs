@@ -75,9 +75,10 @@ impl GgmlType {
         }
     }
 
-    /// Bytes taken by `numel` elements (`numel` a multiple of the block length).
-    pub fn bytes_for(self, numel: usize) -> usize {
-        numel / self.block_len() * self.block_bytes()
+    /// Bytes taken by `numel` elements (`numel` a multiple of the block length); `None` when
+    /// the count overflows (a corrupt shape).
+    pub fn bytes_for(self, numel: usize) -> Option<usize> {
+        (numel / self.block_len()).checked_mul(self.block_bytes())
     }
 
     pub fn name(self) -> &'static str {

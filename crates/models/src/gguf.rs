@@ -6,17 +6,22 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::dequant::{dequantize, GgmlType};
-use crate::error::{ModelError, Result};
-use crate::weights::{convert, from_f32, LoadProgress, WeightSource};
+use crate::error::{escaped, ModelError, Result};
+use crate::weights::{convert, from_f32, map_file, FileBytes, LoadProgress, WeightSource};
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::{DType, HostTensor};
-use memmap2::Mmap;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// The most array items in all metadata together (a 256k vocabulary with merges and token
+/// types is about a million): bounds what a corrupt count can make the parser allocate.
+const MAX_METADATA_ITEMS: usize = 1 << 24;
+/// Smallest encodings: a key/value (key length, type, one byte) and a tensor info (name
+/// length, n_dims, one dim, type, offset).
+const MIN_KV_BYTES: usize = 8 + 4 + 1;
+const MIN_TENSOR_INFO_BYTES: usize = 8 + 4 + 8 + 4 + 8;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +111,7 @@ pub struct GgufTensorInfo {
 
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: FileBytes,
     pub version: u32,
     pub metadata: BTreeMap<String, GgufValue>,
     pub tensors: Vec<GgufTensorInfo>,
@@ -153,7 +158,7 @@ impl<'a> Reader<'a> {
                 self.pos - 8
             ));
         }
-        Ok(n as usize)
+        usize::try_from(n).map_err(|_| format!("{what} = {n} does not fit this machine's address space"))
     }
 
     fn string(&mut self, what: &str) -> std::result::Result<String, String> {
@@ -162,7 +167,8 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} at byte {} is not UTF-8", self.pos - n))
     }
 
-    fn value(&mut self, ty: u32, key: &str, depth: usize) -> std::result::Result<GgufValue, String> {
+    /// `key` is already escaped for messages.
+    fn value(&mut self, ty: u32, key: &str, depth: usize, items: &mut usize) -> std::result::Result<GgufValue, String> {
         Ok(match ty {
             0 => GgufValue::U8(self.array::<1>(key)?[0]),
             1 => GgufValue::I8(self.array::<1>(key)?[0] as i8),
@@ -176,15 +182,30 @@ impl<'a> Reader<'a> {
                 1 => GgufValue::Bool(true),
                 b => return Err(format!("`{key}`: bool byte {b} is neither 0 nor 1")),
             },
-            8 => GgufValue::String(self.string(key)?),
+            8 => GgufValue::String(self.string(&format!("`{key}`"))?),
             9 if depth == 0 => {
                 let item_ty = self.u32(key)?;
-                let n = self.count(1, key)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(self.value(item_ty, key, depth + 1)?);
+                let min_size = match item_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => return Err(format!("`{key}`: nested arrays are not supported")),
+                    t => return Err(format!("`{key}`: unknown array item type {t}")),
+                };
+                let n = self.count(min_size, &format!("`{key}`"))?;
+                *items = items.saturating_add(n);
+                if *items > MAX_METADATA_ITEMS {
+                    return Err(format!(
+                        "`{key}`: the metadata arrays hold over {MAX_METADATA_ITEMS} items (corrupt counts?)"
+                    ));
                 }
-                GgufValue::Array(items)
+                let mut values = Vec::new();
+                values.try_reserve_exact(n).map_err(|_| format!("`{key}`: cannot allocate an array of {n} values"))?;
+                for _ in 0..n {
+                    values.push(self.value(item_ty, key, depth + 1, items)?);
+                }
+                GgufValue::Array(values)
             }
             10 => GgufValue::U64(self.u64(key)?),
             11 => GgufValue::I64(i64::from_le_bytes(self.array(key)?)),
@@ -197,9 +218,15 @@ impl<'a> Reader<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: read-only map of a model file that nothing writes while encore runs.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        Self::from_data(path, map_file(path)?)
+    }
+
+    /// A GGUF file already in memory; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        Self::from_data(path, FileBytes::Owned(bytes))
+    }
+
+    fn from_data(path: &Path, mmap: FileBytes) -> Result<Self> {
         let (version, metadata, tensors) =
             parse(&mmap).map_err(|msg| ModelError::Gguf { path: path.to_path_buf(), msg })?;
         Ok(GgufFile { path: path.to_path_buf(), mmap, version, metadata, tensors })
@@ -262,9 +289,10 @@ impl GgufFile {
     pub fn model_config(&self) -> Result<ModelConfig> {
         let arch = self.str("general.architecture").ok_or_else(|| self.field_err("general.architecture", "missing"))?;
         if arch != "llama" {
-            return Err(
-                self.field_err("general.architecture", format!("`{arch}` is not supported in GGUF (only llama)"))
-            );
+            return Err(self.field_err(
+                "general.architecture",
+                format!("`{}` is not supported in GGUF (only llama)", escaped(arch)),
+            ));
         }
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = self.usize(&key("embedding_length"))?;
@@ -292,7 +320,9 @@ impl GgufFile {
                     .ok_or_else(|| self.field_err(&key("rope.scaling.factor"), "missing"))?;
                 RopeScaling::Linear { factor: factor as f32 }
             }
-            Some(other) => return Err(self.field_err(&key("rope.scaling.type"), format!("`{other}` is not supported"))),
+            Some(other) => {
+                return Err(self.field_err(&key("rope.scaling.type"), format!("`{}` is not supported", escaped(other))))
+            }
         };
         if self.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
             return Err(self.field_err(
@@ -308,7 +338,11 @@ impl GgufFile {
                 .map(|a| a.len())
                 .ok_or_else(|| self.field_err(&key("vocab_size"), "missing, and no tokenizer.ggml.tokens"))?,
         };
-        let token = |k: &str| -> Result<Option<u32>> { Ok(self.opt_u64(k)?.map(|v| v as u32)) };
+        let token = |k: &str| -> Result<Option<u32>> {
+            self.opt_u64(k)?
+                .map(|v| u32::try_from(v).map_err(|_| self.field_err(k, format!("{v} is not a token id"))))
+                .transpose()
+        };
         let mut eos_token_ids: Vec<u32> = token("tokenizer.ggml.eos_token_id")?.into_iter().collect();
         if let Some(eot) = token("tokenizer.ggml.eot_token_id")? {
             if !eos_token_ids.contains(&eot) {
@@ -355,14 +389,19 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     if !(2..=3).contains(&version) {
         return Err(format!("version {version} is not supported (2 or 3)"));
     }
-    let n_tensors = r.count(8, "tensor count")?;
-    let n_kv = r.count(8, "metadata count")?;
+    let n_tensors = r.count(MIN_TENSOR_INFO_BYTES, "tensor count")?;
+    let n_kv = r.count(MIN_KV_BYTES, "metadata count")?;
     let mut metadata = BTreeMap::new();
+    let mut items = 0usize;
     for _ in 0..n_kv {
         let key = r.string("metadata key")?;
-        let ty = r.u32(&key)?;
-        let value = r.value(ty, &key, 0)?;
-        metadata.insert(key, value);
+        let shown = escaped(&key);
+        let ty = r.u32(&shown)?;
+        let value = r.value(ty, &shown, 0, &mut items)?;
+        // llama.cpp refuses duplicates too; taking the last one would hide a corrupt file
+        if metadata.insert(key, value).is_some() {
+            return Err(format!("metadata key `{shown}` appears twice"));
+        }
     }
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
@@ -371,46 +410,60 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
             _ => return Err(format!("general.alignment = {v:?} is not a power of two")),
         },
     };
-    let mut raw = Vec::with_capacity(n_tensors);
+    let mut raw = Vec::new();
+    raw.try_reserve_exact(n_tensors).map_err(|_| format!("cannot allocate {n_tensors} tensor infos"))?;
     for _ in 0..n_tensors {
         let name = r.string("tensor name")?;
-        let n_dims = r.u32(&name)? as usize;
+        let shown = escaped(&name);
+        let n_dims = r.u32(&shown)? as usize;
         if n_dims == 0 || n_dims > 4 {
-            return Err(format!("tensor `{name}`: {n_dims} dims (1 to 4 allowed)"));
+            return Err(format!("tensor `{shown}`: {n_dims} dims (1 to 4 allowed)"));
         }
         let mut dims = Vec::with_capacity(n_dims);
-        for _ in 0..n_dims {
-            dims.push(r.u64(&name)? as usize);
+        for i in 0..n_dims {
+            let d = r.u64(&shown)?;
+            if d == 0 {
+                return Err(format!("tensor `{shown}`: dimension {i} is 0"));
+            }
+            dims.push(usize::try_from(d).map_err(|_| format!("tensor `{shown}`: dimension {i} = {d} is too large"))?);
         }
-        let code = r.u32(&name)?;
-        let offset = r.u64(&name)?;
+        let code = r.u32(&shown)?;
+        let offset = r.u64(&shown)?;
         raw.push((name, dims, code, offset));
     }
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
-    let mut tensors = Vec::with_capacity(raw.len());
+    let mut tensors: Vec<GgufTensorInfo> = Vec::new();
+    tensors.try_reserve_exact(raw.len()).map_err(|_| format!("cannot allocate {} tensor infos", raw.len()))?;
+    let mut names = std::collections::HashSet::new();
     for (name, dims, code, offset) in raw {
+        let shown = escaped(&name);
+        if !names.insert(name.clone()) {
+            return Err(format!("tensor `{shown}` appears twice"));
+        }
         if offset % alignment != 0 {
-            return Err(format!("tensor `{name}`: offset {offset} is not aligned to {alignment}"));
+            return Err(format!("tensor `{shown}`: offset {offset} is not aligned to {alignment}"));
         }
         let ggml_type = GgmlType::from_code(code);
         let numel = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let start = data_start.checked_add(offset).map(|s| s as usize);
+        let start = data_start.checked_add(offset).and_then(|s| usize::try_from(s).ok());
         let (start, end) = match (&ggml_type, numel, start) {
             (Ok(ty), Some(numel), Some(start)) => {
                 if dims[0] % ty.block_len() != 0 {
                     return Err(format!(
-                        "tensor `{name}`: row of {} is not a multiple of the {} block of {}",
+                        "tensor `{shown}`: row of {} is not a multiple of the {} block of {}",
                         dims[0],
                         ty.name(),
                         ty.block_len()
                     ));
                 }
-                let end = start.checked_add(ty.bytes_for(numel)).filter(|&e| e <= buf.len());
-                match end {
+                let Some(bytes) = ty.bytes_for(numel) else {
+                    return Err(format!("tensor `{shown}`: {} {dims:?} overflows the byte count", ty.name()));
+                };
+                match start.checked_add(bytes).filter(|&e| e <= buf.len()) {
                     Some(end) => (start, end),
                     None => {
                         return Err(format!(
-                            "truncated: tensor `{name}` ({} {dims:?}) runs past the end of the {}-byte file",
+                            "truncated: tensor `{shown}` ({} {dims:?}, {bytes} bytes at offset {offset}) runs past the end of the {}-byte file",
                             ty.name(),
                             buf.len()
                         ))
@@ -419,11 +472,33 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
             }
             // Unsupported types keep their place; `get` reports them by name.
             (Err(_), Some(_), Some(start)) => (start, start),
-            _ => return Err(format!("tensor `{name}`: dims {dims:?} / offset {offset} overflow")),
+            _ => return Err(format!("tensor `{shown}`: dims {dims:?} / offset {offset} overflow")),
         };
         tensors.push(GgufTensorInfo { name, dims, ggml_type, start, end });
     }
+    check_no_overlap(&tensors)?;
     Ok((version, metadata, tensors))
+}
+
+/// Two tensors whose bytes overlap would alias each other's weights (a corrupt or
+/// hand-edited file): refuse them, naming both.
+fn check_no_overlap(tensors: &[GgufTensorInfo]) -> std::result::Result<(), String> {
+    let mut by_start: Vec<&GgufTensorInfo> = tensors.iter().filter(|t| t.end > t.start).collect();
+    by_start.sort_by_key(|t| (t.start, t.end));
+    for w in by_start.windows(2) {
+        if w[1].start < w[0].end {
+            return Err(format!(
+                "tensors `{}` (bytes {}..{}) and `{}` (bytes {}..{}) overlap",
+                escaped(&w[0].name),
+                w[0].start,
+                w[0].end,
+                escaped(&w[1].name),
+                w[1].start,
+                w[1].end
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The Hugging Face name of a llama.cpp tensor name, and the llama.cpp kind ("attn_q", ...).
@@ -456,8 +531,12 @@ pub fn hf_name(gguf_name: &str) -> Option<(String, &str)> {
 }
 
 /// Undoes llama.cpp's `permute` of Q/K rows (rope pairs interleaved per head): within each
-/// head of `rows / n_head` rows, GGUF row `2i + j` is HF row `j * half + i`.
-pub fn unpermute_rows(data: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
+/// head of `rows / n_head` rows, GGUF row `2i + j` is HF row `j * half + i`. `None` when the
+/// rows do not split into `n_head` heads of pairs of whole rows.
+pub fn unpermute_rows(data: &[u8], rows: usize, n_head: usize) -> Option<Vec<u8>> {
+    if rows == 0 || n_head == 0 || rows % (2 * n_head) != 0 || data.len() % rows != 0 {
+        return None;
+    }
     let row_bytes = data.len() / rows;
     let head_rows = rows / n_head;
     let half = head_rows / 2;
@@ -471,7 +550,7 @@ pub fn unpermute_rows(data: &[u8], rows: usize, n_head: usize) -> Vec<u8> {
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// A GGUF file's tensors under their HF names, in HF shapes.
@@ -490,7 +569,14 @@ impl GgufWeights {
         let mut by_name = BTreeMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
             let Some((hf, kind)) = hf_name(&t.name) else {
-                by_name.insert(t.name.clone(), (i, None));
+                if let Some((j, _)) = by_name.insert(t.name.clone(), (i, None)) {
+                    return Err(file.err(format!(
+                        "tensors `{}` and `{}` both load as `{}`",
+                        escaped(&file.tensors[j].name),
+                        escaped(&t.name),
+                        escaped(&t.name)
+                    )));
+                }
                 continue;
             };
             let permute = match kind {
@@ -503,14 +589,23 @@ impl GgufWeights {
                 _ => None,
             };
             if let Some(n) = permute {
+                // HF rows are the outermost ggml dim (a bias: its length)
                 let rows = *t.dims.last().unwrap_or(&0);
-                if n == 0 || rows % (2 * n) != 0 {
-                    return Err(
-                        file.err(format!("tensor `{}`: {rows} rows do not split into {n} heads of pairs", t.name))
-                    );
+                if n == 0 || rows == 0 || rows % (2 * n) != 0 {
+                    return Err(file.err(format!(
+                        "tensor `{}` {:?}: {rows} rows do not split into {n} heads of pairs",
+                        escaped(&t.name),
+                        t.dims
+                    )));
                 }
             }
-            by_name.insert(hf, (i, permute));
+            if let Some((j, _)) = by_name.insert(hf.clone(), (i, permute)) {
+                return Err(file.err(format!(
+                    "tensors `{}` and `{}` both load as `{hf}`",
+                    escaped(&file.tensors[j].name),
+                    escaped(&t.name)
+                )));
+            }
         }
         let total = file.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
         let progress = LoadProgress::new(total, &file.path.display().to_string());
@@ -548,7 +643,13 @@ impl WeightSource for GgufWeights {
             _ => from_f32(name, dims.clone(), &dequantize(ty, bytes), dtype)?,
         };
         if let Some(n_head) = permute {
-            t.data = unpermute_rows(&t.data, dims[0], n_head);
+            t.data = unpermute_rows(&t.data, dims[0], n_head).ok_or_else(|| {
+                self.file.err(format!(
+                    "tensor `{}`: {} rows do not split into {n_head} heads of pairs",
+                    escaped(&info.name),
+                    dims[0]
+                ))
+            })?;
         }
         self.progress.advance(bytes.len() as u64);
         Ok(t)

@@ -10,7 +10,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufWeights};
 use crate::safetensors::SafetensorsWeights;
 use crate::tokenizer::Tokenizer;
-use crate::weights::WeightSource;
+use crate::weights::{validate_weights, WeightSource};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -117,17 +117,19 @@ pub fn hf_hub_cache() -> Option<PathBuf> {
 }
 
 /// A model argument: an existing path as is, else an `org/name` id from the local HF cache.
+/// A path that cannot be looked at (a symlink loop, no permission) reports the real I/O
+/// error, not "no such file".
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if path.exists() {
-        return Ok(path.to_path_buf());
-    }
+    let not_found = match std::fs::metadata(path) {
+        Ok(_) => return Ok(path.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => e,
+        Err(e) => return Err(ModelError::io(path, e)),
+    };
     let is_id = spec.split('/').count() == 2 && spec.split('/').all(|p| !p.is_empty() && !p.starts_with('.'));
-    if !is_id {
-        return Err(ModelError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        ));
+    // a dangling symlink is a path, not an id
+    if !is_id || std::fs::symlink_metadata(path).is_ok() {
+        return Err(ModelError::io(path, not_found));
     }
     let cache =
         hf_hub_cache().ok_or_else(|| ModelError::Hub { msg: "no Hugging Face cache: HOME is not set".to_string() })?;
@@ -170,46 +172,104 @@ pub struct ModelFiles {
     pub chat_template: Option<ChatTemplate>,
 }
 
-/// Opens a `.gguf` file, or a folder with `config.json`, safetensors weights and usually
-/// `tokenizer.json` (EOS ids of `generation_config.json` are added to the config's).
+/// What `--model` takes, for errors about what was passed instead.
+const MODEL_FORMS: &str = "a model folder (config.json, model.safetensors, tokenizer.json), a .gguf file, \
+                           or a .safetensors file next to its config.json";
+
+/// Opens a `.gguf` file, a folder with `config.json`, safetensors weights and usually
+/// `tokenizer.json` (EOS ids of `generation_config.json` are added to the config's), or a
+/// single `.safetensors` file with the config and tokenizer of its folder. The weights are
+/// checked against the config ([`validate_weights`]) before anything is loaded; its
+/// warnings are printed to stderr. A broken chat template does not fail the open: only
+/// rendering with it does.
 pub fn open_model(path: &Path) -> Result<ModelFiles> {
-    if path.is_file() {
-        let file = GgufFile::open(path)?;
-        let config = file.model_config()?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        let chat_template = match file.chat_template() {
-            Some(src) => {
-                Some(ChatTemplate::new(src, tokenizer.bos().map(|b| b.1), tokenizer.eos().map(|e| e.1)).map_err(
-                    |e| ModelError::ChatTemplate { msg: format!("{}: tokenizer.chat_template: {e}", path.display()) },
-                )?)
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    let files = if meta.is_dir() {
+        open_folder(path, || Ok(Box::new(SafetensorsWeights::open_dir(path)?)))?
+    } else if !meta.is_file() {
+        let kind = crate::weights::special_kind(&meta);
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not a regular file or directory ({kind})")),
+        ));
+    } else {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => {
+                let mut files = open_folder(parent_dir(path), || Ok(Box::new(SafetensorsWeights::open_file(path)?)))?;
+                files.path = path.to_path_buf();
+                files
             }
-            None => None,
-        };
-        let weights = Box::new(GgufWeights::new(file)?);
-        return Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer: Some(tokenizer), chat_template });
+            Some("json") if path.file_name().is_some_and(|n| n == crate::safetensors::INDEX_FILE) => {
+                open_folder(parent_dir(path), || Ok(Box::new(SafetensorsWeights::open_index(path)?)))?
+            }
+            Some("gguf") => open_gguf(path)?,
+            _ if has_gguf_magic(path) => open_gguf(path)?,
+            _ => {
+                return Err(ModelError::Hub {
+                    msg: format!("{}: not a GGUF file; --model takes {MODEL_FORMS}", path.display()),
+                })
+            }
+        }
+    };
+    for w in validate_weights(&files.config, files.weights.as_ref())? {
+        eprintln!("warning: {w}");
     }
-    let mut config = ModelConfig::from_file(&path.join("config.json"))?;
-    let generation = path.join("generation_config.json");
+    Ok(files)
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+fn has_gguf_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
+fn open_gguf(path: &Path) -> Result<ModelFiles> {
+    let file = GgufFile::open(path)?;
+    let config = file.model_config()?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let chat_template = file.chat_template().map(|src| {
+        let origin = format!("{}: tokenizer.chat_template", path.display());
+        ChatTemplate::lenient(src, tokenizer.bos().map(|b| b.1), tokenizer.eos().map(|e| e.1), &origin)
+    });
+    let weights = Box::new(GgufWeights::new(file)?);
+    Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer: Some(tokenizer), chat_template })
+}
+
+/// The config, weights (from `weights`, opened after the config was read), tokenizer and
+/// chat template of folder `dir`.
+fn open_folder(dir: &Path, weights: impl FnOnce() -> Result<Box<dyn WeightSource>>) -> Result<ModelFiles> {
+    let config_path = dir.join("config.json");
+    let mut config = match ModelConfig::from_file(&config_path) {
+        Err(ModelError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ModelError::Hub {
+                msg: format!("{}: no config.json; --model takes {MODEL_FORMS}", dir.display()),
+            })
+        }
+        other => other?,
+    };
+    let generation = dir.join("generation_config.json");
     if generation.is_file() {
-        let text = std::fs::read_to_string(&generation).map_err(|e| ModelError::io(&generation, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: generation.clone(), source: e })?;
+        let text = crate::weights::read_text(&generation)?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::json(&generation, e))?;
         let ids = match json.get("eos_token_id") {
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).collect(),
             Some(v) => v.as_u64().into_iter().collect(),
             None => Vec::new(),
         };
         for id in ids {
-            let id = id as u32;
-            if (id as usize) < config.vocab_size && !config.eos_token_ids.contains(&id) {
-                config.eos_token_ids.push(id);
+            if id < config.vocab_size as u64 && !config.eos_token_ids.contains(&(id as u32)) {
+                config.eos_token_ids.push(id as u32);
             }
         }
     }
-    let weights = Box::new(SafetensorsWeights::open_dir(path)?);
-    let tokenizer_json = path.join("tokenizer.json");
-    let tokenizer = if tokenizer_json.is_file() { Some(Tokenizer::from_file(&tokenizer_json)?) } else { None };
-    let tc = path.join("tokenizer_config.json");
-    let chat_template = if tc.is_file() { ChatTemplate::from_tokenizer_config(&tc)? } else { None };
-    Ok(ModelFiles { path: path.to_path_buf(), config, weights, tokenizer, chat_template })
+    let weights = weights()?;
+    let tokenizer_json = dir.join("tokenizer.json");
+    let tokenizer = if tokenizer_json.exists() { Some(Tokenizer::from_file(&tokenizer_json)?) } else { None };
+    let tc = dir.join("tokenizer_config.json");
+    let chat_template = if tc.exists() { ChatTemplate::from_tokenizer_config(&tc)? } else { None };
+    Ok(ModelFiles { path: dir.to_path_buf(), config, weights, tokenizer, chat_template })
 }

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod golden;
 pub mod hub;
 pub mod kv_cache;
+pub mod limits;
 pub mod llama;
 pub mod presets;
 pub mod safetensors;

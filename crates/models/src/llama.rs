@@ -119,11 +119,9 @@ impl<B: Backend> Llama<B> {
             });
         }
         let norm = up(get("model.norm.weight", &[c])?)?;
-        let lm_head = if cfg.tie_word_embeddings || !src.has("lm_head.weight") {
-            embed.clone()
-        } else {
-            up(get("lm_head.weight", &[cfg.vocab_size, c])?)?
-        };
+        // validate_weights (run by hub::open_model) refuses untied weights without lm_head
+        let lm_head =
+            if cfg.tie_word_embeddings { embed.clone() } else { up(get("lm_head.weight", &[cfg.vocab_size, c])?)? };
         let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
         Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
     }
@@ -284,7 +282,7 @@ fn ones<B: Backend>(b: &B, dtype: DType, n: usize) -> TResult<Tensor<B>> {
 
 fn rope_tables<B: Backend>(b: &B, cfg: &ModelConfig, max_ctx: usize) -> Result<(Tensor<B>, Tensor<B>), ModelError> {
     let d = cfg.head_dim;
-    let (cos, sin) = rope::tables(d, max_ctx, cfg.rope_theta, &cfg.rope_scaling);
+    let (cos, sin) = rope::try_tables(d, max_ctx, cfg.rope_theta, &cfg.rope_scaling)?;
     let cos = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &cos))?;
     let sin = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &sin))?;
     Ok((cos, sin))

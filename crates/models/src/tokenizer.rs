@@ -4,8 +4,9 @@
 //! BPE, as HF's GPT-2-style tokenizers) the way `shared/tools/gguf2hf.py` does.
 //! [`StreamDecoder`] turns generated ids into text without ever splitting a UTF-8 character.
 
-use crate::error::{ModelError, Result};
+use crate::error::{catch_panic, escaped, ModelError, Result};
 use crate::gguf::{GgufFile, GgufValue};
+use crate::weights::read_text;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -32,14 +33,12 @@ impl Tokenizer {
     /// A `tokenizer.json`, with the `tokenizer_config.json` beside it if there is one.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bad = |msg: String| ModelError::Tokenizer { path: path.to_path_buf(), msg };
-        if !path.is_file() {
-            return Err(ModelError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
-        }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| bad(e.to_string()))?;
+        let text = read_text(path)?;
+        let inner = parse_tokenizer_json(&text).map_err(bad)?;
         let config_path = path.with_file_name("tokenizer_config.json");
         let config: Value = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
-            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: config_path.clone(), source: e })?
+            let text = read_text(&config_path)?;
+            serde_json::from_str(&text).map_err(|e| ModelError::json(&config_path, e))?
         } else {
             Value::Null
         };
@@ -48,6 +47,14 @@ impl Tokenizer {
         t.eos = token_string(config.get("eos_token")).and_then(|s| t.with_id(s));
         t.add_bos = config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
         Ok(t)
+    }
+
+    /// A `tokenizer.json` text with no `tokenizer_config.json` (no BOS/EOS strings, no
+    /// `add_bos_token`); `source` names it in errors.
+    pub fn from_json_str(json: &str, source: &Path) -> Result<Self> {
+        let inner =
+            parse_tokenizer_json(json).map_err(|msg| ModelError::Tokenizer { path: source.to_path_buf(), msg })?;
+        Ok(Tokenizer { inner, source: source.to_path_buf(), bos: None, eos: None, add_bos: false })
     }
 
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys (`gpt2` BPE only).
@@ -60,7 +67,9 @@ impl Tokenizer {
         };
         match file.str("tokenizer.ggml.model") {
             Some("gpt2") => {}
-            Some(other) => return Err(bad(format!("tokenizer.ggml.model `{other}` is not supported (only gpt2 BPE)"))),
+            Some(other) => {
+                return Err(bad(format!("tokenizer.ggml.model `{}` is not supported (only gpt2 BPE)", escaped(other))))
+            }
             None => return Err(bad("no tokenizer.ggml.model".to_string())),
         }
         let tokens = strings("tokenizer.ggml.tokens")?;
@@ -71,8 +80,8 @@ impl Tokenizer {
         };
         let json = gpt2_tokenizer_json(&tokens, &types, &merges, file.str("tokenizer.ggml.pre"))
             .map_err(|m| bad(format!("tokenizer.ggml.merges: {m}")))?;
-        let inner = tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| bad(e.to_string()))?;
-        let id = |key: &str| file.get(key).and_then(GgufValue::as_u64).map(|v| v as u32);
+        let inner = parse_tokenizer_json(&json.to_string()).map_err(bad)?;
+        let id = |key: &str| file.get(key).and_then(GgufValue::as_u64).and_then(|v| u32::try_from(v).ok());
         let with_text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|s| (i, s.to_string())));
         Ok(Tokenizer {
             inner,
@@ -95,7 +104,9 @@ impl Tokenizer {
     /// and BOS is prepended when `add_bos_token` asks for it and it is not there yet. A
     /// rendered chat template already carries its special tokens: encode it without.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.err(e))?;
+        let enc = catch_panic(|| self.inner.encode(text, add_special_tokens))
+            .map_err(|p| self.err(format!("encoding failed inside the tokenizers crate: {p}")))?
+            .map_err(|e| self.err(e))?;
         let mut ids = enc.get_ids().to_vec();
         if let (true, true, Some((bos, _))) = (add_special_tokens, self.add_bos, &self.bos) {
             if ids.first() != Some(bos) {
@@ -106,7 +117,9 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(e))
+        catch_panic(|| self.inner.decode(ids, skip_special_tokens))
+            .map_err(|p| self.err(format!("decoding failed inside the tokenizers crate: {p}")))?
+            .map_err(|e| self.err(e))
     }
 
     /// Vocabulary size including added tokens.
@@ -144,6 +157,20 @@ impl Tokenizer {
     }
 }
 
+/// A `tokenizer.json` text into a `tokenizers::Tokenizer`. The JSON is checked first (the
+/// `tokenizers` crate panics on some syntax errors inside `"decoder"`), and a panic that
+/// still happens inside the crate becomes an error. Messages are one line.
+fn parse_tokenizer_json(text: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        return Err(format!("invalid JSON: {e}"));
+    }
+    match catch_panic(|| tokenizers::Tokenizer::from_str(text)) {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(e.to_string().replace('\n', " ")),
+        Err(p) => Err(format!("the tokenizers crate could not read it: {p}")),
+    }
+}
+
 /// The `tokenizer.json` of a GGUF `gpt2` vocabulary, as `gguf2hf.py` writes it: byte-level
 /// BPE; SmolLM-style `pre` types split digits one by one first; CONTROL (3) and
 /// USER_DEFINED (4) tokens are special added tokens.
@@ -175,7 +202,9 @@ pub fn gpt2_tokenizer_json(
     let merges: Vec<Value> = merges
         .iter()
         .enumerate()
-        .map(|(i, m)| m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or(format!("merge {i} `{m}` has no space")))
+        .map(|(i, m)| {
+            m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or(format!("merge {i} `{}` has no space", escaped(m)))
+        })
         .collect::<Result<_, _>>()?;
     Ok(json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,

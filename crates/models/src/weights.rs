@@ -4,10 +4,13 @@
 //! [`crate::safetensors::SafetensorsWeights`] and [`crate::gguf::GgufWeights`]; [`open_weights`]
 //! picks one from a path. Also the load progress bar and the shape check the decoder uses.
 
-use crate::error::{ModelError, Result};
+use crate::config::ModelConfig;
+use crate::error::{escaped, ModelError, Result};
 use encore_tensor::{DType, HostTensor};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use memmap2::Mmap;
+use std::fs::File;
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -31,6 +34,13 @@ pub trait WeightSource: Send + Sync {
     }
     /// The error for an absent tensor, naming the files searched.
     fn missing(&self, name: &str) -> ModelError;
+    /// What the tensors come from, for messages ("m.gguf", "dir/model.safetensors", ...).
+    fn source_desc(&self) -> String {
+        match self.missing("") {
+            ModelError::MissingTensor { source_desc, .. } => source_desc,
+            _ => "the weights".to_string(),
+        }
+    }
 }
 
 /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a directory holding
@@ -46,12 +56,158 @@ pub fn open_weights(path: &Path) -> Result<Box<dyn WeightSource>> {
     }
 }
 
+/// Checks, before anything is allocated, that `src` holds every tensor the decoder of `cfg`
+/// loads, in the shape it loads it (one-line errors naming the tensor), and that an untied
+/// config has its `lm_head.weight` (never silently tied). Returns warnings for what the
+/// decoder would ignore: layers beyond `num_hidden_layers`, an `lm_head.weight` next to
+/// tied embeddings. `Llama::load` calls it first; `hub::open_model` prints its warnings.
+pub fn validate_weights(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Vec<String>> {
+    let (c, h, hkv, d, i, v) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let check = |name: &str, dims: &[usize]| -> Result<()> {
+        match src.dims(name) {
+            Some(actual) => expect_shape(name, &actual, dims),
+            None => Err(src.missing(name)),
+        }
+    };
+    let mut warnings = Vec::new();
+    check("model.embed_tokens.weight", &[v, c])?;
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        check(&format!("{p}.input_layernorm.weight"), &[c])?;
+        check(&format!("{p}.self_attn.q_proj.weight"), &[h * d, c])?;
+        check(&format!("{p}.self_attn.k_proj.weight"), &[hkv * d, c])?;
+        check(&format!("{p}.self_attn.v_proj.weight"), &[hkv * d, c])?;
+        if cfg.attention_bias {
+            check(&format!("{p}.self_attn.q_proj.bias"), &[h * d])?;
+            check(&format!("{p}.self_attn.k_proj.bias"), &[hkv * d])?;
+            check(&format!("{p}.self_attn.v_proj.bias"), &[hkv * d])?;
+        }
+        check(&format!("{p}.self_attn.o_proj.weight"), &[c, h * d])?;
+        check(&format!("{p}.post_attention_layernorm.weight"), &[c])?;
+        check(&format!("{p}.mlp.gate_proj.weight"), &[i, c])?;
+        check(&format!("{p}.mlp.up_proj.weight"), &[i, c])?;
+        check(&format!("{p}.mlp.down_proj.weight"), &[c, i])?;
+    }
+    check("model.norm.weight", &[c])?;
+    match (cfg.tie_word_embeddings, src.has("lm_head.weight")) {
+        (false, false) => {
+            return Err(ModelError::Weights {
+                source_desc: src.source_desc(),
+                msg: "no `lm_head.weight`, and the config has tie_word_embeddings = false (set it to true if the \
+                      embedding is the LM head)"
+                    .to_string(),
+            })
+        }
+        (false, true) => check("lm_head.weight", &[v, c])?,
+        (true, true) => warnings.push(format!(
+            "{}: `lm_head.weight` is ignored: the config has tie_word_embeddings = true",
+            src.source_desc()
+        )),
+        (true, false) => {}
+    }
+    let beyond = src
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .filter(|&l| l >= cfg.num_hidden_layers)
+        .max();
+    if let Some(top) = beyond {
+        warnings.push(format!(
+            "{}: holds layers up to {top} but num_hidden_layers = {}: layers {}..={top} are ignored",
+            src.source_desc(),
+            cfg.num_hidden_layers,
+            cfg.num_hidden_layers
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The file's bytes: memory mapped, or owned (the `from_bytes` constructors, for tests and
+/// fuzzing).
+pub(crate) enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// `path` opened for reading when it is a regular file (after symlinks). A FIFO would block
+/// the open and a device would be read or mapped forever, so anything else is an error that
+/// says what it is; a missing file or a symlink loop reports the real I/O error.
+pub(crate) fn open_regular_file(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| ModelError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_a_regular_file(path, &meta));
+    }
+    File::open(path).map_err(|e| ModelError::io(path, e))
+}
+
+/// The error for a path that exists but is neither a regular file nor (where a folder is
+/// accepted) a directory.
+pub(crate) fn not_a_regular_file(path: &Path, meta: &std::fs::Metadata) -> ModelError {
+    let kind = if meta.is_dir() { "a directory" } else { special_kind(meta) };
+    ModelError::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not a regular file ({kind})")))
+}
+
+/// "a FIFO", "a character device", ... for a path that is neither a file nor a folder.
+pub(crate) fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        } else if t.is_char_device() {
+            return "a character device";
+        } else if t.is_block_device() {
+            return "a block device";
+        } else if t.is_socket() {
+            return "a socket";
+        }
+    }
+    let _ = meta;
+    "a special file"
+}
+
+/// A regular file mapped read-only.
+pub(crate) fn map_file(path: &Path) -> Result<FileBytes> {
+    let file = open_regular_file(path)?;
+    // SAFETY: the map is read-only and model files are not written while encore runs; a
+    // file truncated underneath us by another process is outside what we can defend against.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    Ok(FileBytes::Mapped(mmap))
+}
+
+/// A regular file read as UTF-8 text.
+pub(crate) fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = open_regular_file(path)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| ModelError::io(path, e))?;
+    Ok(text)
+}
+
 /// The one-line error for a tensor whose shape disagrees with the config.
 pub fn expect_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
     if actual == expected {
         Ok(())
     } else {
-        Err(ModelError::TensorShape { name: name.to_string(), expected: expected.to_vec(), found: actual.to_vec() })
+        Err(ModelError::TensorShape { name: escaped(name), expected: expected.to_vec(), found: actual.to_vec() })
     }
 }
 

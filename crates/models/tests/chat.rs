@@ -5,7 +5,7 @@
 mod common;
 
 use common::write;
-use encore_models::chat::{strftime, ChatTemplate, Message};
+use encore_models::chat::{strftime, ChatTemplate, Message, TemplateLimits};
 
 const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -55,6 +55,18 @@ fn tojson_prints_like_python_json_dumps() {
 }
 
 #[test]
+fn tojson_with_a_huge_indent_is_an_error_not_an_allocation_abort() {
+    // found by the chat_template fuzz target: `indent=1e18` asked for 1e18 spaces
+    for n in ["1e18", "9223372036854775807", "18446744073709551615", "65"] {
+        let t = ChatTemplate::new(&format!("{{{{ messages | tojson(indent={n}) }}}}"), None, None).unwrap();
+        let e = t.render(&[Message::new("user", "x")], false).unwrap_err().to_string();
+        assert!(e.contains("tojson") || e.contains("indent"), "{n}: {e}");
+    }
+    let t = ChatTemplate::new("{{ [1] | tojson(indent=64) }}", None, None).unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), format!("[\n{}1\n]", " ".repeat(64)));
+}
+
+#[test]
 fn strftime_now_and_its_formats() {
     assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
     // 2023-11-14 22:13:20 UTC
@@ -85,7 +97,60 @@ fn template_sources_in_tokenizer_config() {
     write(&p, br#"{"eos_token": "</s>"}"#);
     assert_eq!(ChatTemplate::from_tokenizer_config(&p).unwrap().unwrap().render(&[], false).unwrap(), "J</s>");
 
+    // a template that does not compile loads (the model stays usable without --chat); the
+    // error comes with the first render, naming the file
     write(&p, br#"{"chat_template": "{% for m in messages %}"}"#);
-    let e = ChatTemplate::from_tokenizer_config(&p).err().unwrap().to_string();
+    let t = ChatTemplate::from_tokenizer_config(&p).unwrap().unwrap();
+    let e = t.render(&[Message::new("user", "x")], true).unwrap_err().to_string();
     assert!(e.contains("tokenizer_config.json") && e.starts_with("chat template") && !e.contains('\n'), "{e}");
+    assert_eq!(t.check().unwrap_err().to_string(), e);
+    write(&p, br#"{"chat_template": "#);
+    let e = ChatTemplate::from_tokenizer_config(&p).err().unwrap().to_string();
+    assert!(e.contains("tokenizer_config.json") && e.contains("invalid JSON"), "{e}");
+}
+
+#[test]
+fn a_template_that_does_not_compile_is_an_error_of_new_but_not_of_lenient() {
+    assert!(ChatTemplate::new("{% if %}", None, None).is_err());
+    let t = ChatTemplate::lenient("{% if %}", None, None, "m.gguf: tokenizer.chat_template");
+    let e = t.render(&[], true).unwrap_err().to_string();
+    assert!(e.starts_with("chat template: m.gguf: tokenizer.chat_template: "), "{e}");
+}
+
+#[test]
+fn chat_template_that_loops_forever_runs_out_of_fuel() {
+    let src = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+    let t =
+        ChatTemplate::new(src, None, None).unwrap().with_limits(TemplateLimits { fuel: 100_000, ..Default::default() });
+    let t0 = std::time::Instant::now();
+    let e = t.render(&[Message::new("user", "x")], true).unwrap_err().to_string();
+    assert!(e.contains("stopped after 100000 instructions") && !e.contains('\n'), "{e}");
+    assert!(t0.elapsed().as_secs() < 10);
+    // the default limit stops it too, in well under a minute
+    let t = ChatTemplate::new(src, None, None).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = t.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("instructions"), "{e}");
+    assert!(t0.elapsed().as_secs() < 30, "{:?}", t0.elapsed());
+}
+
+#[test]
+fn chat_template_that_prints_gigabytes_hits_the_output_limit() {
+    let src = "{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}";
+    let limits = TemplateLimits { max_output_bytes: 1 << 20, fuel: u64::MAX };
+    let t = ChatTemplate::new(src, None, None).unwrap().with_limits(limits);
+    let e = t.render(&[Message::new("user", "hi")], true).unwrap_err().to_string();
+    assert!(e.contains("output passed the limit of 1.0 MiB") && !e.contains('\n'), "{e}");
+    // a long message is not what the limit is about: it is added on top
+    let long = "y".repeat(3 << 20);
+    let t = ChatTemplate::new("{{ messages[0].content }}", None, None).unwrap().with_limits(limits);
+    assert_eq!(t.render(&[Message::new("user", &long)], false).unwrap().len(), long.len());
+}
+
+#[test]
+fn smollm2_template_renders_a_long_conversation_within_the_default_limits() {
+    let t = ChatTemplate::new(SMOLLM2, None, None).unwrap();
+    let msgs: Vec<Message> =
+        (0..500).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words here")).collect();
+    assert!(t.render(&msgs, true).unwrap().len() > 500 * 15);
 }

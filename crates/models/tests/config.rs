@@ -198,3 +198,57 @@ fn golden_tiny_model_configs_parse() {
         assert_eq!((c.vocab_size, c.hidden_size, c.torch_dtype), (512, 64, Some(DType::F32)));
     }
 }
+
+#[test]
+fn rope_scaling_factor_of_zero_or_less_is_an_error_not_nan_logits() {
+    let llama3 = |key: &str, val: Value| {
+        let mut v = llama31();
+        v["rope_scaling"][key] = val;
+        v
+    };
+    for (v, field) in [
+        (llama3("factor", json!(0.0)), "rope_scaling.factor"),
+        (llama3("factor", json!(-8.0)), "rope_scaling.factor"),
+        (llama3("low_freq_factor", json!(0.0)), "rope_scaling.low_freq_factor"),
+        (llama3("original_max_position_embeddings", json!(0)), "rope_scaling.original_max_position_embeddings"),
+        (with(llama31(), "rope_scaling", json!({"rope_type": "linear", "factor": 0.0})), "rope_scaling.factor"),
+        (with(llama31(), "rope_scaling", json!({"type": "linear", "factor": -1e30})), "rope_scaling.factor"),
+        (
+            with(llama31(), "rope_parameters", json!({"rope_type": "linear", "factor": 0, "rope_theta": 1e4})),
+            "rope_parameters.factor",
+        ),
+    ] {
+        let e = error_of(&v);
+        assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+    }
+    // and a config built in code goes through the same check
+    let mut cfg = parse(&llama31()).unwrap();
+    cfg.rope_scaling = RopeScaling::Linear { factor: f32::NAN };
+    let e = cfg.validate("x.json").unwrap_err().to_string();
+    assert!(e.contains("rope_scaling.factor") && e.contains("NaN"), "{e}");
+}
+
+#[test]
+fn layer_count_from_config_json_is_bounded_before_anything_is_allocated() {
+    let e = error_of(&with(llama31(), "num_hidden_layers", json!(1_000_000_000_000u64)));
+    assert!(e.contains("`num_hidden_layers`") && e.contains("over the limit"), "{e}");
+    let e = error_of(&with(llama31(), "hidden_size", json!(1u64 << 40)));
+    assert!(e.contains("`hidden_size`") && e.contains("over the limit"), "{e}");
+    let e = error_of(&with(with(llama31(), "head_dim", json!(1u64 << 62)), "num_attention_heads", json!(8)));
+    assert!(e.contains("`num_attention_heads`") && e.contains("head_dim"), "{e}");
+    let e = error_of(&with(llama31(), "vocab_size", json!(u64::MAX)));
+    assert!(e.contains("`vocab_size`"), "{e}");
+}
+
+#[test]
+fn kv_cache_and_weight_bytes_are_checked_products() {
+    let cfg = parse(&llama31()).unwrap();
+    // 2 (K, V) x L x seqs x ctx x Hkv x D x bytes
+    assert_eq!(cfg.kv_cache_bytes(3, 100, DType::BF16), Some(2 * 4 * 3 * 100 * 2 * 32 * 2));
+    assert_eq!(cfg.kv_cache_bytes(usize::MAX, usize::MAX, DType::F32), None);
+    let params = cfg.param_count().unwrap();
+    // embed + head (untied) + 4 layers of (q, k, v, o, mlp, norms) + final norm
+    let layer = 256 * 256 + 2 * 256 * 64 + 256 * 256 + 3 * 256 * 688 + 2 * 256;
+    assert_eq!(params, 2 * 128256 * 256 + 4 * layer + 256);
+    assert_eq!(cfg.weight_bytes(DType::BF16), Some(2 * params));
+}

@@ -246,3 +246,169 @@ fn unsupported_types_and_metadata_name_the_tensor_or_key() {
     let e = one_line(GgufFile::open(&p).unwrap().model_config().unwrap_err());
     assert!(e.contains("llama.attention.head_count") && e.contains("missing"), "{e}");
 }
+
+/// The byte position of the `offset` field of tensor `name`'s info in a built file.
+fn offset_field(bytes: &[u8], name: &str, n_dims: usize) -> usize {
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).expect("tensor info");
+    at + key.len() + 4 + 8 * n_dims + 4
+}
+
+fn open_err(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.gguf");
+    write(&p, bytes);
+    one_line(GgufFile::open(&p).err().expect("the file should be refused"))
+}
+
+#[test]
+fn qk_tensor_with_a_zero_dimension_is_an_error_not_a_division_by_zero() {
+    let e = open_err(&tiny_llama_gguf().tensor("blk.0.attn_q.weight", &[32, 0], 0, vec![]).build());
+    assert!(e.contains("blk.0.attn_q.weight") && e.contains("dimension 1 is 0"), "{e}");
+    let e = open_err(&tiny_llama_gguf().tensor("blk.0.attn_k.weight", &[0, 16], 0, vec![]).build());
+    assert!(e.contains("blk.0.attn_k.weight") && e.contains("dimension 0 is 0"), "{e}");
+    assert_eq!(encore_models::gguf::unpermute_rows(&[], 0, 2), None);
+    assert_eq!(encore_models::gguf::unpermute_rows(&[0; 12], 3, 2), None, "3 rows are not 2 heads of pairs");
+    // a Q weight whose rows do not split into heads of pairs is refused by name at open
+    let (_d, p) = save(&tiny_llama_gguf().tensor("blk.0.attn_q.weight", &[32, 6], 0, f32_bytes(&[0.0; 192])));
+    let e = one_line(GgufWeights::new(GgufFile::open(&p).unwrap()).err().unwrap());
+    assert!(e.contains("blk.0.attn_q.weight") && e.contains("heads of pairs"), "{e}");
+}
+
+#[test]
+fn gguf_byte_size_overflow_is_an_error_not_a_panic() {
+    // numel fits usize but numel x 4 bytes does not
+    let e = open_err(&tiny_llama_gguf().tensor("token_embd.weight", &[1 << 31, 1 << 31], 0, vec![]).build());
+    assert!(e.contains("token_embd.weight") && e.contains("overflow"), "{e}");
+    let e = open_err(&tiny_llama_gguf().tensor("x.weight", &[u64::MAX / 2, 3], 0, vec![]).build());
+    assert!(e.contains("x.weight") && e.contains("overflow"), "{e}");
+    // F16: 2^63 elements of 2 bytes
+    let e = open_err(&tiny_llama_gguf().tensor("h.weight", &[1 << 32, 1 << 31], 1, vec![]).build());
+    assert!(e.contains("h.weight") && e.contains("overflow"), "{e}");
+}
+
+#[test]
+fn gguf_array_counts_are_checked_against_the_bytes_left_before_allocating() {
+    // 2^40 u32 items need 4 TiB; the file has a few hundred bytes
+    let mut p = ty::U32.to_le_bytes().to_vec();
+    p.extend((1u64 << 40).to_le_bytes());
+    let e = open_err(&tiny_llama_gguf().kv_raw("big", ty::ARRAY, &p).build());
+    assert!(e.contains("`big`") && e.contains("needs more bytes than the file has"), "{e}");
+    // a count that fits at 1 byte per item but not at 8 (u64 items)
+    let mut p = ty::U64.to_le_bytes().to_vec();
+    p.extend(40u64.to_le_bytes());
+    p.extend([0u8; 100]);
+    let e = open_err(&GgufBuilder::default().kv_raw("u64s", ty::ARRAY, &p).build());
+    assert!(e.contains("`u64s`") && e.contains("needs more bytes"), "{e}");
+    // nested and unknown item types are refused before any item is read
+    let mut p = 99u32.to_le_bytes().to_vec();
+    p.extend(1u64.to_le_bytes());
+    let e = open_err(&GgufBuilder::default().kv_raw("odd", ty::ARRAY, &p).build());
+    assert!(e.contains("`odd`") && e.contains("unknown array item type 99"), "{e}");
+}
+
+#[test]
+fn gguf_metadata_arrays_past_the_item_limit_are_refused() {
+    let n = (1u64 << 24) + 1;
+    let mut p = ty::U8.to_le_bytes().to_vec();
+    p.extend(n.to_le_bytes());
+    p.resize(p.len() + n as usize, 0);
+    let e = open_err(&GgufBuilder::default().kv_raw("bytes", ty::ARRAY, &p).build());
+    assert!(e.contains("`bytes`") && e.contains("over 16777216 items"), "{e}");
+}
+
+#[test]
+fn gguf_tensor_count_larger_than_the_file_can_hold_is_refused() {
+    let good = tiny_llama_gguf().build();
+    // each tensor info takes at least 32 bytes: a count of len/16 cannot fit
+    let n = (good.len() / 16) as u64;
+    let e = open_err(&[&good[..8], &n.to_le_bytes()[..], &good[16..]].concat());
+    assert!(e.contains("tensor count") && e.contains("needs more bytes"), "{e}");
+}
+
+#[test]
+fn duplicate_gguf_metadata_keys_are_an_error_not_last_one_wins() {
+    let e = open_err(&tiny_llama_gguf().kv_duplicate("llama.block_count").build());
+    assert!(e.contains("`llama.block_count` appears twice"), "{e}");
+}
+
+#[test]
+fn duplicate_gguf_tensor_names_are_an_error() {
+    let b = tiny_llama_gguf().tensor("output_norm.weight", &[32], 0, f32_bytes(&[1.0; 32])).tensor(
+        "output_norm.weight",
+        &[32],
+        0,
+        f32_bytes(&[2.0; 32]),
+    );
+    let e = open_err(&b.build());
+    assert!(e.contains("`output_norm.weight` appears twice"), "{e}");
+    // two names that load as the same HF tensor
+    let b = tiny_llama_gguf().tensor("output.weight", &[32, 6], 0, f32_bytes(&[1.0; 192])).tensor(
+        "lm_head.weight",
+        &[32, 6],
+        0,
+        f32_bytes(&[2.0; 192]),
+    );
+    let (_d, p) = save(&b);
+    let e = one_line(GgufWeights::new(GgufFile::open(&p).unwrap()).err().unwrap());
+    assert!(e.contains("`output.weight`") && e.contains("`lm_head.weight`"), "{e}");
+}
+
+#[test]
+fn overlapping_gguf_tensor_data_is_an_error_naming_both_tensors() {
+    let b = tiny_llama_gguf().tensor("blk.0.attn_norm.weight", &[32], 0, f32_bytes(&[1.0; 32])).tensor(
+        "blk.0.ffn_norm.weight",
+        &[32],
+        0,
+        f32_bytes(&[2.0; 32]),
+    );
+    let mut bytes = b.build();
+    let at = offset_field(&bytes, "blk.0.ffn_norm.weight", 1);
+    bytes[at..at + 8].copy_from_slice(&64u64.to_le_bytes()); // second tensor starts inside the first's 128 bytes
+    let e = open_err(&bytes);
+    assert!(
+        e.contains("blk.0.attn_norm.weight") && e.contains("blk.0.ffn_norm.weight") && e.contains("overlap"),
+        "{e}"
+    );
+    bytes[at..at + 8].copy_from_slice(&0u64.to_le_bytes()); // exactly the same bytes
+    let e = open_err(&bytes);
+    assert!(e.contains("overlap"), "{e}");
+}
+
+#[test]
+fn gguf_keys_with_control_characters_are_escaped_in_errors() {
+    let e = open_err(&tiny_llama_gguf().kv_raw("evil\nkey\x1b[2J", ty::BOOL, &[7]).build());
+    assert!(e.contains("evil\\nkey\\u{1b}[2J"), "{e}");
+    assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+    let e = open_err(&tiny_llama_gguf().tensor("t\r\n.weight", &[32, 0], 0, vec![]).build());
+    assert!(e.contains("t\\r\\n.weight") && !e.chars().any(|c| c.is_control()), "{e:?}");
+    let (_d, p) = save(&tiny_llama_gguf().kv_str("general.architecture", "gpt\u{1b}[31m"));
+    let e = one_line(GgufFile::open(&p).unwrap().model_config().unwrap_err());
+    assert!(e.contains("gpt\\u{1b}[31m"), "{e}");
+}
+
+#[test]
+fn gguf_block_count_is_bounded_like_config_json() {
+    let (_d, p) = save(&tiny_llama_gguf().kv_u32("llama.block_count", 4_000_000_000));
+    let e = one_line(GgufFile::open(&p).unwrap().model_config().unwrap_err());
+    assert!(e.contains("num_hidden_layers") && e.contains("over the limit"), "{e}");
+}
+
+#[test]
+fn gguf_from_bytes_parses_like_open() {
+    let bytes = tiny_llama_gguf().tensor("output_norm.weight", &[32], 0, f32_bytes(&[1.0; 32])).build();
+    let f = GgufFile::from_bytes(std::path::Path::new("mem.gguf"), bytes).unwrap();
+    assert_eq!(f.tensors.len(), 1);
+    let e = one_line(GgufFile::from_bytes(std::path::Path::new("mem.gguf"), b"GGUF".to_vec()).err().unwrap());
+    assert!(e.contains("mem.gguf") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn gguf_token_ids_past_u32_are_an_error_not_truncated() {
+    // 2^32 + 1 used to become token 1 (a valid EOS) silently
+    let b = tiny_llama_gguf().kv_raw("tokenizer.ggml.eos_token_id", ty::U64, &((1u64 << 32) + 1).to_le_bytes());
+    let (_d, p) = save(&b);
+    let e = one_line(GgufFile::open(&p).unwrap().model_config().unwrap_err());
+    assert!(e.contains("tokenizer.ggml.eos_token_id") && e.contains("not a token id"), "{e}");
+}

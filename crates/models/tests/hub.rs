@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{tiny_llama_gguf, write};
+use common::{tiny_llama_model_gguf, write};
 use encore_models::chat::Message;
 use encore_models::golden::golden_dir;
 use encore_models::hub::{extract_gguf, fetch_default_model, hf_snapshot, open_model};
@@ -78,9 +78,9 @@ fn open_model_folder_and_gguf() {
 
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.gguf");
-    let b = tiny_llama_gguf()
+    let b = tiny_llama_model_gguf(true)
         .kv_str("tokenizer.chat_template", "{{ bos_token }}{{ messages[0]['content'] }}{{ eos_token }}");
-    write(&p, &b.tensor("output_norm.weight", &[32], 0, common::f32_bytes(&[1.0; 32])).build());
+    write(&p, &b.build());
     let m = open_model(&p).unwrap();
     assert_eq!((m.config.hidden_size, m.config.eos_token_ids.clone()), (32, vec![1]));
     let out = m.chat_template.unwrap().render(&[Message::new("user", "ab")], true).unwrap();
@@ -98,4 +98,67 @@ fn open_model_folder_and_gguf() {
     std::fs::remove_file(tmp.path().join("config.json")).unwrap();
     let e = open_model(tmp.path()).err().unwrap().to_string();
     assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn a_fifo_as_model_is_not_a_regular_file_or_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.gguf");
+    if std::process::Command::new("mkfifo").arg(&p).status().map_or(true, |s| !s.success()) {
+        eprintln!("no mkfifo here: skipped");
+        return;
+    }
+    let e = open_model(&p).err().expect("refused").to_string();
+    assert!(e.contains("model.gguf") && e.contains("not a regular file or directory (a FIFO)"), "{e}");
+    // a FIFO inside a model folder is named too (and never opened for reading)
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(golden_dir().join("tiny-llama3/config.json"), folder.path().join("config.json")).unwrap();
+    std::process::Command::new("mkfifo").arg(folder.path().join("model.safetensors")).status().unwrap();
+    let e = open_model(folder.path()).err().expect("refused").to_string();
+    assert!(e.contains("model.safetensors") && e.contains("not a regular file (a FIFO)"), "{e}");
+    let e = open_model(std::path::Path::new("/dev/null")).err().expect("refused").to_string();
+    assert!(e.contains("/dev/null") && e.contains("a character device"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_as_model_reports_the_real_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let e = encore_models::hub::resolve_model(a.to_str().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("symbolic links") && !e.to_lowercase().contains("no such file"), "{e}");
+    let e = open_model(&a).err().unwrap().to_string();
+    assert!(e.contains("symbolic links"), "{e}");
+}
+
+#[test]
+fn a_safetensors_file_as_model_is_read_with_its_folders_config() {
+    let st = golden_dir().join("tiny-llama3").join("model.safetensors");
+    let m = open_model(&st).unwrap();
+    assert_eq!((m.config.hidden_size, m.path.clone()), (64, st));
+    assert!(m.weights.has("lm_head.weight"));
+    // a .safetensors file without a config.json beside it says what to pass
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("w.safetensors");
+    std::fs::copy(golden_dir().join("tiny-llama3").join("model.safetensors"), &lone).unwrap();
+    let e = open_model(&lone).err().unwrap().to_string();
+    assert!(e.contains("no config.json") && e.contains("--model takes"), "{e}");
+    // any other file that is not GGUF
+    let txt = dir.path().join("notes.txt");
+    write(&txt, b"hello");
+    let e = open_model(&txt).err().unwrap().to_string();
+    assert!(e.contains("notes.txt") && e.contains("not a GGUF file") && e.contains("--model takes"), "{e}");
+}
+
+#[test]
+fn a_broken_chat_template_does_not_stop_the_model_from_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.gguf");
+    write(&p, &tiny_llama_model_gguf(true).kv_str("tokenizer.chat_template", "{% for m in messages %}{{ m").build());
+    let m = open_model(&p).expect("loads without --chat");
+    assert_eq!(m.tokenizer.unwrap().encode("ab", false).unwrap(), vec![4]);
+    let e = m.chat_template.unwrap().render(&[Message::new("user", "x")], true).unwrap_err().to_string();
+    assert!(e.contains("m.gguf: tokenizer.chat_template") && !e.contains('\n'), "{e}");
 }

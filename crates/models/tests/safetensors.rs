@@ -147,3 +147,105 @@ fn committed_tiny_models_load_with_the_shapes_their_config_names() {
         assert_eq!(w.names().len(), expected, "{name}");
     }
 }
+
+/// A safetensors file from a raw JSON header text (no checks: for corrupt headers).
+fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
+    let mut h = header.as_bytes().to_vec();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.resize(out.len() + data_len, 0);
+    out
+}
+
+fn open_err(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.safetensors");
+    write(&p, bytes);
+    let e = one_line(SafetensorsWeights::open_file(&p).err().expect("the file should be refused"));
+    assert!(e.contains("model.safetensors"), "{e}");
+    e
+}
+
+#[test]
+fn safetensors_shape_dtype_error_names_the_tensor() {
+    let e = open_err(&safetensors_bytes(&[
+        ("ok", "F32", vec![1], f32_bytes(&[1.0])),
+        ("model.norm.weight", "F32", vec![4, 5], f32_bytes(&[0.5; 16])),
+    ]));
+    assert!(e.contains("`model.norm.weight`") && e.contains("needs 80 bytes") && e.contains("hold 64"), "{e}");
+    let e = open_err(&raw_file(r#"{"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}}"#, 4));
+    assert!(e.contains("`w`") && e.contains("unknown dtype `F33`"), "{e}");
+    let e = open_err(&raw_file(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4));
+    assert!(e.contains("`w`"), "{e}");
+    let e = open_err(&raw_file(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, 4));
+    assert!(e.contains("`w`") && e.contains("overflows"), "{e}");
+    let e = open_err(&raw_file(r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, 2));
+    assert!(e.contains("`w`") && e.contains("not a whole number of bytes"), "{e}");
+}
+
+#[test]
+fn overlapping_safetensors_tensor_data_is_an_error_naming_both() {
+    let h = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
+    let e = open_err(&raw_file(h, 16));
+    assert!(e.contains("`a`") && e.contains("`b`") && e.contains("overlap"), "{e}");
+    let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let e = open_err(&raw_file(h, 8));
+    assert!(e.contains("overlap"), "{e}");
+}
+
+#[test]
+fn duplicate_safetensors_tensor_names_are_an_error_not_last_one_wins() {
+    let h = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let e = open_err(&raw_file(h, 8));
+    assert!(e.contains("`w` appears twice"), "{e}");
+}
+
+#[test]
+fn safetensors_bytes_that_belong_to_no_tensor_are_an_error() {
+    let h = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let e = open_err(&raw_file(h, 8));
+    assert!(e.contains("data bytes 0..4 belong to no tensor"), "{e}");
+    let e = open_err(&raw_file(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 12));
+    assert!(e.contains("8 bytes after the last tensor"), "{e}");
+    let e = open_err(&raw_file(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#, 8));
+    assert!(e.contains("`w`") && e.contains("end before they start"), "{e}");
+    let e = open_err(&[&(u64::MAX).to_le_bytes()[..], b"{}"].concat());
+    assert!(e.contains("over the format's limit"), "{e}");
+}
+
+#[test]
+fn safetensors_metadata_and_zero_sized_tensors_are_accepted() {
+    let h = r#"{"__metadata__":{"format":"pt"},"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
+    let w = SafetensorsWeights::from_bytes(std::path::Path::new("mem.safetensors"), raw_file(h, 4)).unwrap();
+    assert_eq!(w.names(), vec!["e", "w"]);
+    assert_eq!(w.get("w", DType::F32).unwrap().to_f32(), vec![0.0, 0.0]);
+}
+
+#[test]
+fn sharded_index_that_disagrees_with_its_shards_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = ("s1.safetensors", "s2.safetensors");
+    write(
+        &dir.path().join(s1),
+        &safetensors_bytes(&[("a", "F32", vec![1], f32_bytes(&[1.0])), ("x", "F32", vec![1], f32_bytes(&[3.0]))]),
+    );
+    write(&dir.path().join(s2), &safetensors_bytes(&[("b", "F32", vec![1], f32_bytes(&[2.0]))]));
+    let idx = dir.path().join("model.safetensors.index.json");
+    let open = |map: serde_json::Value| {
+        write(&idx, serde_json::json!({ "weight_map": map }).to_string().as_bytes());
+        SafetensorsWeights::open_index(&idx).map(|w| w.names())
+    };
+    assert_eq!(open(serde_json::json!({"a": s1, "x": s1, "b": s2})).unwrap(), vec!["a", "b", "x"]);
+    // `x` is in shard s1 but the index does not list it
+    let e = one_line(open(serde_json::json!({"a": s1, "b": s2})).unwrap_err());
+    assert!(e.contains("`x`") && e.contains("s1.safetensors") && e.contains("not in the weight_map"), "{e}");
+    // `x` is in shard s1 but the index maps it to s2
+    let e = one_line(open(serde_json::json!({"a": s1, "x": s2, "b": s2})).unwrap_err());
+    assert!(e.contains("`x`") && e.contains("listed in shard s2.safetensors but is in s1.safetensors"), "{e}");
+    // listed in a shard that does not hold it
+    let e = one_line(open(serde_json::json!({"a": s1, "x": s1, "b": s2, "c": s2})).unwrap_err());
+    assert!(e.contains("`c`") && e.contains("is not in it"), "{e}");
+}

@@ -169,3 +169,42 @@ fn missing_and_corrupt_tokenizer_files_name_the_file() {
     let e = Tokenizer::from_file(&p).err().unwrap().to_string();
     assert!(e.contains("tokenizer_config.json"), "{e}");
 }
+
+#[test]
+fn tokenizer_json_with_a_syntax_error_inside_decoder_is_an_error_not_a_panic() {
+    let dir = tokenizer_dir(None, None);
+    let p = dir.path().join("tokenizer.json");
+    let good = std::fs::read_to_string(&p).unwrap();
+    let at = good.find("\"decoder\"").unwrap();
+    // inserted where the tokenizers crate's untagged decoder enum panics on the syntax error
+    for cut in [30, 50] {
+        let mut bad = good.clone();
+        bad.insert_str(at + cut, "}{,");
+        write(&p, bad.as_bytes());
+        let e = Tokenizer::from_file(&p).err().expect("refused").to_string();
+        assert!(e.contains("tokenizer.json") && e.contains("invalid JSON") && !e.contains('\n'), "{cut}: {e}");
+    }
+}
+
+#[test]
+fn tokenizer_json_that_is_a_fifo_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    if std::process::Command::new("mkfifo").arg(&p).status().map_or(true, |s| !s.success()) {
+        eprintln!("no mkfifo here: skipped");
+        return;
+    }
+    let e = Tokenizer::from_file(&p).err().expect("refused").to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("not a regular file (a FIFO)"), "{e}");
+}
+
+#[test]
+fn from_json_str_reads_a_tokenizer_and_names_the_source_in_errors() {
+    let (tokens, types, merges) = vocab();
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let json = gpt2_tokenizer_json(&refs, &types, &merges, None).unwrap().to_string();
+    let t = Tokenizer::from_json_str(&json, std::path::Path::new("mem.json")).unwrap();
+    assert_eq!(t.encode("the", false).unwrap(), vec![id(&t, "t"), id(&t, "he")]);
+    let e = Tokenizer::from_json_str(&json[..json.len() / 2], std::path::Path::new("mem.json")).err().unwrap();
+    assert!(e.to_string().starts_with("mem.json: tokenizer: invalid JSON"), "{e}");
+}

@@ -64,9 +64,73 @@ pub fn tables(head_dim: usize, max_pos: usize, theta: f32, scaling: &RopeScaling
     (cos, sin)
 }
 
+/// The most entries (`max_pos * D/2`) one table built by [`try_tables`] may have: 1 GiB of f32.
+pub const MAX_TABLE_ENTRIES: usize = 1 << 28;
+
+/// [`tables`] for a `max_pos` that comes from a flag or a file: `max_pos * D/2` must not
+/// overflow nor pass [`MAX_TABLE_ENTRIES`], the tables are allocated fallibly, and scaling
+/// that makes a frequency NaN, infinite or zero is refused (it would give NaN logits).
+pub fn try_tables(
+    head_dim: usize,
+    max_pos: usize,
+    theta: f32,
+    scaling: &RopeScaling,
+) -> crate::Result<(Vec<f32>, Vec<f32>)> {
+    let op = "rope tables";
+    let half = head_dim / 2;
+    let entries = max_pos.checked_mul(half).filter(|&n| n <= MAX_TABLE_ENTRIES).ok_or_else(|| {
+        crate::Error::InvalidArgument {
+            op,
+            msg: format!(
+                "{max_pos} positions x {half} frequencies is over the limit of {MAX_TABLE_ENTRIES} entries (lower --max-ctx)"
+            ),
+        }
+    })?;
+    let inv = inv_freq(head_dim, theta, scaling);
+    if let Some(bad) = inv.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+        return Err(crate::Error::InvalidArgument {
+            op,
+            msg: format!("theta {theta} with {scaling:?} gives the frequency {bad} (not a positive number)"),
+        });
+    }
+    let alloc = || -> crate::Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(entries)
+            .map_err(|_| crate::Error::InvalidArgument { op, msg: format!("cannot allocate {entries} f32 entries") })?;
+        Ok(v)
+    };
+    let (mut cos, mut sin) = (alloc()?, alloc()?);
+    for p in 0..max_pos {
+        for &f in &inv {
+            let angle = (f as f32) * (p as f32);
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    Ok((cos, sin))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rope_table_capacity_overflow_at_huge_max_ctx_is_an_error() {
+        let e = try_tables(128, usize::MAX / 2, 10000.0, &RopeScaling::None).unwrap_err().to_string();
+        assert!(e.contains("rope tables") && e.contains("--max-ctx"), "{e}");
+        let e = try_tables(128, MAX_TABLE_ENTRIES / 64 + 1, 10000.0, &RopeScaling::None).unwrap_err();
+        assert!(e.to_string().contains("over the limit"), "{e}");
+        let (cos, sin) = try_tables(16, 5, 10000.0, &RopeScaling::None).unwrap();
+        assert_eq!((cos.clone(), sin.clone()), tables(16, 5, 10000.0, &RopeScaling::None));
+    }
+
+    #[test]
+    fn rope_scaling_factor_of_zero_is_refused_not_nan() {
+        for factor in [0.0, -2.0, f32::NAN] {
+            let e = try_tables(16, 4, 10000.0, &RopeScaling::Linear { factor }).unwrap_err().to_string();
+            assert!(e.contains("not a positive number"), "{factor}: {e}");
+        }
+    }
 
     #[test]
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {

@@ -61,14 +61,14 @@ fn gguf_string(s: &str) -> Vec<u8> {
 pub struct GgufBuilder {
     pub version: u32,
     pub alignment: usize,
-    kvs: Vec<u8>,
-    n_kv: u64,
+    /// (key, type, payload), in file order; setting a key again replaces it in place.
+    kvs: Vec<(String, u32, Vec<u8>)>,
     tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
 }
 
 impl Default for GgufBuilder {
     fn default() -> Self {
-        GgufBuilder { version: 3, alignment: 32, kvs: Vec::new(), n_kv: 0, tensors: Vec::new() }
+        GgufBuilder { version: 3, alignment: 32, kvs: Vec::new(), tensors: Vec::new() }
     }
 }
 
@@ -79,12 +79,19 @@ impl GgufBuilder {
         self
     }
 
-    /// A key with a raw payload of value type `ty`.
+    /// A key with a raw payload of value type `ty` (replacing an earlier value of `key`).
     pub fn kv_raw(mut self, key: &str, ty: u32, payload: &[u8]) -> Self {
-        self.kvs.extend(gguf_string(key));
-        self.kvs.extend(ty.to_le_bytes());
-        self.kvs.extend_from_slice(payload);
-        self.n_kv += 1;
+        match self.kvs.iter_mut().find(|(k, _, _)| k == key) {
+            Some(kv) => *kv = (key.to_string(), ty, payload.to_vec()),
+            None => self.kvs.push((key.to_string(), ty, payload.to_vec())),
+        }
+        self
+    }
+
+    /// A second copy of a key already set (a corrupt file).
+    pub fn kv_duplicate(mut self, key: &str) -> Self {
+        let kv = self.kvs.iter().find(|(k, _, _)| k == key).expect("key set before").clone();
+        self.kvs.push(kv);
         self
     }
 
@@ -132,8 +139,12 @@ impl GgufBuilder {
         let mut out = b"GGUF".to_vec();
         out.extend(self.version.to_le_bytes());
         out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend(self.n_kv.to_le_bytes());
-        out.extend_from_slice(&self.kvs);
+        out.extend((self.kvs.len() as u64).to_le_bytes());
+        for (key, ty, payload) in &self.kvs {
+            out.extend(gguf_string(key));
+            out.extend(ty.to_le_bytes());
+            out.extend_from_slice(payload);
+        }
         let align = |n: usize| n.div_ceil(self.alignment) * self.alignment;
         let mut offset = 0usize;
         let mut offsets = Vec::new();
@@ -176,4 +187,38 @@ pub fn tiny_llama_gguf() -> GgufBuilder {
         .kv_str_array("tokenizer.ggml.merges", &["a b"])
         .kv_u32("tokenizer.ggml.bos_token_id", 0)
         .kv_u32("tokenizer.ggml.eos_token_id", 1)
+}
+
+/// `n` deterministic values in [-0.5, 0.5) (no RNG: this file is shared with the CLI tests).
+pub fn pattern(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect()
+}
+
+/// [`tiny_llama_gguf`] with every tensor the decoder loads (f32, ggml dims), so the file
+/// opens and runs: C=32, H=2, Hkv=1, D=16, I=64, L=1, V=6; `output.weight` unless tied.
+pub fn tiny_llama_model_gguf(tied: bool) -> GgufBuilder {
+    let (c, h, hkv, d, i, v) = (32u64, 2u64, 1u64, 16u64, 64u64, 6u64);
+    let mut tensors: Vec<(&str, Vec<u64>)> = vec![
+        ("token_embd.weight", vec![c, v]),
+        ("blk.0.attn_norm.weight", vec![c]),
+        ("blk.0.attn_q.weight", vec![c, h * d]),
+        ("blk.0.attn_k.weight", vec![c, hkv * d]),
+        ("blk.0.attn_v.weight", vec![c, hkv * d]),
+        ("blk.0.attn_output.weight", vec![h * d, c]),
+        ("blk.0.ffn_norm.weight", vec![c]),
+        ("blk.0.ffn_gate.weight", vec![c, i]),
+        ("blk.0.ffn_up.weight", vec![c, i]),
+        ("blk.0.ffn_down.weight", vec![i, c]),
+        ("output_norm.weight", vec![c]),
+    ];
+    if !tied {
+        tensors.push(("output.weight", vec![c, v]));
+    }
+    let mut b = tiny_llama_gguf();
+    for (k, (name, dims)) in tensors.into_iter().enumerate() {
+        let n = dims.iter().product::<u64>() as usize;
+        let vals = if name.ends_with("norm.weight") { vec![1.0; n] } else { pattern(n, k) };
+        b = b.tensor(name, &dims, 0, f32_bytes(&vals));
+    }
+    b
 }

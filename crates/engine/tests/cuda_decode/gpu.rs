@@ -1,13 +1,5 @@
-//! Decode on CUDA (runs on a GPU host only; `--features cuda`):
-//! - a graph replay gives bit-identical logits and tokens to the eager step it came from,
-//!   over 256 greedy steps at batch 1 and for 3 sequences in the 4-bucket, with a prefill
-//!   interleaved between replays;
-//! - the decode graph audits to kernel nodes only in `inline` and warm `cached` modes, and
-//!   to one alloc + memcpy + free group per strided launch in `upload` mode;
-//! - a forced capture failure falls back to eager for that bucket with the same tokens;
-//! - the model on CUDA agrees with transformers' goldens (f32) and with the CPU backend
-//!   (bf16: greedy tokens, top-5 at the first difference, |logprob diff| <= 5e-2).
-#![cfg(feature = "cuda")]
+// The GPU tests of the `cuda_decode` target, included by main.rs with the `cuda` feature
+// (main.rs says what they cover).
 
 use encore_cpu::Cpu;
 use encore_cuda::{Cuda, LaunchParamMode};
