@@ -258,6 +258,8 @@ mod tests {
     const SOURCES: &[(&str, &str)] = &[
         ("argmax.cu", include_str!("../kernels/argmax.cu")),
         ("attention.cu", include_str!("../kernels/attention.cu")),
+        ("attention_decode.cu", include_str!("../kernels/attention_decode.cu")),
+        ("attention_prefill.cu", include_str!("../kernels/attention_prefill.cu")),
         ("binary.cu", include_str!("../kernels/binary.cu")),
         ("copy.cu", include_str!("../kernels/copy.cu")),
         ("embedding.cu", include_str!("../kernels/embedding.cu")),
