@@ -5,7 +5,9 @@
 use crate::ops;
 use crate::storage::{with_reads, with_write, CpuStorage, Data};
 use crate::strided::{gather, scatter};
-use encore_tensor::{check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, Tensor, UnaryOp};
+use encore_tensor::{
+    check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, QTensor, Result, Tensor, UnaryOp,
+};
 
 /// The CPU backend. Stateless, so cloning is free; rayon's global pool runs the parallel
 /// loops and `gemm`'s threads.
@@ -75,6 +77,14 @@ impl Backend for Cpu {
 
     fn matmul_add(&self, lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
         ops::matmul::matmul(lhs, rhs, dst, true)
+    }
+
+    fn qmatmul(&self, x: &Tensor<Cpu>, w: &QTensor<Cpu>, dst: &Tensor<Cpu>, accumulate: bool) -> Result<()> {
+        ops::qmatmul::qmatmul(x, w, dst, accumulate)
+    }
+
+    fn qembedding(&self, ids: &Tensor<Cpu>, table: &QTensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+        ops::qmatmul::qembedding(ids, table, dst)
     }
 
     fn rms_norm(&self, x: &Tensor<Cpu>, weight: &Tensor<Cpu>, eps: f32, dst: &Tensor<Cpu>) -> Result<()> {
