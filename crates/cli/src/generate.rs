@@ -6,7 +6,8 @@ use clap::Args;
 use encore_engine::{run_generate, Device, EngineConfig, Flow, SamplingParams};
 use encore_models::chat::Message;
 use encore_models::hub;
-use encore_tensor::DType;
+use encore_models::quantize::QUANTIZE_TYPES;
+use encore_tensor::{DType, QuantType};
 use std::io::Write;
 use std::time::Instant;
 
@@ -78,6 +79,11 @@ pub struct GenerateArgs {
     /// How kernels get their layout metadata: inline, cached or upload.
     #[arg(long, default_value = "inline")]
     launch_params: String,
+    /// Quantize float (bf16/f16/f32 safetensors) weights at load: q8_0 or q4_k (rows that
+    /// are not whole Q4_K blocks fall back to q8_0). Quantized GGUF weights always stay
+    /// quantized.
+    #[arg(long)]
+    quantize: Option<String>,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -90,6 +96,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         None => None,
     };
     let launch_params = a.launch_params.parse().map_err(|e: String| anyhow::anyhow!("--launch-params: {e}"))?;
+    let quantize = match &a.quantize {
+        Some(s) => match QuantType::parse(s) {
+            Some(t) if QUANTIZE_TYPES.contains(&t) => Some(t),
+            _ => bail!("--quantize: unknown type `{s}` (expected q8_0 or q4_k)"),
+        },
+        None => None,
+    };
     let params = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -155,6 +168,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         gpu_memory_utilization: a.gpu_memory_utilization,
         cpu_kv_bytes: (a.kv_cache_gib * (1u64 << 30) as f64) as usize,
         max_num_batched_tokens: a.max_num_batched_tokens,
+        quantize,
         ..Default::default()
     };
     let single = prompts.len() == 1;

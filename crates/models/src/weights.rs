@@ -1,11 +1,12 @@
 //! The weight-source contract the decoder loads through: tensors looked up by their exact
 //! Hugging Face names ("model.layers.0.self_attn.q_proj.weight"), returned as contiguous
-//! [`HostTensor`]s already converted to the compute dtype. Implemented by
+//! [`HostTensor`]s already converted to the compute dtype, or (`get_raw`) quantized tensors
+//! as their raw blocks. Implemented by
 //! [`crate::safetensors::SafetensorsWeights`] and [`crate::gguf::GgufWeights`]; [`open_weights`]
 //! picks one from a path. Also the load progress bar and the shape check the decoder uses.
 
 use crate::error::{ModelError, Result};
-use encore_tensor::{DType, HostTensor};
+use encore_tensor::{DType, HostQTensor, HostTensor};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -31,6 +32,15 @@ pub trait WeightSource: Send + Sync {
     }
     /// The error for an absent tensor, naming the files searched.
     fn missing(&self, name: &str) -> ModelError;
+    /// The raw ggml blocks of a 2-D tensor stored quantized (`[rows, cols]` in HF order,
+    /// rows permuted as [`WeightSource::get`] permutes them); `None` for a tensor stored in
+    /// a float dtype (then use `get`). Sources without quantized tensors keep the default.
+    fn get_raw(&self, name: &str) -> Result<Option<HostQTensor>> {
+        if !self.has(name) {
+            return Err(self.missing(name));
+        }
+        Ok(None)
+    }
 }
 
 /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a directory holding
