@@ -33,6 +33,12 @@ pub use sample::sample_cases;
 
 use encore_tensor::Backend;
 
+/// The quantized ops' cases (qmatmul, qembedding) in one call.
+pub fn run_quant_cases<B: Backend>(b: &B) {
+    qmatmul_cases(b);
+    qembedding_cases(b);
+}
+
 /// Every parity case, in the order a forward pass meets the ops.
 pub fn run_all<B: Backend>(b: &B) {
     memory_cases(b);
@@ -40,8 +46,7 @@ pub fn run_all<B: Backend>(b: &B) {
     embedding_cases(b);
     rms_norm_cases(b);
     matmul_cases(b);
-    qmatmul_cases(b);
-    qembedding_cases(b);
+    run_quant_cases(b);
     rope_cases(b);
     kv_write_cases(b);
     attention_cases(b);

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use encore_tensor::check::{self, MatOperand, Rows};
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, StridedMeta, Tensor, UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, Error, HostQTensor, HostTensor, QTensor, Result, StridedMeta, Tensor,
+    UnaryOp,
 };
 
 use crate::device::{CudaDevice, DeviceBuffer};
@@ -38,6 +39,8 @@ const ATTENTION_MIN_KEYS_PER_SPLIT: usize = 64;
 pub struct Cuda {
     dev: CudaDevice,
     attn: Arc<AttentionWorkspace>,
+    /// The prefill scratch of quantized matmuls (qmatmul.rs), sized by `upload_quant`.
+    pub(crate) quant: Arc<crate::qmatmul::QuantScratch>,
 }
 
 /// Scratch for split-K attention: `[T*H, nsplit, 2]` (max, sum) then `[T*H, nsplit, D]` f32
@@ -74,7 +77,7 @@ impl Cuda {
         })?;
         let sm_count = (sms.max(1)) as usize;
         let buf = dev.alloc(4 * sm_count * (ATTENTION_MAX_D + 2) * 4)?;
-        Ok(Cuda { dev, attn: Arc::new(AttentionWorkspace { buf, sm_count }) })
+        Ok(Cuda { dev, attn: Arc::new(AttentionWorkspace { buf, sm_count }), quant: Arc::default() })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -405,6 +408,19 @@ impl Backend for Cuda {
 
     fn matmul(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         self.gemm(lhs, rhs, dst, false)
+    }
+
+    /// qmatmul.rs: GEMV on the blocks for M <= 16, dequantize + cuBLAS above.
+    fn qmatmul(&self, x: &Tensor<Cuda>, w: &QTensor<Cuda>, dst: &Tensor<Cuda>, accumulate: bool) -> Result<()> {
+        self.qmatmul_blocks(x, w, dst, accumulate)
+    }
+
+    fn qembedding(&self, ids: &Tensor<Cuda>, table: &QTensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+        self.qembedding_blocks(ids, table, dst)
+    }
+
+    fn upload_quant(&self, host: &HostQTensor) -> Result<QTensor<Cuda>> {
+        self.upload_quant_blocks(host)
     }
 
     fn rms_norm(&self, x: &Tensor<Cuda>, weight: &Tensor<Cuda>, eps: f32, dst: &Tensor<Cuda>) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::step_inputs::StepInputs;
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
-use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, Tensor};
+use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, QuantType, Result as TResult, Tensor};
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B>,        // [C]
@@ -175,6 +175,56 @@ impl<B: Backend> Llama<B> {
             Linear::Dense(rand(&[cfg.vocab_size, c], w(c))?)
         };
         let embed = Embedding::Dense(embed);
+        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
+        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+    }
+
+    /// Random weights quantized on the host to `qtype` (rows that are not whole blocks fall
+    /// back as `--quantize` does): a quantized model without files, for tests and benches.
+    pub fn random_quantized(
+        b: &B,
+        cfg: ModelConfig,
+        dtype: DType,
+        max_ctx: usize,
+        seed: u64,
+        qtype: QuantType,
+    ) -> Result<Self, ModelError> {
+        let (c, h, hkv, d, i) = dims(&cfg);
+        let mut rng = encore_tensor::testing::Rng::seeded(seed);
+        let mut weight = |name: &str, rows: usize, cols: usize, scale: f32| -> Result<HostWeight, ModelError> {
+            let values = rng.vec(rows * cols, -scale, scale);
+            Ok(match crate::quantize::type_for(qtype, cols) {
+                Some(t) => HostWeight::Quant(crate::quantize::quantize(name, t, &values, rows, cols)?),
+                None => HostWeight::Dense(HostTensor::from_f32_as(&[rows, cols], &values, dtype)),
+            })
+        };
+        let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let embed = weight("embed", cfg.vocab_size, c, 1.0)?.upload_embedding(b)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            let bias = match cfg.attention_bias {
+                true => Some(match weight("bias", 1, (h + 2 * hkv) * d, 0.1)? {
+                    HostWeight::Dense(t) => b.tensor(&HostTensor { dims: vec![(h + 2 * hkv) * d], ..t })?,
+                    HostWeight::Quant(q) => b.tensor(&HostTensor::from_f32_as(&[q.cols], &q.dequantize(), dtype))?,
+                }),
+                false => None,
+            };
+            layers.push(Layer {
+                attn_norm: ones(b, dtype, c)?,
+                qkv: weight("qkv", (h + 2 * hkv) * d, c, w(c))?.upload(b)?,
+                qkv_bias: bias,
+                o_proj: weight("o_proj", c, h * d, w(h * d))?.upload(b)?,
+                mlp_norm: ones(b, dtype, c)?,
+                gate_up: weight("gate_up", 2 * i, c, w(c))?.upload(b)?,
+                down: weight("down", c, i, w(i))?.upload(b)?,
+            });
+        }
+        let norm = ones(b, dtype, c)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.as_linear()
+        } else {
+            weight("lm_head", cfg.vocab_size, c, w(c))?.upload(b)?
+        };
         let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
         Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
     }

@@ -33,15 +33,28 @@ pub fn quantize(name: &str, qtype: QuantType, values: &[f32], rows: usize, cols:
             found: vec![values.len() / cols.max(1), cols],
         });
     }
-    let mut data = Vec::with_capacity(rows * qtype.row_bytes(cols));
-    for x in values.chunks_exact(qtype.block_len()) {
-        match qtype {
-            QuantType::Q8_0 => q8_0(x, &mut data),
-            QuantType::Q4_K => q4_k(x, &mut data),
-            _ => return Err(unsupported()),
-        }
-    }
-    Ok(HostQTensor::new(name, qtype, rows, cols, data)?)
+    let block: fn(&[f32], &mut Vec<u8>) = match qtype {
+        QuantType::Q8_0 => q8_0,
+        QuantType::Q4_K => q4_k,
+        _ => return Err(unsupported()),
+    };
+    // rows split over the host's threads (a 1B model's Q4_K search is minutes on one)
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+    let rows_per = rows.div_ceil(threads.max(1)).max(1);
+    let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = values
+            .chunks(rows_per * cols.max(1))
+            .map(|chunk| {
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(chunk.len() / qtype.block_len() * qtype.block_bytes());
+                    chunk.chunks_exact(qtype.block_len()).for_each(|x| block(x, &mut out));
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a quantizer thread panicked")).collect()
+    });
+    Ok(HostQTensor::new(name, qtype, rows, cols, parts.concat())?)
 }
 
 fn nearest_int(v: f32) -> i32 {
