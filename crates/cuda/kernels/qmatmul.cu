@@ -4,10 +4,11 @@
 // decode steps), w [N, K] quantized, dequantized in registers against x in T (f32, bf16 or
 // f16), f32 accumulation. y is T, or f32 when `y_f32` (logits); `accumulate` adds to y (the
 // residual fused into o_proj / down_proj).
-// Thread mapping: one warp per weight row n; the row's K / 8 parts (quant.cuh) are strided
-// over the lanes (for the 32-element types 4 lanes share a block, for the k-quants the 32
-// lanes split one 256-element block), so a warp reads its row in coalesced 128-byte runs
-// and each weight is read once for all M rows. Warp-shuffle reduction; lane 0 stores.
+// Thread mapping: one warp per weight row n; each lane takes 4 consecutive 8-element parts
+// of the row (quant.cuh) at a time, strided by the warp: for the 32-element types a lane
+// reads a whole block, for the k-quants 8 lanes split a 256-element block, so a warp reads
+// 8 blocks or 4 super-blocks of its row per step with 4 loads in flight per lane; each
+// weight is read once for all M rows. Warp-shuffle reduction; lane 0 stores.
 // Preconditions (checked by the launcher, crates/cuda/src/qmatmul.rs): M <= MT, K a
 // multiple of the block, w 4-byte aligned with rows of row_bytes; x rows of stride ldx,
 // y rows of stride ldy. x is read with 4-element vector loads when `x_vec` (x 8- or
@@ -54,26 +55,34 @@ __device__ __forceinline__ void qgemv_impl(const uint8_t* __restrict__ w, const 
     float acc[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[m] = 0.f;
-    const uint32_t parts = K / 8;
-#pragma unroll 2
-    for (uint32_t p = lane; p < parts; p += 32) {
-        const uint32_t blk = p / Q::PARTS, part = p % Q::PARTS;
-        float wv[8];
-        int e0, e1;
-        Q::dequant8(row + static_cast<size_t>(blk) * Q::BYTES, part, wv, e0, e1);
-        const uint32_t k0 = blk * Q::QK;
+    // each lane takes 4 consecutive parts (a whole 32-element block, or 16 contiguous
+    // bytes of a k-quant's qs): four independent loads in flight per lane
+    const uint32_t parts = K / 8;  // a multiple of 4 (K is whole blocks of >= 32)
+    for (uint32_t p0 = 4 * lane; p0 < parts; p0 += 4 * 32) {
+        float wv[4][8];
+        int e0[4], e1[4];
+        uint32_t k0[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const uint32_t p = p0 + j, blk = p / Q::PARTS;
+            Q::dequant8(row + static_cast<size_t>(blk) * Q::BYTES, p % Q::PARTS, wv[j], e0[j], e1[j]);
+            k0[j] = blk * Q::QK;
+        }
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
             if (m < static_cast<int>(M)) {
-                const T* xr = x + static_cast<size_t>(m) * ldx + k0;
-                float a[4], c[4];
-                load4(xr + e0, x_vec, a);
-                load4(xr + e1, x_vec, c);
+                const T* xr = x + static_cast<size_t>(m) * ldx;
                 float s = acc[m];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    s = fmaf(wv[i], a[i], s);
-                    s = fmaf(wv[4 + i], c[i], s);
+                for (int j = 0; j < 4; ++j) {
+                    float a[4], c[4];
+                    load4(xr + k0[j] + e0[j], x_vec, a);
+                    load4(xr + k0[j] + e1[j], x_vec, c);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        s = fmaf(wv[j][i], a[i], s);
+                        s = fmaf(wv[j][4 + i], c[i], s);
+                    }
                 }
                 acc[m] = s;
             }

@@ -367,11 +367,11 @@ fn decode_shaped_matmul_gemv_matches_cpu() {
 /// dtype) with bf16 and f32 outputs, M from 1 to the GEMV limit and past it, K = 2048. The
 /// Q4_K weight of 16384 rows needs two chunks of the 64 MiB prefill scratch in f32.
 #[test]
-fn quantized_matmuls_at_model_shapes_match_the_dequantized_weights() {
+fn qmatmul_at_model_shapes_matches_the_dequantized_weights() {
     use encore_tensor::quant::random_blocks;
     use encore_tensor::QuantType;
     let gpu = cuda(LaunchParamMode::Inline);
-    let mut rng = Rng::fresh("quantized_matmuls_at_model_shapes_match_the_dequantized_weights");
+    let mut rng = Rng::fresh("qmatmul_at_model_shapes_matches_the_dequantized_weights");
     let k = 2048;
     for qt in QuantType::ALL {
         let n = if qt == QuantType::Q4_K { 16384 } else { 1024 };

@@ -249,6 +249,44 @@ mod tests {
     use encore_tensor::quant::random_blocks;
     use encore_tensor::testing::Rng;
 
+    /// One quantized tensor under one name, stored with `stored` dims (HF order).
+    struct OneRaw {
+        name: &'static str,
+        stored: Vec<usize>,
+        q: HostQTensor,
+    }
+
+    impl WeightSource for OneRaw {
+        fn names(&self) -> Vec<String> {
+            vec![self.name.to_string()]
+        }
+        fn dims(&self, name: &str) -> Option<Vec<usize>> {
+            (name == self.name).then(|| self.stored.clone())
+        }
+        fn get(&self, name: &str, _: DType) -> crate::error::Result<HostTensor> {
+            Err(self.missing(name))
+        }
+        fn missing(&self, name: &str) -> crate::error::ModelError {
+            crate::error::ModelError::MissingTensor { name: name.to_string(), source_desc: "test".into() }
+        }
+        fn get_raw(&self, _: &str) -> crate::error::Result<Option<HostQTensor>> {
+            Ok(Some(self.q.clone()))
+        }
+    }
+
+    #[test]
+    fn quantized_tensors_of_the_wrong_shape_name_the_tensor() {
+        let mut rng = Rng::fresh("quantized_tensors_of_the_wrong_shape_name_the_tensor");
+        let q = random_blocks(&mut rng, QuantType::Q4_K, 4, 256);
+        let src = OneRaw { name: "model.layers.0.mlp.down_proj.weight", stored: vec![4, 256], q };
+        let opts = LoadOptions::default();
+        assert!(HostWeight::load(&src, src.name, [4, 256], DType::F32, &opts).is_ok());
+        let err = HostWeight::load(&src, src.name, [4, 512], DType::F32, &opts).err().expect("wrong shape").to_string();
+        assert!(err.contains("down_proj") && err.contains("[4, 512]"), "{err}");
+        let err = HostWeight::load(&src, "model.norm.weight", [4, 256], DType::F32, &opts).err().expect("missing");
+        assert!(err.to_string().contains("model.norm.weight"), "{err}");
+    }
+
     /// A Stacked weight (Q4_K rows, then Q6_K rows, then f32 rows) gives the product of the
     /// dequantized rows, column block by column block, plain and accumulating.
     #[test]

@@ -396,3 +396,71 @@ fn rope_tables<B: Backend>(b: &B, cfg: &ModelConfig, max_ctx: usize) -> Result<(
     let sin = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &sin))?;
     Ok((cos, sin))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufFile, GgufWeights};
+    use encore_cpu::Cpu;
+
+    /// Prefill logits of `model` over `ids` (one sequence, one 16-slot block per 16 tokens).
+    fn prefill_logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
+        use crate::step_inputs::{HostInputs, InputDims, LogitRow, StepInputs, TokenRow};
+        let t = ids.len();
+        let blocks = t.div_ceil(16);
+        let state = model.new_state(&Cpu, t, t).unwrap();
+        let inputs = StepInputs::new(&Cpu, InputDims { max_tokens: t, max_seqs: t, max_blocks: blocks }).unwrap();
+        let cache = model.new_cache(&Cpu, blocks, 16).unwrap();
+        let mut host = HostInputs { block_tables: vec![(0..blocks as i32).collect()], ..Default::default() };
+        for (p, &id) in ids.iter().enumerate() {
+            host.tokens.push(TokenRow { id, position: p as i32, seq: 0, slot: p as i32 });
+            host.logits.push(LogitRow::greedy(p as i32));
+        }
+        inputs.upload(&Cpu, &host).unwrap();
+        model.forward(&Cpu, &state, &inputs, &cache, t, t).unwrap();
+        Cpu.download(&state.logits).unwrap().to_f32()
+    }
+
+    /// `--quantize` on a float safetensors model: the projections, the embedding and the LM
+    /// head become Q8_0 (the tiny model's rows of 64 and 128 are not whole Q4_K blocks: q4_k
+    /// falls back to Q8_0), and the logits stay within Q8_0's error of the float model's.
+    #[test]
+    fn in_situ_quantization_keeps_the_float_models_logits() {
+        let dir = crate::golden::golden_dir().join("tiny-llama3");
+        let files = crate::hub::open_model(&dir).unwrap();
+        let ids: Vec<u32> = (0..20).map(|i| (i * 37 % 512) as u32).collect();
+        let dense = Llama::load(&Cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 64).unwrap();
+        let want = prefill_logits(&dense, &ids);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for qt in crate::quantize::QUANTIZE_TYPES {
+            let opts = LoadOptions { quantize: Some(qt), ..Default::default() };
+            let q =
+                Llama::load_with(&Cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 64, &opts).unwrap();
+            assert_eq!(q.weight_kinds(), "Q8_0 (lm_head Q8_0)", "{qt}");
+            assert!(
+                q.resident_weight_bytes() * 3 < dense.resident_weight_bytes(),
+                "{qt}: quantized weights are smaller"
+            );
+            let got = prefill_logits(&q, &ids);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 0.05 * scale, "{qt}: max |logit diff| {worst} (scale {scale})");
+        }
+    }
+
+    /// The default model (Q4_1 projections, Q8_0 tied embedding) loads without
+    /// dequantization: the weights held are the GGUF's tensor bytes, within 5%.
+    #[test]
+    fn quantized_weights_take_the_gguf_tensor_bytes() {
+        let path = crate::hub::default_model_path().expect("fetching the default model");
+        let file = GgufFile::open(&path).unwrap();
+        let gguf_bytes: usize = file.tensors.iter().map(|t| t.end - t.start).sum();
+        let cfg = file.model_config().unwrap();
+        let src = GgufWeights::new(file).unwrap();
+        let model = Llama::load(&Cpu, cfg, &src, DType::F32, 64).unwrap();
+        let held = model.resident_weight_bytes();
+        assert_eq!(model.weight_kinds(), "Q4_1 (lm_head Q8_0)");
+        let ratio = held as f64 / gguf_bytes as f64;
+        eprintln!("weights held {held} bytes, GGUF tensors {gguf_bytes} bytes");
+        assert!((0.95..=1.05).contains(&ratio), "{held} bytes held for {gguf_bytes} in the GGUF ({ratio:.3})");
+    }
+}
