@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use encore_engine::{Device, EngineConfig};
 use encore_models::hub::{self, ModelFiles};
-use encore_tensor::DType;
+use encore_models::quantize::QUANTIZE_TYPES;
+use encore_tensor::{DType, QuantType};
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -49,6 +50,11 @@ pub struct EngineArgs {
     /// CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Quantize float (bf16/f16/f32 safetensors) weights at load: q8_0 or q4_k (rows that
+    /// are not whole Q4_K blocks fall back to q8_0). Quantized GGUF weights always stay
+    /// quantized.
+    #[arg(long)]
+    pub quantize: Option<String>,
 }
 
 impl EngineArgs {
@@ -64,6 +70,13 @@ impl EngineArgs {
             None => None,
         };
         let launch_params = self.launch_params.parse().map_err(|e: String| anyhow::anyhow!("--launch-params: {e}"))?;
+        let quantize = match &self.quantize {
+            Some(s) => match QuantType::parse(s) {
+                Some(t) if QUANTIZE_TYPES.contains(&t) => Some(t),
+                _ => bail!("--quantize: unknown type `{s}` (expected q8_0 or q4_k)"),
+            },
+            None => None,
+        };
         if !(self.kv_cache_gib > 0.0 && self.kv_cache_gib.is_finite()) {
             bail!("--kv-cache-gib must be a positive number of GiB, got {}", self.kv_cache_gib);
         }
@@ -85,6 +98,7 @@ impl EngineArgs {
             gpu_memory_utilization: self.gpu_memory_utilization,
             cpu_kv_bytes: (self.kv_cache_gib * (1u64 << 30) as f64) as usize,
             max_num_batched_tokens: self.max_num_batched_tokens,
+            quantize,
         })
     }
 

@@ -109,6 +109,7 @@ fn config(a: ServeArgs) -> Result<ServerConfig> {
         cpu_kv_bytes: (a.kv_cache_gib * (1u64 << 30) as f64) as usize,
         graphs: !a.no_graphs,
         launch_params,
+        quantize: None,
     };
     Ok(ServerConfig {
         host: a.host,

@@ -5,7 +5,9 @@
 use crate::ops;
 use crate::storage::{with_reads, with_write, CpuStorage, Data};
 use crate::strided::{gather, scatter};
-use encore_tensor::{check, AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, Tensor, UnaryOp};
+use encore_tensor::{
+    check, AttentionParams, Backend, BinaryOp, DType, Error, HostQTensor, HostTensor, QTensor, Result, Tensor, UnaryOp,
+};
 
 /// The CPU backend. Stateless, so cloning is free; rayon's global pool runs the parallel
 /// loops and `gemm`'s threads.
@@ -57,6 +59,16 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    /// On a worker of rayon's global pool: the ops' parallel loops then start in place.
+    fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            return f();
+        }
+        let mut out = None;
+        rayon::scope(|_| out = Some(f()));
+        out.expect("the scope ran its body")
+    }
+
     fn copy(&self, src: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
         ops::elementwise::copy(src, dst)
     }
@@ -75,6 +87,19 @@ impl Backend for Cpu {
 
     fn matmul_add(&self, lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
         ops::matmul::matmul(lhs, rhs, dst, true)
+    }
+
+    fn qmatmul(&self, x: &Tensor<Cpu>, w: &QTensor<Cpu>, dst: &Tensor<Cpu>, accumulate: bool) -> Result<()> {
+        ops::qmatmul::qmatmul(x, w, dst, accumulate)
+    }
+
+    /// Blocks of 32 are kept interleaved in groups of 8 rows (`ops/qmatmul/repack.rs`).
+    fn upload_quant(&self, host: &HostQTensor) -> Result<QTensor<Cpu>> {
+        ops::qmatmul::upload_quant(host)
+    }
+
+    fn qembedding(&self, ids: &Tensor<Cpu>, table: &QTensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+        ops::qmatmul::qembedding(ids, table, dst)
     }
 
     fn rms_norm(&self, x: &Tensor<Cpu>, weight: &Tensor<Cpu>, eps: f32, dst: &Tensor<Cpu>) -> Result<()> {

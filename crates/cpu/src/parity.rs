@@ -16,6 +16,7 @@ mod elementwise;
 mod index;
 mod inputs;
 mod matmul;
+mod qmatmul;
 mod rope;
 mod rows;
 mod sample;
@@ -25,11 +26,18 @@ pub use elementwise::{binary_cases, copy_cases, memory_cases, silu_mul_cases, un
 pub use index::{embedding_cases, kv_write_cases};
 pub use inputs::{input, output, Input, Output, View};
 pub use matmul::matmul_cases;
+pub use qmatmul::{act_block, qembedding_cases, qmatmul_cases, random_qtensor};
 pub use rope::rope_cases;
 pub use rows::{argmax_cases, rms_norm_cases, softmax_cases};
 pub use sample::sample_cases;
 
 use encore_tensor::Backend;
+
+/// The quantized ops' cases (qmatmul, qembedding) in one call.
+pub fn run_quant_cases<B: Backend>(b: &B) {
+    qmatmul_cases(b);
+    qembedding_cases(b);
+}
 
 /// Every parity case, in the order a forward pass meets the ops.
 pub fn run_all<B: Backend>(b: &B) {
@@ -38,6 +46,7 @@ pub fn run_all<B: Backend>(b: &B) {
     embedding_cases(b);
     rms_norm_cases(b);
     matmul_cases(b);
+    run_quant_cases(b);
     rope_cases(b);
     kv_write_cases(b);
     attention_cases(b);

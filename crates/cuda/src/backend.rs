@@ -16,7 +16,8 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use encore_tensor::check::{self, AttentionDims, MatOperand, Rows};
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, Error, HostTensor, Result, StridedMeta, Tensor, UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, Error, HostQTensor, HostTensor, QTensor, Result, StridedMeta, Tensor,
+    UnaryOp,
 };
 
 use crate::device::{CudaDevice, DeviceBuffer};
@@ -87,6 +88,8 @@ fn decode_splits(columns: usize, slots: usize) -> usize {
 pub struct Cuda {
     dev: CudaDevice,
     attn: Arc<AttentionWorkspace>,
+    /// The prefill scratch of quantized matmuls (qmatmul.rs), sized by `upload_quant`.
+    pub(crate) quant: Arc<crate::qmatmul::QuantScratch>,
 }
 
 /// Scratch of attention, [`ATTENTION_WS_BYTES`]: either split-K partials, `[T*H, nsplit, 2]`
@@ -184,7 +187,7 @@ impl Cuda {
         }
         let buf = dev.alloc(ATTENTION_WS_BYTES.max(4 * sm_count * (ATTENTION_MAX_D + 2) * 4))?;
         let ws = AttentionWorkspace { buf, sm_count, tc_decode, tc_prefill, tc_decode_slots };
-        Ok(Cuda { dev, attn: Arc::new(ws) })
+        Ok(Cuda { dev, attn: Arc::new(ws), quant: Arc::default() })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -663,6 +666,19 @@ impl Backend for Cuda {
 
     fn matmul(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         self.gemm(lhs, rhs, dst, false)
+    }
+
+    /// qmatmul.rs: GEMV on the blocks for M <= 16, dequantize + cuBLAS above.
+    fn qmatmul(&self, x: &Tensor<Cuda>, w: &QTensor<Cuda>, dst: &Tensor<Cuda>, accumulate: bool) -> Result<()> {
+        self.qmatmul_blocks(x, w, dst, accumulate)
+    }
+
+    fn qembedding(&self, ids: &Tensor<Cuda>, table: &QTensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+        self.qembedding_blocks(ids, table, dst)
+    }
+
+    fn upload_quant(&self, host: &HostQTensor) -> Result<QTensor<Cuda>> {
+        self.upload_quant_blocks(host)
     }
 
     fn rms_norm(&self, x: &Tensor<Cuda>, weight: &Tensor<Cuda>, eps: f32, dst: &Tensor<Cuda>) -> Result<()> {

@@ -56,6 +56,42 @@ macro_rules! per_dtype {
     };
 }
 
+/// qmatmul.cu's GEMV tiers: kernels for at most 1, 4 and 16 rows of x.
+pub const QGEMV_TIERS: [usize; 3] = [1, 4, 16];
+
+/// `[dtype][tier]` names of one block type's GEMV kernels.
+macro_rules! qgemv_names {
+    ($ty:literal) => {
+        [
+            [concat!("qgemv_", $ty, "_f32_m1"), concat!("qgemv_", $ty, "_f32_m4"), concat!("qgemv_", $ty, "_f32_m16")],
+            [
+                concat!("qgemv_", $ty, "_bf16_m1"),
+                concat!("qgemv_", $ty, "_bf16_m4"),
+                concat!("qgemv_", $ty, "_bf16_m16"),
+            ],
+            [concat!("qgemv_", $ty, "_f16_m1"), concat!("qgemv_", $ty, "_f16_m4"), concat!("qgemv_", $ty, "_f16_m16")],
+        ]
+    };
+}
+
+/// Block types in `QuantType::ALL` order, as qmatmul.cu names them.
+const QGEMV: [[[&str; 3]; 3]; 6] = [
+    qgemv_names!("q8_0"),
+    qgemv_names!("q4_0"),
+    qgemv_names!("q4_1"),
+    qgemv_names!("q4_k"),
+    qgemv_names!("q5_k"),
+    qgemv_names!("q6_k"),
+];
+const QDEQUANT: [[&str; 3]; 6] = [
+    per_dtype!("qdequant_q8_0"),
+    per_dtype!("qdequant_q4_0"),
+    per_dtype!("qdequant_q4_1"),
+    per_dtype!("qdequant_q4_k"),
+    per_dtype!("qdequant_q5_k"),
+    per_dtype!("qdequant_q6_k"),
+];
+
 /// Entry names, in the index order of the table fields.
 const COPY: [[&str; 3]; 3] = [per_dtype!("copy_f32"), per_dtype!("copy_bf16"), per_dtype!("copy_f16")];
 const UNARY: [[&str; 3]; 9] = [
@@ -134,6 +170,11 @@ pub struct Kernels {
     pub attention_prefill: [[Kernel; 2]; 3],
     /// attention_prefill.cu `attention_plan`: cuts the step's rows into prefill items.
     pub attention_plan: Kernel,
+    /// qmatmul.cu `qgemv_<type>_<dtype>_m<1|4|16>`: `[type][dtype][tier]` (types in
+    /// `QuantType::ALL` order, tiers in [`QGEMV_TIERS`]): decode matmuls on quantized weights.
+    pub qgemv: [[[Kernel; 3]; 3]; 6],
+    /// qmatmul.cu `qdequant_<type>_<dtype>`: `[type][dtype]`, quantized rows to floats.
+    pub qdequant: [[Kernel; 3]; 6],
 }
 
 impl Kernels {
@@ -182,6 +223,13 @@ impl Kernels {
             attention_decode: tc(&ATTENTION_TC[0])?,
             attention_prefill: tc(&ATTENTION_TC[1])?,
             attention_plan: one("attention_plan")?,
+            qgemv: QGEMV
+                .iter()
+                .map(|t| table(t).map(vec_to_array))
+                .collect::<Result<Vec<_>, _>>()?
+                .try_into()
+                .unwrap_or_else(|_| panic!("six block types")),
+            qdequant: vec_to_array(table(&QDEQUANT)?),
         })
     }
 
@@ -211,6 +259,8 @@ impl Kernels {
         ] {
             v.extend(k.iter());
         }
+        v.extend(self.qgemv.iter().flatten().flatten());
+        v.extend(self.qdequant.iter().flatten());
         v
     }
 }
@@ -266,6 +316,7 @@ mod tests {
         ("fill.cu", include_str!("../kernels/fill.cu")),
         ("gemv.cu", include_str!("../kernels/gemv.cu")),
         ("kv_write.cu", include_str!("../kernels/kv_write.cu")),
+        ("qmatmul.cu", include_str!("../kernels/qmatmul.cu")),
         ("rms_norm.cu", include_str!("../kernels/rms_norm.cu")),
         ("rope.cu", include_str!("../kernels/rope.cu")),
         ("sample.cu", include_str!("../kernels/sample.cu")),
@@ -316,7 +367,8 @@ mod tests {
     #[test]
     fn the_table_names_exactly_the_entries_of_the_sources() {
         let mut table: Vec<String> =
-            COPY.iter().chain(&UNARY).chain(&BINARY).flatten().map(|s| s.to_string()).collect();
+            COPY.iter().chain(&UNARY).chain(&BINARY).chain(&QDEQUANT).flatten().map(|s| s.to_string()).collect();
+        table.extend(QGEMV.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(["copy_u32_u32", "copy_i32_i32", "gemv_bf16_f32", "gemv_f16_f32", "sample_f32"].map(String::from));
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
         for op in [

@@ -24,6 +24,8 @@ mod device;
 pub mod graph;
 #[cfg(feature = "cuda")]
 pub mod kernels;
+#[cfg(feature = "cuda")]
+mod qmatmul;
 
 pub use error::CudaError;
 pub use modes::{info_words_into, LaunchParamMode, LaunchStats, MAX_INFO_WORDS};
@@ -43,3 +45,5 @@ pub use device::{CudaDevice, DeviceBuffer, DeviceConfig, Module, PreparedMeta};
 pub use graph::{capture, Graph, GraphExec, NodeAudit};
 #[cfg(feature = "cuda")]
 pub use kernels::{Kernel, Kernels};
+#[cfg(feature = "cuda")]
+pub use qmatmul::QGEMV_MAX_M;

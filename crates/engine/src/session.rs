@@ -12,8 +12,8 @@ use crate::sequence::{FinishReason, RequestId};
 use crate::EngineError;
 use encore_cuda::LaunchParamMode;
 use encore_models::hub::ModelFiles;
-use encore_models::Llama;
-use encore_tensor::{Backend, DType};
+use encore_models::{Llama, LoadOptions};
+use encore_tensor::{Backend, DType, QuantType};
 use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Decode with captured graphs (CUDA only).
     pub graphs: bool,
     pub launch_params: LaunchParamMode,
+    /// Quantize float weights to this block type at load (`--quantize`); quantized GGUF
+    /// tensors always stay in their blocks.
+    pub quantize: Option<QuantType>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             cpu_kv_bytes: 2 << 30,
             graphs: true,
             launch_params: LaunchParamMode::Inline,
+            quantize: None,
         }
     }
 }
@@ -166,7 +170,8 @@ pub fn build_engine(files: &ModelFiles, cfg: &EngineConfig) -> Result<(Engine, R
             let dtype = cfg.dtype.unwrap_or(DType::F32);
             let t0 = Instant::now();
             let b = encore_cpu::Cpu;
-            let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), dtype, max_ctx)?;
+            let opts = LoadOptions { quantize: cfg.quantize, ..Default::default() };
+            let model = Llama::load_with(&b, files.config.clone(), files.weights.as_ref(), dtype, max_ctx, &opts)?;
             // never more than the running sequences can fill, nor half the free memory
             let avail = available_host_memory().map_or(usize::MAX, |a| a / 2);
             let need = cfg.max_num_seqs.saturating_mul(max_ctx.div_ceil(cfg.block_size) * cfg.block_size);
@@ -284,7 +289,8 @@ fn build_cuda(
     b.device().set_launch_mode(cfg.launch_params);
     let dtype = cfg.dtype.unwrap_or(DType::BF16);
     let t0 = Instant::now();
-    let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), dtype, max_ctx)?;
+    let opts = LoadOptions { quantize: cfg.quantize, ..Default::default() };
+    let model = Llama::load_with(&b, files.config.clone(), files.weights.as_ref(), dtype, max_ctx, &opts)?;
     let (free, total) = b.device().mem_info().map_err(|e| EngineError::Device(device.clone(), e.to_string()))?;
     let tokens = cfg.max_num_batched_tokens.max(cfg.max_num_seqs);
     let state = model.state_bytes(tokens, cfg.max_num_seqs);

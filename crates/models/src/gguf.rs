@@ -9,7 +9,7 @@ use crate::dequant::{dequantize, GgmlType};
 use crate::error::{escaped, ModelError, Result};
 use crate::weights::{convert, from_f32, map_file, FileBytes, LoadProgress, WeightSource};
 use encore_tensor::rope::RopeScaling;
-use encore_tensor::{DType, HostTensor};
+use encore_tensor::{DType, HostQTensor, HostTensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -657,5 +657,32 @@ impl WeightSource for GgufWeights {
 
     fn missing(&self, name: &str) -> ModelError {
         ModelError::MissingTensor { name: name.to_string(), source_desc: self.file.path.display().to_string() }
+    }
+
+    fn get_raw(&self, name: &str) -> Result<Option<HostQTensor>> {
+        let &(i, permute) = self.by_name.get(name).ok_or_else(|| self.missing(name))?;
+        let info = &self.file.tensors[i];
+        let Some(qtype) = info.ggml_type.as_ref().ok().and_then(|t| t.quant_type()) else {
+            return Ok(None);
+        };
+        let &[cols, rows] = &info.dims[..] else {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: vec![0, 0],
+                found: info.dims.iter().rev().copied().collect(),
+            });
+        };
+        let bytes = self.file.tensor_bytes(info);
+        let mut q = HostQTensor::new(name, qtype, rows, cols, bytes.to_vec())
+            .map_err(|e| self.file.err(format!("tensor `{}`: {e}", info.name)))?;
+        // whole rows of blocks move, so the permutation of `get` applies to the bytes as is
+        if let Some(n_head) = permute {
+            q.data = unpermute_rows(&q.data, rows, n_head).ok_or_else(|| {
+                self.file
+                    .err(format!("tensor `{}`: {rows} rows do not split into {n_head} heads of row pairs", info.name))
+            })?;
+        }
+        self.progress.advance(bytes.len() as u64);
+        Ok(Some(q))
     }
 }

@@ -10,8 +10,10 @@ pub mod golden;
 pub mod hub;
 pub mod kv_cache;
 pub mod limits;
+pub mod linear;
 pub mod llama;
 pub mod presets;
+pub mod quantize;
 pub mod safetensors;
 pub mod step_inputs;
 pub mod tokenizer;
@@ -19,5 +21,6 @@ pub mod weights;
 
 pub use error::ModelError;
 pub use kv_cache::KvCache;
+pub use linear::{Embedding, Linear, LoadOptions};
 pub use llama::{Llama, RunState};
 pub use step_inputs::{HostInputs, InputDims, LogitRow, StepInputs, TokenRow};

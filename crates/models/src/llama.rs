@@ -7,32 +7,35 @@
 //!
 //! q/k/v and gate/up are fused into one matmul each at load; the halves are strided views
 //! of the fused output (rope, kv_write and silu_mul read them through launch metadata).
+//! Projections are [`Linear`]s: dense, or quantized blocks as the file stores them (GGUF)
+//! or as `--quantize` made them; the forward pass is the same either way.
 
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
+use crate::linear::{concat_rows, fuse, Embedding, HostWeight, Linear, LoadOptions};
 use crate::step_inputs::StepInputs;
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
-use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, Result as TResult, Tensor};
+use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, QuantType, Result as TResult, Tensor};
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B>,        // [C]
-    qkv: Tensor<B>,              // [(H + 2 Hkv) D, C]
+    qkv: Linear<B>,              // [(H + 2 Hkv) D, C]
     qkv_bias: Option<Tensor<B>>, // [(H + 2 Hkv) D]
-    o_proj: Tensor<B>,           // [C, H D]
+    o_proj: Linear<B>,           // [C, H D]
     mlp_norm: Tensor<B>,         // [C]
-    gate_up: Tensor<B>,          // [2 I, C]
-    down: Tensor<B>,             // [C, I]
+    gate_up: Linear<B>,          // [2 I, C]
+    down: Linear<B>,             // [C, I]
 }
 
 pub struct Llama<B: Backend> {
     pub cfg: ModelConfig,
     pub dtype: DType,
-    embed: Tensor<B>, // [V, C]
+    embed: Embedding<B>, // [V, C]
     layers: Vec<Layer<B>>,
     norm: Tensor<B>,    // [C]
-    lm_head: Tensor<B>, // [V, C]; the embedding itself when tied
+    lm_head: Linear<B>, // [V, C]; the embedding itself when tied
     cos: Tensor<B>,     // [P, D/2] f32
     sin: Tensor<B>,     // [P, D/2] f32
 }
@@ -55,23 +58,28 @@ pub struct RunState<B: Backend> {
     pub next: Tensor<B>,   // [R] u32, argmax (or sample) of logits
 }
 
-fn concat_rows(parts: &[HostTensor]) -> HostTensor {
-    let cols = parts[0].dims[1..].to_vec();
-    let rows: usize = parts.iter().map(|p| p.dims[0]).sum();
-    let mut dims = vec![rows];
-    dims.extend(cols);
-    HostTensor { dtype: parts[0].dtype, dims, data: parts.iter().flat_map(|p| p.data.iter().copied()).collect() }
-}
-
 impl<B: Backend> Llama<B> {
-    /// Load from a weight source (safetensors or GGUF) under Hugging Face tensor names.
-    /// `max_ctx` bounds the RoPE tables.
+    /// Load from a weight source (safetensors or GGUF) under Hugging Face tensor names,
+    /// quantized tensors kept in their blocks. `max_ctx` bounds the RoPE tables.
     pub fn load(
         b: &B,
         cfg: ModelConfig,
         src: &dyn WeightSource,
         dtype: DType,
         max_ctx: usize,
+    ) -> Result<Self, ModelError> {
+        Self::load_with(b, cfg, src, dtype, max_ctx, &LoadOptions::default())
+    }
+
+    /// [`Llama::load`] with options: in-situ quantization of float weights, or expanding
+    /// quantized ones.
+    pub fn load_with(
+        b: &B,
+        cfg: ModelConfig,
+        src: &dyn WeightSource,
+        dtype: DType,
+        max_ctx: usize,
+        opts: &LoadOptions,
     ) -> Result<Self, ModelError> {
         let (c, h, hkv, d, i) = dims(&cfg);
         let get = |name: &str, dims: &[usize]| -> Result<HostTensor, ModelError> {
@@ -85,16 +93,20 @@ impl<B: Backend> Llama<B> {
             }
             Ok(t)
         };
+        let weight = |name: &str, rows: usize, cols: usize| HostWeight::load(src, name, [rows, cols], dtype, opts);
         let up = |t: HostTensor| b.tensor(&t).map_err(ModelError::from);
-        let embed = up(get("model.embed_tokens.weight", &[cfg.vocab_size, c])?)?;
+        let embed = weight("model.embed_tokens.weight", cfg.vocab_size, c)?.upload_embedding(b)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let qkv = concat_rows(&[
-                get(&format!("{p}.self_attn.q_proj.weight"), &[h * d, c])?,
-                get(&format!("{p}.self_attn.k_proj.weight"), &[hkv * d, c])?,
-                get(&format!("{p}.self_attn.v_proj.weight"), &[hkv * d, c])?,
-            ]);
+            let qkv = fuse(
+                b,
+                vec![
+                    weight(&format!("{p}.self_attn.q_proj.weight"), h * d, c)?,
+                    weight(&format!("{p}.self_attn.k_proj.weight"), hkv * d, c)?,
+                    weight(&format!("{p}.self_attn.v_proj.weight"), hkv * d, c)?,
+                ],
+            )?;
             let qkv_bias = if cfg.attention_bias {
                 Some(up(concat_rows(&[
                     get(&format!("{p}.self_attn.q_proj.bias"), &[h * d])?,
@@ -104,24 +116,30 @@ impl<B: Backend> Llama<B> {
             } else {
                 None
             };
-            let gate_up = concat_rows(&[
-                get(&format!("{p}.mlp.gate_proj.weight"), &[i, c])?,
-                get(&format!("{p}.mlp.up_proj.weight"), &[i, c])?,
-            ]);
+            let gate_up = fuse(
+                b,
+                vec![
+                    weight(&format!("{p}.mlp.gate_proj.weight"), i, c)?,
+                    weight(&format!("{p}.mlp.up_proj.weight"), i, c)?,
+                ],
+            )?;
             layers.push(Layer {
                 attn_norm: up(get(&format!("{p}.input_layernorm.weight"), &[c])?)?,
-                qkv: up(qkv)?,
+                qkv,
                 qkv_bias,
-                o_proj: up(get(&format!("{p}.self_attn.o_proj.weight"), &[c, h * d])?)?,
+                o_proj: weight(&format!("{p}.self_attn.o_proj.weight"), c, h * d)?.upload(b)?,
                 mlp_norm: up(get(&format!("{p}.post_attention_layernorm.weight"), &[c])?)?,
-                gate_up: up(gate_up)?,
-                down: up(get(&format!("{p}.mlp.down_proj.weight"), &[c, i])?)?,
+                gate_up,
+                down: weight(&format!("{p}.mlp.down_proj.weight"), c, i)?.upload(b)?,
             });
         }
         let norm = up(get("model.norm.weight", &[c])?)?;
         // validate_weights (run by hub::open_model) refuses untied weights without lm_head
-        let lm_head =
-            if cfg.tie_word_embeddings { embed.clone() } else { up(get("lm_head.weight", &[cfg.vocab_size, c])?)? };
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.as_linear()
+        } else {
+            weight("lm_head.weight", cfg.vocab_size, c)?.upload(b)?
+        };
         let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
         Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
     }
@@ -143,16 +161,71 @@ impl<B: Backend> Llama<B> {
         for _ in 0..cfg.num_hidden_layers {
             layers.push(Layer {
                 attn_norm: ones(b, dtype, c)?,
-                qkv: rand(&[(h + 2 * hkv) * d, c], w(c))?,
+                qkv: Linear::Dense(rand(&[(h + 2 * hkv) * d, c], w(c))?),
                 qkv_bias: if cfg.attention_bias { Some(rand(&[(h + 2 * hkv) * d], 0.1)?) } else { None },
-                o_proj: rand(&[c, h * d], w(h * d))?,
+                o_proj: Linear::Dense(rand(&[c, h * d], w(h * d))?),
                 mlp_norm: ones(b, dtype, c)?,
-                gate_up: rand(&[2 * i, c], w(c))?,
-                down: rand(&[c, i], w(i))?,
+                gate_up: Linear::Dense(rand(&[2 * i, c], w(c))?),
+                down: Linear::Dense(rand(&[c, i], w(i))?),
             });
         }
         let norm = ones(b, dtype, c)?;
-        let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { rand(&[cfg.vocab_size, c], w(c))? };
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::Dense(embed.clone())
+        } else {
+            Linear::Dense(rand(&[cfg.vocab_size, c], w(c))?)
+        };
+        let embed = Embedding::Dense(embed);
+        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
+        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+    }
+
+    /// Random weights quantized on the host to `qtype` (rows that are not whole blocks fall
+    /// back as `--quantize` does): a quantized model without files, for tests and benches.
+    pub fn random_quantized(
+        b: &B,
+        cfg: ModelConfig,
+        dtype: DType,
+        max_ctx: usize,
+        seed: u64,
+        qtype: QuantType,
+    ) -> Result<Self, ModelError> {
+        let (c, h, hkv, d, i) = dims(&cfg);
+        let mut rng = encore_tensor::testing::Rng::seeded(seed);
+        let mut weight = |name: &str, rows: usize, cols: usize, scale: f32| -> Result<HostWeight, ModelError> {
+            let values = rng.vec(rows * cols, -scale, scale);
+            Ok(match crate::quantize::type_for(qtype, cols) {
+                Some(t) => HostWeight::Quant(crate::quantize::quantize(name, t, &values, rows, cols)?),
+                None => HostWeight::Dense(HostTensor::from_f32_as(&[rows, cols], &values, dtype)),
+            })
+        };
+        let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let embed = weight("embed", cfg.vocab_size, c, 1.0)?.upload_embedding(b)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            let bias = match cfg.attention_bias {
+                true => Some(match weight("bias", 1, (h + 2 * hkv) * d, 0.1)? {
+                    HostWeight::Dense(t) => b.tensor(&HostTensor { dims: vec![(h + 2 * hkv) * d], ..t })?,
+                    HostWeight::Quant(q) => b.tensor(&HostTensor::from_f32_as(&[q.cols], &q.dequantize(), dtype))?,
+                }),
+                false => None,
+            };
+            layers.push(Layer {
+                attn_norm: ones(b, dtype, c)?,
+                qkv: weight("qkv", (h + 2 * hkv) * d, c, w(c))?.upload(b)?,
+                qkv_bias: bias,
+                o_proj: weight("o_proj", c, h * d, w(h * d))?.upload(b)?,
+                mlp_norm: ones(b, dtype, c)?,
+                gate_up: weight("gate_up", 2 * i, c, w(c))?.upload(b)?,
+                down: weight("down", c, i, w(i))?.upload(b)?,
+            });
+        }
+        let norm = ones(b, dtype, c)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.as_linear()
+        } else {
+            weight("lm_head", cfg.vocab_size, c, w(c))?.upload(b)?
+        };
         let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
         Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
     }
@@ -160,12 +233,36 @@ impl<B: Backend> Llama<B> {
     /// Bytes of weights one decode step reads (the HBM floor's numerator).
     pub fn weight_bytes(&self) -> usize {
         let bytes = |t: &Tensor<B>| t.numel() * t.dtype().size_in_bytes();
-        let mut n = bytes(&self.norm) + bytes(&self.lm_head);
+        let mut n = bytes(&self.norm) + self.lm_head.bytes();
         for l in &self.layers {
-            n += bytes(&l.attn_norm) + bytes(&l.qkv) + bytes(&l.o_proj) + bytes(&l.mlp_norm);
-            n += bytes(&l.gate_up) + bytes(&l.down) + l.qkv_bias.as_ref().map_or(0, bytes);
+            n += bytes(&l.attn_norm) + l.qkv.bytes() + l.o_proj.bytes() + bytes(&l.mlp_norm);
+            n += l.gate_up.bytes() + l.down.bytes() + l.qkv_bias.as_ref().map_or(0, bytes);
         }
         n
+    }
+
+    /// Bytes of every weight held (the embedding once more when it is not the LM head).
+    pub fn resident_weight_bytes(&self) -> usize {
+        let tied = matches!((&self.embed, &self.lm_head),
+            (Embedding::Dense(e), Linear::Dense(h)) if e.same_storage(h))
+            || matches!((&self.embed, &self.lm_head),
+            (Embedding::Quant(e), Linear::Quant(h)) if e.data().same_storage(h.data()));
+        self.weight_bytes() + if tied { 0 } else { self.embed.bytes() }
+    }
+
+    /// The storage of the projection weights, e.g. "Q4_1 (lm_head Q8_0)" or "bf16".
+    pub fn weight_kinds(&self) -> String {
+        let mut kinds: Vec<String> = Vec::new();
+        for l in &self.layers {
+            for k in [l.qkv.kind(), l.o_proj.kind(), l.gate_up.kind(), l.down.kind()] {
+                for k in k.split('+') {
+                    if !kinds.iter().any(|x| x == k) {
+                        kinds.push(k.to_string());
+                    }
+                }
+            }
+        }
+        format!("{} (lm_head {})", kinds.join("/"), self.lm_head.kind())
     }
 
     /// Bytes [`Llama::new_state`] allocates.
@@ -210,8 +307,21 @@ impl<B: Backend> Llama<B> {
     /// One forward pass over the first `t` token rows of `inp`. Logits are computed for the
     /// token rows named by the first `n_logits` logit rows into the first rows of
     /// `st.logits`, and the next token of each into `st.next`, chosen by each row's own
-    /// sampling settings (greedy or sampled with its uniform). Allocates nothing.
+    /// sampling settings (greedy or sampled with its uniform). Allocates nothing. Runs in
+    /// the backend's [`Backend::scoped`] context.
     pub fn forward(
+        &self,
+        b: &B,
+        st: &RunState<B>,
+        inp: &StepInputs<B>,
+        cache: &KvCache<B>,
+        t: usize,
+        n_logits: usize,
+    ) -> TResult<()> {
+        b.scoped(|| self.forward_in_place(b, st, inp, cache, t, n_logits))
+    }
+
+    fn forward_in_place(
         &self,
         b: &B,
         st: &RunState<B>,
@@ -235,11 +345,11 @@ impl<B: Backend> Llama<B> {
         let eps = self.cfg.rms_norm_eps;
 
         // embed
-        b.embedding(&inp.ids(t)?, &self.embed, &x)?;
+        self.embed.forward(b, &inp.ids(t)?, &x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block: x += o_proj(attn(rope(q), rope(k), v)), the add fused into the GEMM
             b.rms_norm(&x, &layer.attn_norm, eps, &xn)?;
-            b.matmul(&xn, &layer.qkv.transpose(0, 1)?, &qkv)?;
+            layer.qkv.forward(b, &xn, &qkv)?;
             if let Some(bias) = &layer.qkv_bias {
                 b.binary(BinaryOp::Add, &qkv, bias, &qkv)?;
             }
@@ -250,12 +360,12 @@ impl<B: Backend> Llama<B> {
             b.rope(&k_raw, &self.cos, &self.sin, &positions, &k)?;
             b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
             b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
-            b.matmul_add(&attn.reshape(&[t, h * d])?, &layer.o_proj.transpose(0, 1)?, &x)?;
+            layer.o_proj.forward_add(b, &attn.reshape(&[t, h * d])?, &x)?;
             // MLP block: x += down(silu(gate) * up)
             b.rms_norm(&x, &layer.mlp_norm, eps, &xn)?;
-            b.matmul(&xn, &layer.gate_up.transpose(0, 1)?, &gate_up)?;
+            layer.gate_up.forward(b, &xn, &gate_up)?;
             b.silu_mul(&gate_up.narrow(1, 0, i)?, &gate_up.narrow(1, i, i)?, &act)?;
-            b.matmul_add(&act, &layer.down.transpose(0, 1)?, &x)?;
+            layer.down.forward_add(b, &act, &x)?;
         }
         // head: gather the rows whose logits are wanted (into xn, free now), norm, LM head,
         // then the next token of each
@@ -265,7 +375,7 @@ impl<B: Backend> Llama<B> {
         let head = st.head.narrow(0, 0, n)?;
         b.rms_norm(&picked, &self.norm, eps, &head)?;
         let logits = st.logits.narrow(0, 0, n)?;
-        b.matmul(&head, &self.lm_head.transpose(0, 1)?, &logits)?;
+        self.lm_head.forward(b, &head, &logits)?;
         let next = st.next.narrow(0, 0, n)?;
         b.sample(&logits, &inp.uniform(n)?, &inp.sampling(n)?, &next)
     }
@@ -286,4 +396,72 @@ fn rope_tables<B: Backend>(b: &B, cfg: &ModelConfig, max_ctx: usize) -> Result<(
     let cos = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &cos))?;
     let sin = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &sin))?;
     Ok((cos, sin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufFile, GgufWeights};
+    use encore_cpu::Cpu;
+
+    /// Prefill logits of `model` over `ids` (one sequence, one 16-slot block per 16 tokens).
+    fn prefill_logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
+        use crate::step_inputs::{HostInputs, InputDims, LogitRow, StepInputs, TokenRow};
+        let t = ids.len();
+        let blocks = t.div_ceil(16);
+        let state = model.new_state(&Cpu, t, t).unwrap();
+        let inputs = StepInputs::new(&Cpu, InputDims { max_tokens: t, max_seqs: t, max_blocks: blocks }).unwrap();
+        let cache = model.new_cache(&Cpu, blocks, 16).unwrap();
+        let mut host = HostInputs { block_tables: vec![(0..blocks as i32).collect()], ..Default::default() };
+        for (p, &id) in ids.iter().enumerate() {
+            host.tokens.push(TokenRow { id, position: p as i32, seq: 0, slot: p as i32 });
+            host.logits.push(LogitRow::greedy(p as i32));
+        }
+        inputs.upload(&Cpu, &host).unwrap();
+        model.forward(&Cpu, &state, &inputs, &cache, t, t).unwrap();
+        Cpu.download(&state.logits).unwrap().to_f32()
+    }
+
+    /// `--quantize` on a float safetensors model: the projections, the embedding and the LM
+    /// head become Q8_0 (the tiny model's rows of 64 and 128 are not whole Q4_K blocks: q4_k
+    /// falls back to Q8_0), and the logits stay within Q8_0's error of the float model's.
+    #[test]
+    fn in_situ_quantization_keeps_the_float_models_logits() {
+        let dir = crate::golden::golden_dir().join("tiny-llama3");
+        let files = crate::hub::open_model(&dir).unwrap();
+        let ids: Vec<u32> = (0..20).map(|i| (i * 37 % 512) as u32).collect();
+        let dense = Llama::load(&Cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 64).unwrap();
+        let want = prefill_logits(&dense, &ids);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for qt in crate::quantize::QUANTIZE_TYPES {
+            let opts = LoadOptions { quantize: Some(qt), ..Default::default() };
+            let q =
+                Llama::load_with(&Cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 64, &opts).unwrap();
+            assert_eq!(q.weight_kinds(), "Q8_0 (lm_head Q8_0)", "{qt}");
+            assert!(
+                q.resident_weight_bytes() * 3 < dense.resident_weight_bytes(),
+                "{qt}: quantized weights are smaller"
+            );
+            let got = prefill_logits(&q, &ids);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 0.05 * scale, "{qt}: max |logit diff| {worst} (scale {scale})");
+        }
+    }
+
+    /// The default model (Q4_1 projections, Q8_0 tied embedding) loads without
+    /// dequantization: the weights held are the GGUF's tensor bytes, within 5%.
+    #[test]
+    fn quantized_weights_take_the_gguf_tensor_bytes() {
+        let path = crate::hub::default_model_path().expect("fetching the default model");
+        let file = GgufFile::open(&path).unwrap();
+        let gguf_bytes: usize = file.tensors.iter().map(|t| t.end - t.start).sum();
+        let cfg = file.model_config().unwrap();
+        let src = GgufWeights::new(file).unwrap();
+        let model = Llama::load(&Cpu, cfg, &src, DType::F32, 64).unwrap();
+        let held = model.resident_weight_bytes();
+        assert_eq!(model.weight_kinds(), "Q4_1 (lm_head Q8_0)");
+        let ratio = held as f64 / gguf_bytes as f64;
+        eprintln!("weights held {held} bytes, GGUF tensors {gguf_bytes} bytes");
+        assert!((0.95..=1.05).contains(&ratio), "{held} bytes held for {gguf_bytes} in the GGUF ({ratio:.3})");
+    }
 }

@@ -1,12 +1,13 @@
 //! The weight-source contract the decoder loads through: tensors looked up by their exact
 //! Hugging Face names ("model.layers.0.self_attn.q_proj.weight"), returned as contiguous
-//! [`HostTensor`]s already converted to the compute dtype. Implemented by
+//! [`HostTensor`]s already converted to the compute dtype, or (`get_raw`) quantized tensors
+//! as their raw blocks. Implemented by
 //! [`crate::safetensors::SafetensorsWeights`] and [`crate::gguf::GgufWeights`]; [`open_weights`]
 //! picks one from a path. Also the load progress bar and the shape check the decoder uses.
 
 use crate::config::ModelConfig;
 use crate::error::{escaped, ModelError, Result};
-use encore_tensor::{DType, HostTensor};
+use encore_tensor::{DType, HostQTensor, HostTensor};
 use half::{bf16, f16};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memmap2::Mmap;
@@ -40,6 +41,15 @@ pub trait WeightSource: Send + Sync {
             ModelError::MissingTensor { source_desc, .. } => source_desc,
             _ => "the weights".to_string(),
         }
+    }
+    /// The raw ggml blocks of a 2-D tensor stored quantized (`[rows, cols]` in HF order,
+    /// rows permuted as [`WeightSource::get`] permutes them); `None` for a tensor stored in
+    /// a float dtype (then use `get`). Sources without quantized tensors keep the default.
+    fn get_raw(&self, name: &str) -> Result<Option<HostQTensor>> {
+        if !self.has(name) {
+            return Err(self.missing(name));
+        }
+        Ok(None)
     }
 }
 

@@ -117,12 +117,13 @@ fn float_types_and_codes() {
         (3, GgmlType::Q4_1),
         (8, GgmlType::Q8_0),
         (12, GgmlType::Q4_K),
+        (13, GgmlType::Q5_K),
         (14, GgmlType::Q6_K),
         (30, GgmlType::BF16),
     ] {
         assert_eq!(GgmlType::from_code(code), Ok(ty));
     }
-    assert!(GgmlType::from_code(13).unwrap_err().contains("Q5_K"));
+    assert!(GgmlType::from_code(11).unwrap_err().contains("Q3_K"));
 }
 
 #[test]

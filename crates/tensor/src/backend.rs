@@ -5,7 +5,7 @@
 //! Argument checks shared by all backends live in [`crate::check`]; a backend calls them
 //! first, so bad arguments give the same structured error everywhere.
 
-use crate::{DType, HostTensor, Layout, Result};
+use crate::{DType, HostQTensor, HostTensor, Layout, QTensor, Result};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -252,6 +252,21 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     /// `dst += lhs x rhs` (the residual add fused into the projection: one kernel, one
     /// rounding). Same shapes and dtypes as [`Backend::matmul`]; `dst` may not overlap an input.
     fn matmul_add(&self, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// Quantized matmul: `dst = x w^T`, or `dst += x w^T` when `accumulate` (the residual
+    /// add fused into the projection). `x: [M, K]` float rows, `w` quantized `[N, K]` (a HF
+    /// Linear weight), `dst: [M, N]` rows in x's dtype or f32. Backends read the blocks as
+    /// they are stored (activations may be quantized to 8 bits on the way, as llama.cpp
+    /// does); `dst` may not overlap `x`.
+    fn qmatmul(&self, x: &Tensor<Self>, w: &QTensor<Self>, dst: &Tensor<Self>, accumulate: bool) -> Result<()>;
+    /// `dst[t] = dequantize(table[ids[t]])`: the embedding lookup of a quantized table.
+    /// `ids: [T]` u32, `table` `[V, C]`, contiguous float `dst: [T, C]`.
+    fn qembedding(&self, ids: &Tensor<Self>, table: &QTensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// A quantized tensor on this backend, its blocks as they are. Backends that keep
+    /// per-weight scratch (CUDA: the dequantize buffer of its prefill path) size it here, at
+    /// load, so that no forward pass allocates.
+    fn upload_quant(&self, host: &HostQTensor) -> Result<QTensor<Self>> {
+        QTensor::upload(self, host)
+    }
     /// `dst = x / rms(x) * weight` over the last dim (stats in f32).
     fn rms_norm(&self, x: &Tensor<Self>, weight: &Tensor<Self>, eps: f32, dst: &Tensor<Self>) -> Result<()>;
     /// Softmax over the last dim (in f32).
@@ -312,6 +327,15 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
         params: &Tensor<Self>,
         dst: &Tensor<Self>,
     ) -> Result<()>;
+
+    /// Runs `f`, a whole forward pass, where this backend's ops start cheapest. The CPU
+    /// backend runs it on a thread of its pool, so that every op's parallel loop starts
+    /// there instead of handing its work to the pool and sleeping until it is done (two
+    /// thread switches per op, a third of a small model's decode step on one thread).
+    /// Backends that queue work on a device just call `f`.
+    fn scoped<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
 
     // Conveniences built on the above.
 

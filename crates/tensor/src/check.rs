@@ -381,3 +381,74 @@ pub fn sample<B: Backend>(
     dims_are(OP, params, &[r.rows, 4])?;
     Ok(r)
 }
+
+/// The shapes of a [`crate::Backend::qmatmul`]: `x [M, K]` rows, `w [N, K]`, `dst [M, N]` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QMatmulDims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub x: Rows,
+    pub dst: Rows,
+}
+
+/// `x [M, K]` float rows (unit column stride), `w` quantized `[N, K]`, `dst [M, N]` rows in
+/// x's dtype or f32; with `accumulate` (`dst +=`) dst may share no storage with x.
+pub fn qmatmul<B: Backend>(
+    x: &Tensor<B>,
+    w: &crate::QTensor<B>,
+    dst: &Tensor<B>,
+    accumulate: bool,
+) -> Result<QMatmulDims> {
+    const OP: &str = "qmatmul";
+    float(OP, x)?;
+    float(OP, dst)?;
+    if dst.dtype() != DType::F32 {
+        same_dtype(OP, x, dst)?;
+    }
+    rank_is(OP, x, 2)?;
+    rank_is(OP, dst, 2)?;
+    let (m, k) = (x.dims()[0], x.dims()[1]);
+    let n = w.rows();
+    if k != w.cols() || dst.dims() != [m, n] {
+        return Err(Error::ShapeMismatch { op: OP, lhs: x.dims().to_vec(), rhs: vec![n, w.cols()] });
+    }
+    qtensor(OP, w)?;
+    let (xr, dr) = (rows(OP, x)?, rows(OP, dst)?);
+    if accumulate && dst.same_storage(x) {
+        return Err(Error::InvalidArgument { op: OP, msg: "accumulating: dst shares storage with x".into() });
+    }
+    Ok(QMatmulDims { m, n, k, x: xr, dst: dr })
+}
+
+/// `w`'s words hold its blocks (a `QTensor` built from a storage too small is caught here).
+pub fn qtensor<B: Backend>(op: &'static str, w: &crate::QTensor<B>) -> Result<()> {
+    dtype_is(op, w.data(), DType::U32)?;
+    contiguous(op, w.data())?;
+    if w.cols() % w.qtype().block_len() != 0 || w.data().numel() * 4 < w.bytes() {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("{:?}: {} words do not hold its blocks", w, w.data().numel()),
+        });
+    }
+    Ok(())
+}
+
+/// `dst[t] = dequantize(table[ids[t]])`: `ids: [T]` u32, `table` quantized `[V, C]`,
+/// contiguous float `dst: [T, C]`. Returns (T, C, V).
+pub fn qembedding<B: Backend>(
+    ids: &Tensor<B>,
+    table: &crate::QTensor<B>,
+    dst: &Tensor<B>,
+) -> Result<(usize, usize, usize)> {
+    const OP: &str = "qembedding";
+    dtype_is(OP, ids, DType::U32)?;
+    float(OP, dst)?;
+    rank_is(OP, ids, 1)?;
+    contiguous(OP, ids)?;
+    contiguous(OP, dst)?;
+    qtensor(OP, table)?;
+    let (t, v, c) = (ids.dims()[0], table.rows(), table.cols());
+    dims_are(OP, dst, &[t, c])?;
+    Ok((t, c, v))
+}

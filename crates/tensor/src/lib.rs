@@ -11,6 +11,7 @@ mod error;
 mod host;
 mod layout;
 mod meta;
+pub mod quant;
 pub mod rope;
 pub mod testing;
 
@@ -20,3 +21,4 @@ pub use error::{Error, Result};
 pub use host::HostTensor;
 pub use layout::{Layout, MAX_RANK};
 pub use meta::{StridedMeta, MAX_OPERANDS, META_ALL_CONTIGUOUS};
+pub use quant::{HostQTensor, QTensor, QuantType};

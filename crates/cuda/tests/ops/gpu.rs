@@ -66,6 +66,7 @@ parity!(argmax, parity::argmax_cases, false);
 parity!(sample, parity::sample_cases, false);
 parity!(matmul, parity::matmul_cases, false);
 parity!(attention, parity::attention_cases, false);
+parity!(qmatmul, parity::run_quant_cases, false);
 
 #[test]
 fn name_names_the_device() {
@@ -422,6 +423,53 @@ fn decode_shaped_matmul_gemv_matches_cpu() {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let tol = atol * (k as f64).sqrt() * 4.0 + 2.0 * encore_tensor::testing::tolerance(out).1 * w.abs();
                 assert!((*g as f64 - w).abs() <= tol, "{dt}->{out} m={m} element {i}: {g} vs cpu {w}");
+            }
+        }
+    }
+}
+
+/// Quantized GEMV and the prefill path at model shapes, against the dequantized weights in
+/// f64 on the host (sampled columns): every block type, bf16 activations (the CUDA compute
+/// dtype) with bf16 and f32 outputs, M from 1 to the GEMV limit and past it, K = 2048. The
+/// Q4_K weight of 16384 rows needs two chunks of the 64 MiB prefill scratch in f32.
+#[test]
+fn qmatmul_at_model_shapes_matches_the_dequantized_weights() {
+    use encore_tensor::quant::random_blocks;
+    use encore_tensor::QuantType;
+    let gpu = cuda(LaunchParamMode::Inline);
+    let mut rng = Rng::fresh("qmatmul_at_model_shapes_matches_the_dequantized_weights");
+    let k = 2048;
+    for qt in QuantType::ALL {
+        let n = if qt == QuantType::Q4_K { 16384 } else { 1024 };
+        let host = random_blocks(&mut rng, qt, n, k);
+        let wv = host.dequantize();
+        let w = gpu.upload_quant(&host).unwrap();
+        for (dt, out) in [(DType::BF16, DType::BF16), (DType::BF16, DType::F32), (DType::F32, DType::F32)] {
+            for m in [1, 3, 16, 40] {
+                let x = random(&mut rng, dt, &[m, k], -1.0, 1.0);
+                let xv = x.to_f32();
+                let dst = gpu.zeros(out, &[m, n]).unwrap();
+                let before = gpu.download(&dst).unwrap().to_f32();
+                gpu.qmatmul(&gpu.tensor(&x).unwrap(), &w, &dst, m == 3).unwrap();
+                let got = gpu.download(&dst).unwrap().to_f32();
+                for i in 0..m {
+                    for j in (0..n).step_by(37) {
+                        let want: f64 = (0..k).map(|p| xv[i * k + p] as f64 * wv[j * k + p] as f64).sum::<f64>()
+                            + if m == 3 { before[i * n + j] as f64 } else { 0.0 };
+                        let mass: f64 = (0..k).map(|p| (xv[i * k + p] as f64 * wv[j * k + p] as f64).abs()).sum();
+                        // f32 accumulation over K, bf16 rounding of the output (and of the
+                        // dequantized weights on the prefill path)
+                        let (atol, rtol) = encore_tensor::testing::tolerance(out);
+                        let tol = atol
+                            + rtol * want.abs()
+                            + if m > 16 { 8e-3 * mass / (k as f64).sqrt() } else { 1e-5 * mass };
+                        let g = got[i * n + j] as f64;
+                        assert!(
+                            (g - want).abs() <= tol,
+                            "{qt} {dt}->{out} m={m} [{i}, {j}]: {g} vs {want} (tol {tol:e})"
+                        );
+                    }
+                }
             }
         }
     }
