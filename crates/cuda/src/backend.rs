@@ -296,7 +296,7 @@ impl Cuda {
         self.launch(kernel, (g.n.div_ceil(GEMV_ROWS) as u32, 1, 1), GEMV_THREADS, &args, None)
     }
 
-    fn in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
+    pub(crate) fn in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
         for t in tensors {
             if t.storage().device().ordinal() != self.dev.ordinal() {
                 return Err(Error::DeviceMismatch { op });

@@ -75,26 +75,9 @@ impl Cuda {
         }
         // SAFETY: each launcher below lists `args` in the order and with the types of its
         // kernel's signature in qmatmul.cu (u64 pointers, u32 values); the values outlive
-        // the call, which copies them; the pointers address storages that `quant_in_bounds`
+        // the call, which copies them; the pointers address storages that `in_bounds`
         // checked hold the views the kernel touches (the grid covers exactly those rows).
         unsafe { self.device().launch(kernel, (grid, 1, 1), (block, 1, 1), 0, &mut params[..args.len()]) }?;
-        Ok(())
-    }
-
-    /// Every tensor lives on this device and its view fits its storage.
-    fn quant_in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
-        for t in tensors {
-            if t.storage().device().ordinal() != self.device().ordinal() {
-                return Err(Error::DeviceMismatch { op });
-            }
-            let need = t.layout().required_len() * t.dtype().size_in_bytes();
-            if need > t.storage().bytes() {
-                return Err(Error::InvalidArgument {
-                    op,
-                    msg: format!("view {:?} needs {need} bytes, its storage has {}", t.layout(), t.storage().bytes()),
-                });
-            }
-        }
         Ok(())
     }
 
@@ -120,7 +103,7 @@ impl Cuda {
     ) -> Result<()> {
         const OP: &str = "qmatmul";
         let d = check::qmatmul(x, w, dst, accumulate)?;
-        self.quant_in_bounds(OP, &[x, dst, w.data()])?;
+        self.in_bounds(OP, &[x, dst, w.data()])?;
         if d.m == 0 || d.n == 0 {
             return Ok(());
         }
@@ -217,7 +200,7 @@ impl Cuda {
     ) -> Result<()> {
         const OP: &str = "qembedding";
         let (t, c, v) = check::qembedding(ids, table, dst)?;
-        self.quant_in_bounds(OP, &[ids, dst, table.data()])?;
+        self.in_bounds(OP, &[ids, dst, table.data()])?;
         if t == 0 || c == 0 {
             return Ok(());
         }
