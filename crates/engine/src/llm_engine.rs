@@ -111,17 +111,8 @@ impl<B: Backend> LlmEngine<B> {
 
     /// Queue a request; the error says why it can never run.
     pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<RequestId, EngineError> {
-        params.validate().map_err(EngineError::Config)?;
-        if prompt.is_empty() {
-            return Err(EngineError::Config("the prompt is empty after tokenisation".into()));
-        }
-        let vocab = self.runner.model.cfg.vocab_size;
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::Config(format!("token id {bad} is outside the vocabulary of {vocab}")));
-        }
-        if prompt.len() + 1 > self.max_model_len() {
-            return Err(EngineError::ContextFull { needed: prompt.len() + 1, max_ctx: self.max_model_len() });
-        }
+        // the same checks the worker makes before queueing (one rule, one place)
+        crate::worker::check_request(&prompt, &params, self.runner.model.cfg.vocab_size, self.max_model_len())?;
         let id = self.next_id;
         self.next_id += 1;
         let eos = if params.ignore_eos { Vec::new() } else { self.eos.clone() };
