@@ -1,4 +1,4 @@
-//! Fuzzing encore's file parsers. Each target is written once, as a plain `fn(&[u8])`
+//! Fuzzing encore's file parsers and the server's request JSON. Each target is written once, as a plain `fn(&[u8])`
 //! ([`targets`]), and driven two ways: by the stable-Rust mutation runner of this crate
 //! (`cargo run -p encore-fuzz -- --help`; seeds in [`seeds`], mutations in [`mutate`], the
 //! supervisor in [`runner`]), and by libFuzzer through `cargo fuzz` (nightly, optional:

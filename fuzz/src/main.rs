@@ -14,7 +14,7 @@ use std::path::PathBuf;
 #[command(name = "encore-fuzz", about = "Mutation fuzzing of encore's file parsers (stable Rust)")]
 struct Args {
     /// Target(s) to run (repeatable): gguf, safetensors, safetensors_index, config_json,
-    /// tokenizer_json, chat_template, or all.
+    /// tokenizer_json, chat_template, openai_request, or all.
     #[arg(long, default_value = "all")]
     target: Vec<String>,
     /// Seconds per target.

@@ -21,7 +21,7 @@ fn golden(rel: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("seed {}: {e}", p.display()))
 }
 
-const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+pub const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 const LLAMA3_LIKE: &str = "{{- bos_token }}{%- set ns = namespace(system='') %}{%- for m in messages %}{%- if m['role'] == 'system' %}{%- set ns.system = m['content'] | trim %}{%- else %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}{{ ns.system | length }}";
 
@@ -49,6 +49,19 @@ fn byte_chars() -> Vec<String> {
         })
         .collect()
 }
+
+/// The byte-level BPE `tokenizer.json` of the first tokenizer seed (ChatML specials).
+pub fn seed_tokenizer_json() -> String {
+    String::from_utf8(tokenizer_seeds().remove(0)).expect("JSON is UTF-8")
+}
+
+const REQUESTS: &[&str] = &[
+    r#"{"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello 12"}], "max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "stream": true, "stream_options": {"include_usage": true}}"#,
+    r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "he"}, {"type": "text", "text": "llo"}]}], "max_completion_tokens": 3, "logprobs": true, "top_logprobs": 2, "seed": 5, "stop": ["x", "y"]}"#,
+    r#"{"prompt": "the 12", "max_tokens": 8, "logprobs": 3, "top_k": 40, "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": -1, "repetition_penalty": 1.1, "ignore_eos": true}"#,
+    r#"{"prompt": [1, 2, 3, 260], "n": 1, "stop": "he", "echo": false}"#,
+    r#"{"prompt": [[5, 6]], "max_tokens": 100, "temperature": 1e308, "top_p": -0.5, "tools": [{"type": "function"}], "response_format": {"type": "json_object"}}"#,
+];
 
 fn tokenizer_seeds() -> Vec<Vec<u8>> {
     let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
@@ -176,6 +189,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "safetensors_index" => index_seeds(),
         "config_json" => config_seeds(),
         "tokenizer_json" => tokenizer_seeds(),
+        "openai_request" => REQUESTS.iter().map(|r| r.as_bytes().to_vec()).collect(),
         "chat_template" => {
             TEMPLATES.iter().map(|t| [t.as_bytes(), b"\0", "Hello é 🙂 a".as_bytes()].concat()).collect()
         }

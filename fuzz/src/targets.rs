@@ -25,6 +25,7 @@ pub const TARGETS: &[Target] = &[
     ("config_json", config_json),
     ("tokenizer_json", tokenizer_json),
     ("chat_template", chat_template),
+    ("openai_request", openai_request),
 ];
 
 /// Targets that fail on purpose, to test the runner's detection of each kind of failure;
@@ -186,4 +187,44 @@ pub fn chat_template(data: &[u8]) {
     let content = String::from_utf8_lossy(content);
     let t = ChatTemplate::lenient(&src, Some("<s>"), Some("</s>"), "fuzz").with_limits(TEMPLATE_LIMITS);
     render(&t, &content);
+}
+
+/// What the request target prepares against: a tiny byte-level tokenizer, the SmolLM2
+/// template (small limits) and a 64-token context.
+fn request_info() -> &'static encore_engine::EngineInfo {
+    static INFO: OnceLock<encore_engine::EngineInfo> = OnceLock::new();
+    INFO.get_or_init(|| {
+        let json = crate::seeds::seed_tokenizer_json();
+        let tok = Tokenizer::from_json_str(&json, Path::new("fuzz-tokenizer.json")).expect("seed tokenizer");
+        let template =
+            ChatTemplate::lenient(crate::seeds::SMOLLM2, None, Some("<|im_end|>"), "fuzz").with_limits(TEMPLATE_LIMITS);
+        encore_engine::EngineInfo {
+            path: PathBuf::from("fuzz"),
+            report: encore_engine::RunReport::default(),
+            max_model_len: 64,
+            vocab_size: tok.vocab_size(),
+            tokenizer: Some(std::sync::Arc::new(tok)),
+            chat_template: Some(std::sync::Arc::new(template)),
+        }
+    })
+}
+
+/// A request body of `POST /v1/chat/completions` and of `POST /v1/completions`: JSON
+/// parsing with field paths, then the checks and the prompt (template, tokenizer) the
+/// server makes before a request reaches the engine. Every refusal must be a 4xx.
+pub fn openai_request(data: &[u8]) {
+    use encore_server::error::parse_json;
+    use encore_server::params;
+    let info = request_info();
+    let check = |r: Result<params::Prepared, encore_server::ApiError>| {
+        if let Err(e) = r {
+            assert!(e.status.is_client_error(), "a bad request answered {}: {}", e.status, e.message);
+        }
+    };
+    if let Ok(req) = parse_json(data) {
+        check(params::chat(req, info));
+    }
+    if let Ok(req) = parse_json(data) {
+        check(params::completion(req, info));
+    }
 }

@@ -1,4 +1,4 @@
-//! The flags every command that runs a model shares (generate, chat): which model, which
+//! The flags every command that runs a model shares (generate, chat, serve): which model, which
 //! device and dtype, the context and KV cache, graphs, CPU threads; validated into the
 //! engine's `EngineConfig` in one place.
 
@@ -44,6 +44,10 @@ pub struct EngineArgs {
     /// Decode eagerly instead of replaying CUDA graphs.
     #[arg(long)]
     pub no_graphs: bool,
+    /// CUDA: also capture graphs for steps with prefill rows of up to this many tokens (0:
+    /// decode graphs only; at most --max-num-batched-tokens).
+    #[arg(long, default_value_t = 512)]
+    pub graph_max_tokens: usize,
     /// How kernels get their layout metadata: inline, cached or upload.
     #[arg(long, default_value = "inline")]
     pub launch_params: String,
@@ -92,6 +96,7 @@ impl EngineArgs {
             max_ctx: self.max_ctx,
             max_num_seqs,
             graphs: !self.no_graphs,
+            graph_max_tokens: self.graph_max_tokens,
             launch_params,
             block_size: self.block_size,
             kv_blocks: self.kv_blocks,

@@ -51,6 +51,12 @@ pub struct SamplingArgs {
     pub min_p: f32,
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Subtracted from the logit of every token generated so far (OpenAI's; -2..2).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence in the generated tokens (OpenAI's; -2..2).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub frequency_penalty: f32,
     /// Stop when the output contains this text (repeatable); the text is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
@@ -66,6 +72,8 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             seed: self.seed,
@@ -246,7 +254,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
     );
     for (bucket, why) in &report.fallbacks {
-        eprintln!("warning: decode bucket {bucket} runs eagerly: {why}");
+        eprintln!("warning: steps of {bucket} token rows run eagerly (capture failed): {why}");
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! The `encore` binary: `generate` (text from a model), `chat` (an interactive REPL), `serve` (the OpenAI-compatible
 //! server), `bench` (decode-step and launch benchmarks) and `bench serve` (a load generator
-//! for any OpenAI-compatible server; also spelled `bench-serve`). Flags are parsed here
+//! for any OpenAI-compatible server; also spelled `bench-serve`) and `bench soak` (a
+//! bounded soak of an encore server). Flags are parsed here
 //! into raw args, validated into the engine's config structs by each command; errors print
 //! as one line and exit non-zero.
 
 mod bench;
 mod bench_serve;
+mod bench_soak;
 mod chat;
 mod engine_args;
 mod generate;
@@ -33,13 +35,17 @@ enum Command {
     /// Load an OpenAI-compatible server and report TTFT / TPOT / ITL / throughput
     /// (`encore bench serve ...` is the same).
     BenchServe(Box<bench_serve::BenchServeArgs>),
+    /// Soak an encore server: concurrent clients, random lengths, cancellations, for a
+    /// fixed time; checks every request ends once and memory stays flat (`encore bench soak`).
+    BenchSoak(Box<bench_soak::BenchSoakArgs>),
 }
 
 fn main() {
     // `encore bench serve ...` is `encore bench-serve ...` (bench's own flags are others)
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.len() > 2 && args[1] == "bench" && args[2] == "serve" {
-        args.splice(1..3, ["bench-serve".into()]);
+    if args.len() > 2 && args[1] == "bench" && (args[2] == "serve" || args[2] == "soak") {
+        let name = if args[2] == "serve" { "bench-serve" } else { "bench-soak" };
+        args.splice(1..3, [name.into()]);
     }
     let cli = Cli::parse_from(args);
     let result = match cli.command {
@@ -48,6 +54,7 @@ fn main() {
         Command::Chat(args) => chat::run(*args),
         Command::Serve(args) => serve::run(*args),
         Command::BenchServe(args) => bench_serve::run(*args),
+        Command::BenchSoak(args) => bench_soak::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

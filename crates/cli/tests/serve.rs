@@ -4,8 +4,8 @@
 //! and this test creates when missing). One server serves every case in order: error
 //! statuses, the Python client (chat and completions, streamed and not, stop strings,
 //! logprobs, seeds), concurrent greedy requests equal to each run alone, a cancelled stream
-//! giving its KV blocks back, 429 on a full queue, `encore bench serve` against it, and a
-//! graceful SIGTERM. A second server
+//! giving its KV blocks back, 429 on a full queue, `encore bench serve` and a short
+//! `encore bench soak` against it, and a graceful SIGTERM. A second server
 //! (the tiny golden model, no API key) shows the key is optional.
 
 use serde_json::Value;
@@ -276,6 +276,25 @@ fn serve_end_to_end_with_curl_and_the_openai_client() {
     assert_eq!((r["completed"].as_u64(), r["failed"].as_u64(), r["model"].as_str()), (Some(4), Some(0), Some("smol")));
     assert_eq!(r["total_output_tokens"], 16);
     assert!(r["ttft_ms"]["p99"].as_f64().unwrap() > 0.0 && r["itl_ms"]["mean"].as_f64().unwrap() > 0.0, "{r}");
+
+    // a short soak: 6 clients over 4 places (so 429s, the intended refusals), random lengths,
+    // 30% cancelled mid-stream; every request ends once and every block comes back
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let pid = s.child.id().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_encore"))
+        .args(["bench", "soak", "--url", &s.url("/v1"), "--api-key", KEY, "--concurrency", "6", "--duration", "6"])
+        .args(["--input-len", "2:24", "--output-len", "2:12", "--cancel-fraction", "0.3", "--sample-every", "2"])
+        .args(["--server-pid", &pid, "--max-growth-pct", "50", "--json", json.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(json.path()).unwrap()).unwrap();
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert!(n("completed") > 0 && n("cancelled") > 0, "{table}");
+    assert_eq!(n("failed") + n("wrong_length"), 0, "{table}");
+    assert_eq!(n("server_ended"), n("completed") + n("cancelled"), "{table}");
+    assert!(r["samples"][0]["rss_mib"].as_f64().unwrap() > 10.0, "{r}");
 
     // SIGTERM: the running stream finishes, then the server exits 0
     let body = serde_json::json!({"prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "stream": true});

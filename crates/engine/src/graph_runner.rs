@@ -1,7 +1,12 @@
-//! Decode graphs: one captured CUDA graph per batch bucket, replayed with one packed
-//! host-to-device input copy and one `cuGraphLaunch` per step.
+//! Step graphs: one captured CUDA graph per step shape, replayed with one packed
+//! host-to-device input copy and one `cuGraphLaunch` per step. Pure decode steps have one
+//! shape per batch bucket (`b` token rows, `b` logit rows); steps with prefill rows (chunks
+//! mixed with decodes) one per token bucket up to `--graph-max-tokens` (`T` token rows,
+//! `max_num_seqs` logit rows). Every kernel's grid depends on those shapes only (attention
+//! plans its work on the device), so a graph serves any mix of sequences, chunk lengths and
+//! positions that fits its shape.
 //!
-//! Capture protocol, per bucket, largest first: fill the step inputs with sentinel rows
+//! Capture protocol, per shape, largest first: fill the step inputs with sentinel rows
 //! (position -1, slot -1: kv_write skips them, attention writes zeros), run one eager step
 //! (in `cached` mode this fills the ParamCache; the pool also reaches its steady state),
 //! then capture the same step. The graph reads its inputs from the static `StepInputs`
@@ -12,13 +17,14 @@
 //! serves any mix of greedy and sampled requests. The device's launch
 //! mode is restored after capture, so later eager work runs in the mode it was given.
 
-use crate::model_runner::{ModelRunner, StepRunner};
+use crate::buckets::token_buckets;
+use crate::model_runner::{ModelRunner, StepPlan, StepRunner, StepShape};
 use crate::EngineError;
 use encore_cuda::{capture, CacheGuard, Cuda, CudaError, GraphExec, LaunchParamMode, NodeAudit};
 use encore_models::HostInputs;
 
 struct BucketGraph {
-    bucket: usize,
+    shape: StepShape,
     exec: GraphExec,
     audit: NodeAudit,
     // keeps the ParamCache pins of the graph alive as long as the exec replays it
@@ -27,6 +33,7 @@ struct BucketGraph {
 
 pub struct GraphDecoder {
     graphs: Vec<BucketGraph>,
+    /// Shapes whose capture failed (their token rows), and why.
     fallbacks: Vec<(usize, String)>,
     capture_ms: f64,
     stats: GraphStats,
@@ -40,7 +47,10 @@ pub struct GraphStats {
     pub replayed: u64,
     /// Pure decode steps run eagerly: their bucket has no graph.
     pub eager_no_graph: u64,
-    /// Steps with prefill rows (always eager).
+    /// Steps with prefill rows replayed from a graph.
+    pub mixed_replayed: u64,
+    /// Steps with prefill rows run eagerly (more tokens than the largest mixed graph, or
+    /// its capture failed).
     pub mixed: u64,
 }
 
@@ -49,19 +59,56 @@ pub struct GraphStats {
 pub struct FailCapture(pub usize);
 
 impl GraphDecoder {
-    /// Capture every bucket of `runner.cfg.max_batch` with the device in `mode`.
+    /// Capture every decode bucket of `runner.cfg.max_num_seqs` with the device in `mode`.
     pub fn capture(
         runner: &mut ModelRunner<Cuda>,
         mode: LaunchParamMode,
         fail: Option<FailCapture>,
     ) -> Result<Self, EngineError> {
-        let buckets = runner.buckets.clone();
-        Self::capture_buckets(runner, &buckets, mode, fail)
+        Self::capture_all(runner, mode, fail, 0)
     }
 
+    /// Capture every decode bucket and, when `mixed_max_tokens > 0`, every token bucket of
+    /// steps with prefill rows up to that many tokens (and the step budget); the runner then
+    /// pads such steps to the captured buckets (`ModelRunner::mixed_buckets`).
+    pub fn capture_all(
+        runner: &mut ModelRunner<Cuda>,
+        mode: LaunchParamMode,
+        fail: Option<FailCapture>,
+        mixed_max_tokens: usize,
+    ) -> Result<Self, EngineError> {
+        let mut shapes: Vec<StepShape> = runner.buckets.iter().map(|&b| StepShape::decode(b)).collect();
+        let max_tokens = mixed_max_tokens.min(runner.cfg.max_num_batched_tokens);
+        let logits = runner.cfg.max_num_seqs;
+        for tokens in token_buckets(max_tokens) {
+            let s = StepShape { tokens, logits };
+            if !shapes.contains(&s) {
+                shapes.push(s);
+            }
+        }
+        let me = Self::capture_shapes(runner, &shapes, mode, fail)?;
+        let mut mixed: Vec<usize> =
+            me.graphs.iter().filter(|g| g.shape.logits == logits).map(|g| g.shape.tokens).collect();
+        mixed.sort_unstable();
+        mixed.retain(|&t| t <= max_tokens);
+        runner.mixed_buckets = mixed;
+        Ok(me)
+    }
+
+    /// Capture the decode graphs of `buckets` only.
     pub fn capture_buckets(
         runner: &mut ModelRunner<Cuda>,
         buckets: &[usize],
+        mode: LaunchParamMode,
+        fail: Option<FailCapture>,
+    ) -> Result<Self, EngineError> {
+        let shapes: Vec<StepShape> = buckets.iter().map(|&b| StepShape::decode(b)).collect();
+        Self::capture_shapes(runner, &shapes, mode, fail)
+    }
+
+    fn capture_shapes(
+        runner: &mut ModelRunner<Cuda>,
+        shapes: &[StepShape],
         mode: LaunchParamMode,
         fail: Option<FailCapture>,
     ) -> Result<Self, EngineError> {
@@ -76,15 +123,15 @@ impl GraphDecoder {
             stats: GraphStats::default(),
             _cache: cache,
         };
-        let mut order = buckets.to_vec();
-        order.sort_unstable_by(|a, b| b.cmp(a));
+        let mut order = shapes.to_vec();
+        order.sort_unstable_by(|a, b| (b.tokens, b.logits).cmp(&(a.tokens, a.logits)));
         let t0 = std::time::Instant::now();
         let bar = capture_progress(order.len());
-        for bucket in order {
-            bar.set_message(format!("capturing decode graphs (bucket {bucket})"));
-            match Self::capture_one(runner, bucket, fail) {
+        for shape in order {
+            bar.set_message(format!("capturing step graphs ({} x {})", shape.tokens, shape.logits));
+            match Self::capture_one(runner, shape, fail) {
                 Ok(g) => me.graphs.push(g),
-                Err(e) => me.fallbacks.push((bucket, e.to_string())),
+                Err(e) => me.fallbacks.push((shape.tokens, e.to_string())),
             }
             bar.inc(1);
         }
@@ -96,19 +143,19 @@ impl GraphDecoder {
 
     fn capture_one(
         runner: &mut ModelRunner<Cuda>,
-        bucket: usize,
+        shape: StepShape,
         fail: Option<FailCapture>,
     ) -> Result<BucketGraph, EngineError> {
         let mut pad = HostInputs::default();
-        pad.pad_to(bucket, bucket);
+        pad.pad_to(shape.tokens, shape.logits);
         runner.inputs.upload(&runner.backend, &pad)?;
         let ModelRunner { backend, model, cache, state, inputs, .. } = &*runner;
-        let step = || model.forward(backend, state, inputs, cache, bucket, bucket);
+        let step = || model.forward(backend, state, inputs, cache, shape.tokens, shape.logits);
         step()?; // warm-up: fills the ParamCache in cached mode
         let dev = backend.device();
         let graph = capture(dev, || {
             step().map_err(CudaError::from)?;
-            if fail == Some(FailCapture(bucket)) {
+            if fail == Some(FailCapture(shape.tokens)) {
                 dev.synchronize()?; // a capture rule violation, on purpose
             }
             Ok(())
@@ -116,7 +163,7 @@ impl GraphDecoder {
         .map_err(encore_tensor::Error::from)?;
         let audit = graph.try_audit().map_err(encore_tensor::Error::from)?; // unaudited: no replay
         let exec = graph.instantiate().map_err(encore_tensor::Error::from)?;
-        Ok(BucketGraph { bucket, exec, audit, _graph: graph })
+        Ok(BucketGraph { shape, exec, audit, _graph: graph })
     }
 
     pub fn fallbacks(&self) -> &[(usize, String)] {
@@ -127,15 +174,29 @@ impl GraphDecoder {
         self.capture_ms
     }
 
-    /// Node audit of each captured bucket, largest first.
+    /// Node audit of each captured decode bucket, largest first.
     pub fn audits(&self) -> Vec<(usize, NodeAudit)> {
-        self.graphs.iter().map(|g| (g.bucket, g.audit)).collect()
+        self.graphs
+            .iter()
+            .filter(|g| g.shape == StepShape::decode(g.shape.tokens))
+            .map(|g| (g.shape.tokens, g.audit))
+            .collect()
     }
 
-    /// Replay the graph of `bucket` over the inputs already in the step buffer; false if
-    /// the bucket has no graph.
+    /// Node audit of every captured shape, largest first.
+    pub fn shape_audits(&self) -> Vec<(StepShape, NodeAudit)> {
+        self.graphs.iter().map(|g| (g.shape, g.audit)).collect()
+    }
+
+    /// Replay the decode graph of `bucket` over the inputs already in the step buffer;
+    /// false if the bucket has no graph.
     pub fn replay(&self, bucket: usize) -> Result<bool, EngineError> {
-        match self.graphs.iter().find(|g| g.bucket == bucket) {
+        self.replay_shape(StepShape::decode(bucket))
+    }
+
+    /// Replay the graph of `shape`; false if it has none.
+    pub fn replay_shape(&self, shape: StepShape) -> Result<bool, EngineError> {
+        match self.graphs.iter().find(|g| g.shape == shape) {
             Some(g) => {
                 g.exec.replay().map_err(encore_tensor::Error::from)?;
                 Ok(true)
@@ -161,23 +222,21 @@ fn capture_progress(buckets: usize) -> indicatif::ProgressBar {
 }
 
 impl StepRunner<Cuda> for GraphDecoder {
-    fn run(
-        &mut self,
-        runner: &ModelRunner<Cuda>,
-        t: usize,
-        n_logits: usize,
-        decode_bucket: Option<usize>,
-    ) -> Result<bool, EngineError> {
-        match decode_bucket {
-            Some(b) if self.replay(b)? => {
-                self.stats.replayed += 1;
-                return Ok(true);
-            }
-            Some(_) => self.stats.eager_no_graph += 1,
-            None => self.stats.mixed += 1,
+    fn run(&mut self, runner: &ModelRunner<Cuda>, plan: StepPlan) -> Result<bool, EngineError> {
+        let replayed = match plan.shape {
+            Some(s) => self.replay_shape(s)?,
+            None => false,
+        };
+        match (plan.decode, replayed) {
+            (true, true) => self.stats.replayed += 1,
+            (true, false) => self.stats.eager_no_graph += 1,
+            (false, true) => self.stats.mixed_replayed += 1,
+            (false, false) => self.stats.mixed += 1,
         }
-        runner.forward(t, n_logits)?;
-        Ok(false)
+        if !replayed {
+            runner.forward(plan.tokens, plan.logits)?;
+        }
+        Ok(replayed)
     }
 }
 

@@ -27,7 +27,7 @@ pub use device::Device;
 pub use error::EngineError;
 pub use generate::{generate, Flow, GenStats, Generation};
 pub use llm_engine::{EngineCounters, EngineGauges, LlmEngine, StepOutput, TokenLogprob};
-pub use model_runner::{DecodeRow, Eager, ModelRunner, RunnerConfig, SeqChunk, StepRunner};
+pub use model_runner::{DecodeRow, Eager, ModelRunner, RunnerConfig, SeqChunk, StepPlan, StepRunner, StepShape};
 pub use sampler::{Sampler, SamplingParams};
 pub use sequence::{FinishReason, RequestId};
 pub use session::{build_engine, run_generate, Engine, EngineConfig, RunReport};

@@ -19,6 +19,7 @@ use crate::sequence::{FinishReason, RequestId, SeqStatus, Sequence};
 use crate::EngineError;
 use encore_tensor::{Backend, SampleParams};
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Log-probability of a generated token and of the most likely alternatives.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,15 +47,24 @@ pub struct EngineCounters {
     /// Steps whose rows were all decode tokens, and of those how many replayed a graph.
     pub decode_steps: u64,
     pub graphed_steps: u64,
+    /// Steps with prefill rows that replayed a captured graph (the others ran eagerly).
+    pub mixed_graphed_steps: u64,
     pub prompt_tokens: u64,
     /// Prompt tokens whose K/V came from the prefix cache.
     pub cached_prompt_tokens: u64,
     pub generated_tokens: u64,
     pub preemptions: u64,
-    /// Rows sampled on the host (mixed sampling settings in one step, repetition penalty).
+    /// Rows sampled on the host (repetition, presence or frequency penalty).
     pub host_sampled_rows: u64,
     pub finished: u64,
     pub aborted: u64,
+    /// Where the steps' wall time went, microseconds: scheduling and laying out the step on
+    /// the host; packing, the input copy and the launch (or graph replay); waiting for the
+    /// device and copying the next tokens (and logits) back; bookkeeping after the step.
+    pub schedule_us: u64,
+    pub launch_us: u64,
+    pub device_us: u64,
+    pub postprocess_us: u64,
 }
 
 /// Gauges for metrics.
@@ -81,7 +91,7 @@ pub struct LlmEngine<B: Backend> {
 
 /// A row that the host samples (its logits need the sequence's history).
 fn needs_host(p: &SamplingParams) -> bool {
-    p.repetition_penalty != 1.0
+    p.has_penalties()
 }
 
 impl<B: Backend> LlmEngine<B> {
@@ -164,6 +174,7 @@ impl<B: Backend> LlmEngine<B> {
     /// One schedule -> run -> postprocess round. Returns one output per request that
     /// produced a token or ended.
     pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let t0 = Instant::now();
         let batch = self.scheduler.schedule(&mut self.seqs, &mut self.bm);
         self.counters.preemptions += batch.preempted.len() as u64;
         if batch.is_empty() {
@@ -182,6 +193,7 @@ impl<B: Backend> LlmEngine<B> {
                 (u, if needs_host(&q.params) { SampleParams::GREEDY } else { q.sampler.device_params() })
             })
             .collect();
+        let t1;
         let graphed = {
             let chunks: Vec<SeqChunk> = batch
                 .seqs
@@ -199,12 +211,16 @@ impl<B: Backend> LlmEngine<B> {
                     }
                 })
                 .collect();
+            t1 = Instant::now();
             self.runner.step(self.exec.as_mut(), &chunks)?
         };
+        let t2 = Instant::now();
         self.counters.steps += 1;
         if batch.is_decode_only() {
             self.counters.decode_steps += 1;
             self.counters.graphed_steps += u64::from(graphed);
+        } else {
+            self.counters.mixed_graphed_steps += u64::from(graphed);
         }
         let n_sampled = batch.seqs.iter().filter(|s| s.sample).count();
         let next = self.runner.read_next(n_sampled)?;
@@ -213,8 +229,16 @@ impl<B: Backend> LlmEngine<B> {
             needs_host(p) || p.logprobs.is_some()
         });
         let logits = if wants_logits { Some(self.runner.read_logits(n_sampled)?) } else { None };
+        let t3 = Instant::now();
         let uniforms: Vec<i32> = rows.iter().map(|r| r.0).collect();
-        self.postprocess(&batch, &next, &uniforms, logits.as_deref())
+        let outs = self.postprocess(&batch, &next, &uniforms, logits.as_deref());
+        let us = |a: Instant, b: Instant| (b - a).as_micros() as u64;
+        let c = &mut self.counters;
+        c.schedule_us += us(t0, t1);
+        c.launch_us += us(t1, t2);
+        c.device_us += us(t2, t3);
+        c.postprocess_us += us(t3, Instant::now());
+        outs
     }
 
     fn postprocess(
@@ -248,7 +272,7 @@ impl<B: Backend> LlmEngine<B> {
                 Some(l) if needs_host(&seq.params) => {
                     self.counters.host_sampled_rows += 1;
                     let history = seq.tokens.clone();
-                    seq.sampler.sample(&l[row], &history, u)
+                    seq.sampler.sample(&l[row], &history, seq.num_prompt_tokens, u)
                 }
                 _ => next[row],
             };

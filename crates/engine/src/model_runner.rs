@@ -66,25 +66,46 @@ pub struct SeqChunk<'a> {
     pub params: SampleParams,
 }
 
+/// The padded shape of a step a captured graph can run: token rows and logit rows. A pure
+/// decode step of bucket `b` is `b x b`; a step with prefill rows is a token bucket x
+/// `max_num_seqs` (see [`crate::buckets::token_buckets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepShape {
+    pub tokens: usize,
+    pub logits: usize,
+}
+
+impl StepShape {
+    pub fn decode(bucket: usize) -> Self {
+        StepShape { tokens: bucket, logits: bucket }
+    }
+}
+
+/// What a step is, for the runner that runs it and for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Token rows uploaded (padded rows included).
+    pub tokens: usize,
+    /// Logit rows uploaded (padded rows included).
+    pub logits: usize,
+    /// Padded to a shape a graph may serve (then `tokens`/`logits` are that shape).
+    pub shape: Option<StepShape>,
+    /// Every real row is one decode token.
+    pub decode: bool,
+}
+
 /// How a step whose inputs are uploaded runs: eagerly, or by replaying a captured graph.
 pub trait StepRunner<B: Backend> {
-    /// `t` token rows, `n_logits` logit rows; `decode_bucket` is `Some(b)` for a pure decode
-    /// step padded to bucket `b` (a graph can serve it). Returns true when a graph ran it.
-    fn run(
-        &mut self,
-        runner: &ModelRunner<B>,
-        t: usize,
-        n_logits: usize,
-        decode_bucket: Option<usize>,
-    ) -> Result<bool, EngineError>;
+    /// Run the step `plan` describes. Returns true when a graph ran it.
+    fn run(&mut self, runner: &ModelRunner<B>, plan: StepPlan) -> Result<bool, EngineError>;
 }
 
 /// Every step eagerly.
 pub struct Eager;
 
 impl<B: Backend> StepRunner<B> for Eager {
-    fn run(&mut self, runner: &ModelRunner<B>, t: usize, n: usize, _: Option<usize>) -> Result<bool, EngineError> {
-        runner.forward(t, n)?;
+    fn run(&mut self, runner: &ModelRunner<B>, plan: StepPlan) -> Result<bool, EngineError> {
+        runner.forward(plan.tokens, plan.logits)?;
         Ok(false)
     }
 }
@@ -98,6 +119,10 @@ pub struct ModelRunner<B: Backend> {
     pub cfg: RunnerConfig,
     /// Decode buckets (1, 2, 4, 8, 16, 24, ... max_num_seqs).
     pub buckets: Vec<usize>,
+    /// Token buckets of steps with prefill rows that have a graph (ascending; empty unless
+    /// graphs were captured for them): such a step is padded to the smallest that holds it
+    /// and `max_num_seqs` logit rows.
+    pub mixed_buckets: Vec<usize>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -109,16 +134,13 @@ impl<B: Backend> ModelRunner<B> {
         let dims = InputDims { max_tokens: rows, max_seqs: cfg.max_num_seqs, max_blocks: cfg.max_blocks_per_seq() };
         let inputs = StepInputs::new(&backend, dims)?;
         let buckets = batch_buckets(cfg.max_num_seqs);
-        Ok(ModelRunner { backend, model, cache, state, inputs, cfg, buckets })
+        Ok(ModelRunner { backend, model, cache, state, inputs, cfg, buckets, mixed_buckets: Vec::new() })
     }
 
-    /// The packed rows of a step, and its (token rows, logit rows, decode bucket). A pure
-    /// decode step is padded to its bucket (`bucket`, or the smallest that holds it).
-    pub fn layout(
-        &self,
-        chunks: &[SeqChunk],
-        bucket: Option<usize>,
-    ) -> Result<(HostInputs, usize, usize, Option<usize>), EngineError> {
+    /// The packed rows of a step, and its plan. A pure decode step is padded to its bucket
+    /// (`bucket`, or the smallest that holds it); a step with prefill rows to the smallest
+    /// of `mixed_buckets` that holds it, if any.
+    pub fn layout(&self, chunks: &[SeqChunk], bucket: Option<usize>) -> Result<(HostInputs, StepPlan), EngineError> {
         let bs = self.cfg.block_size;
         let mut host = HostInputs::default();
         for (s, c) in chunks.iter().enumerate() {
@@ -144,18 +166,21 @@ impl<B: Backend> ModelRunner<B> {
             host.block_tables.push(c.block_table.iter().map(|&b| b as i32).collect());
         }
         let decode = !chunks.is_empty() && chunks.iter().all(|c| c.tokens.len() == 1 && c.sample);
-        let bucket = match bucket {
-            Some(b) if decode && b >= chunks.len() && self.buckets.contains(&b) => Some(b),
+        let shape = match bucket {
+            Some(b) if decode && b >= chunks.len() && self.buckets.contains(&b) => Some(StepShape::decode(b)),
             Some(b) => return Err(EngineError::Config(format!("{} rows cannot run in bucket {b}", chunks.len()))),
-            None if decode => bucket_for(chunks.len(), &self.buckets),
-            None => None,
+            None if decode => bucket_for(chunks.len(), &self.buckets).map(StepShape::decode),
+            None => bucket_for(host.tokens.len(), &self.mixed_buckets)
+                .map(|tokens| StepShape { tokens, logits: self.cfg.max_num_seqs }),
         };
-        if let Some(b) = bucket {
-            host.pad_to(b, b);
-            host.block_tables.resize(b, Vec::new());
+        if let Some(s) = shape {
+            host.pad_to(s.tokens, s.logits);
+            if decode {
+                host.block_tables.resize(s.logits, Vec::new());
+            }
         }
-        let (t, n) = (host.tokens.len(), host.logits.len());
-        Ok((host, t, n, bucket))
+        let plan = StepPlan { tokens: host.tokens.len(), logits: host.logits.len(), shape, decode };
+        Ok((host, plan))
     }
 
     /// Run one step over `chunks` with `exec`; the next token of each sampling chunk is left
@@ -172,12 +197,12 @@ impl<B: Backend> ModelRunner<B> {
         chunks: &[SeqChunk],
         bucket: Option<usize>,
     ) -> Result<bool, EngineError> {
-        let (host, t, n, bucket) = self.layout(chunks, bucket)?;
-        if t == 0 {
+        let (host, plan) = self.layout(chunks, bucket)?;
+        if plan.tokens == 0 {
             return Ok(false);
         }
         self.inputs.upload(&self.backend, &host)?; // the one HtoD copy of the step
-        exec.run(self, t, n, bucket)
+        exec.run(self, plan)
     }
 
     /// The forward pass over the uploaded inputs.

@@ -18,8 +18,14 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// 0 means no min-p cut.
     pub min_p: f32,
-    /// 1.0 means no penalty (CTRL-style: positive logits divided, negative multiplied).
+    /// 1.0 means no penalty (CTRL-style, over prompt and generated tokens: positive logits
+    /// divided, negative multiplied).
     pub repetition_penalty: f32,
+    /// OpenAI's, over the generated tokens only: `presence_penalty` is subtracted from the
+    /// logit of every token generated so far, `frequency_penalty` times its count. In
+    /// [-2, 2]; 0 means none.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub seed: u64,
@@ -38,6 +44,8 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             max_tokens: 64,
             stop: Vec::new(),
             seed: 0,
@@ -62,6 +70,13 @@ impl SamplingParams {
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return Err(format!("--repetition-penalty must be > 0, got {}", self.repetition_penalty));
         }
+        for (flag, v) in
+            [("--presence-penalty", self.presence_penalty), ("--frequency-penalty", self.frequency_penalty)]
+        {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(format!("{flag} must be in [-2, 2], got {v}"));
+            }
+        }
         if self.max_tokens == 0 {
             return Err("--max-tokens must be at least 1".into());
         }
@@ -73,7 +88,13 @@ impl SamplingParams {
 
     /// True when the next token is the argmax of the raw logits.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 && self.repetition_penalty == 1.0
+        self.temperature == 0.0 && !self.has_penalties()
+    }
+
+    /// Any penalty that depends on the sequence's tokens (applied on the host: see
+    /// `LlmEngine`'s host-sampled rows counter).
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 }
 
@@ -114,12 +135,24 @@ impl Sampler {
 
     /// The next token from one row of logits on the host, with the uniform `u24` (from
     /// [`Sampler::uniform24`]): the repetition penalty over `history` (prompt and generated
+    /// ids), the presence and frequency penalties over `history[num_prompt..]` (generated
     /// ids), then exactly the device's rule (`encore_cpu::sample_row`, see
     /// `encore_tensor::SampleParams`), so host and device sampling are one rule over one
     /// random stream.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32], u24: i32) -> u32 {
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], num_prompt: usize, u24: i32) -> u32 {
         let p = &self.params;
         let mut l: Vec<f32> = logits.to_vec();
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+            for &t in history.get(num_prompt..).unwrap_or(&[]) {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, n) in counts {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v -= p.presence_penalty + p.frequency_penalty * n as f32;
+                }
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let mut seen = vec![false; l.len()];
             for &t in history {
@@ -182,7 +215,7 @@ mod tests {
     #[test]
     fn greedy_takes_first_max() {
         let mut s = Sampler::new(params(0.0));
-        assert_eq!(s.sample(&[0.5, 2.0, 2.0, -1.0], &[], 0), 1);
+        assert_eq!(s.sample(&[0.5, 2.0, 2.0, -1.0], &[], 0, 0), 1);
     }
 
     #[test]
@@ -193,7 +226,7 @@ mod tests {
             (0..40)
                 .map(|_| {
                     let u = s.uniform24();
-                    s.sample(&logits, &[], u)
+                    s.sample(&logits, &[], 0, u)
                 })
                 .collect::<Vec<_>>()
         };
@@ -207,13 +240,13 @@ mod tests {
         let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..params(5.0) });
         assert!((0..50).all(|_| {
             let u = s.uniform24();
-            s.sample(&logits, &[], u) == 1
+            s.sample(&logits, &[], 0, u) == 1
         }));
         let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 2, ..params(5.0) });
         let got: Vec<u32> = (0..200)
             .map(|_| {
                 let u = s.uniform24();
-                s.sample(&logits, &[], u)
+                s.sample(&logits, &[], 0, u)
             })
             .collect();
         assert!(got.iter().all(|&t| t == 1 || t == 2) && got.contains(&2));
@@ -227,7 +260,7 @@ mod tests {
         let got: Vec<u32> = (0..300)
             .map(|_| {
                 let u = s.uniform24();
-                s.sample(&logits, &[], u)
+                s.sample(&logits, &[], 0, u)
             })
             .collect();
         assert!(got.iter().all(|&t| t <= 1) && got.contains(&1));
@@ -239,15 +272,31 @@ mod tests {
         let mut s = Sampler::new(SamplingParams { min_p: 0.5, ..params(1.0) });
         assert!((0..300).all(|_| {
             let u = s.uniform24();
-            s.sample(&logits, &[], u) <= 1
+            s.sample(&logits, &[], 0, u) <= 1
         }));
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens_only() {
+        // token 1 is in the prompt (not penalised) and generated twice after it
+        let logits = [1.0, 1.5, 0.2];
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.3, ..params(0.0) });
+        assert_eq!(s.sample(&logits, &[1, 2], 2, 0), 1, "prompt tokens carry no presence penalty");
+        assert_eq!(s.sample(&logits, &[2, 1], 1, 0), 1, "1.5 - 0.3 is still the largest");
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.3, frequency_penalty: 0.2, ..params(0.0) });
+        assert_eq!(s.sample(&logits, &[2, 1, 1], 1, 0), 0, "1.5 - 0.3 - 2 * 0.2 = 0.8 < 1.0");
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: -2.0, ..params(0.0) });
+        assert_eq!(s.sample(&logits, &[2], 0, 0), 2, "a negative penalty favours repeats");
+        let bad = SamplingParams { presence_penalty: 2.5, ..params(0.0) };
+        assert!(bad.validate().unwrap_err().contains("--presence-penalty"));
+        assert!(!SamplingParams { frequency_penalty: 0.1, ..params(0.0) }.is_greedy());
     }
 
     #[test]
     fn repetition_penalty_changes_greedy_choice() {
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..params(0.0) });
-        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1], 0), 0);
-        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[], 0), 1);
+        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[1], 0, 0), 0);
+        assert_eq!(s.sample(&[1.0, 1.5, 0.2], &[], 0, 0), 1);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub cpu_kv_bytes: usize,
     /// Decode with captured graphs (CUDA only).
     pub graphs: bool,
+    /// Also capture graphs for steps with prefill rows of up to this many tokens (0: decode
+    /// graphs only; capped at `max_num_batched_tokens`).
+    pub graph_max_tokens: usize,
     pub launch_params: LaunchParamMode,
     /// Quantize float weights to this block type at load (`--quantize`); quantized GGUF
     /// tensors always stay in their blocks.
@@ -56,6 +59,7 @@ impl Default for EngineConfig {
             gpu_memory_utilization: 0.9,
             cpu_kv_bytes: 2 << 30,
             graphs: true,
+            graph_max_tokens: 512,
             launch_params: LaunchParamMode::Inline,
             quantize: None,
         }
@@ -304,7 +308,7 @@ fn build_cuda(
     let eos = files.config.eos_token_ids.clone();
     let engine = if cfg.graphs {
         let t1 = Instant::now();
-        let graphs = GraphDecoder::capture(&mut runner, cfg.launch_params, None)?;
+        let graphs = GraphDecoder::capture_all(&mut runner, cfg.launch_params, None, cfg.graph_max_tokens)?;
         report.capture_secs = t1.elapsed().as_secs_f64();
         report.fallbacks = graphs.fallbacks().to_vec();
         LlmEngine::new(runner, Box::new(graphs), eos)

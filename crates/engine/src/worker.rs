@@ -105,6 +105,8 @@ pub struct WorkerStats {
     pub gauges: EngineGauges,
     /// Requests waiting here for a place in the engine.
     pub queued: usize,
+    /// Microseconds this thread spent detokenizing and sending the steps' events.
+    pub output_us: u64,
 }
 
 enum Command {
@@ -183,6 +185,7 @@ where
             keys: HashMap::new(),
             stats: worker_stats,
             draining: false,
+            output_us: 0,
         };
         worker.run(rx);
     });
@@ -332,6 +335,7 @@ struct Worker {
     keys: HashMap<u64, RequestId>,
     stats: Arc<Mutex<WorkerStats>>,
     draining: bool,
+    output_us: u64,
 }
 
 impl Worker {
@@ -427,9 +431,11 @@ impl Worker {
     fn step(&mut self) {
         match self.engine.step() {
             Ok(outs) => {
+                let t = std::time::Instant::now();
                 for o in outs {
                     self.output(o);
                 }
+                self.output_us += t.elapsed().as_micros() as u64;
             }
             Err(e) => {
                 eprintln!("error: engine step failed: {e}");
@@ -495,8 +501,12 @@ impl Worker {
     }
 
     fn publish(&self) {
-        let s =
-            WorkerStats { counters: self.engine.counters(), gauges: self.engine.gauges(), queued: self.queued.len() };
+        let s = WorkerStats {
+            counters: self.engine.counters(),
+            gauges: self.engine.gauges(),
+            queued: self.queued.len(),
+            output_us: self.output_us,
+        };
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 }

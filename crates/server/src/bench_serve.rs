@@ -75,7 +75,7 @@ pub fn run(cfg: BenchConfig) -> Result<BenchReport, BenchError> {
     rt.block_on(bench(cfg))
 }
 
-fn base_url(url: &str) -> String {
+pub(crate) fn base_url(url: &str) -> String {
     let u = url.trim_end_matches('/');
     u.strip_suffix("/v1").unwrap_or(u).to_string()
 }
@@ -119,7 +119,7 @@ pub async fn bench(cfg: BenchConfig) -> Result<BenchReport, BenchError> {
         let (client, url, key) = (client.clone(), url.clone(), cfg.api_key.clone());
         let input_len = cfg.input_len;
         tasks.push(tokio::spawn(async move {
-            let r = one_request(&client, &url, key.as_deref(), &body, input_len).await;
+            let r = one_request(&client, &url, key.as_deref(), &body, input_len, None).await;
             drop(permit);
             r
         }));
@@ -139,7 +139,7 @@ pub async fn bench(cfg: BenchConfig) -> Result<BenchReport, BenchError> {
     Ok(report)
 }
 
-async fn first_model(client: &reqwest::Client, base: &str, key: Option<&str>) -> Result<String, BenchError> {
+pub(crate) async fn first_model(client: &reqwest::Client, base: &str, key: Option<&str>) -> Result<String, BenchError> {
     let url = format!("{base}/v1/models");
     let err = |msg: String| BenchError::Http { url: url.clone(), msg };
     let mut req = client.get(&url);
@@ -156,12 +156,15 @@ async fn first_model(client: &reqwest::Client, base: &str, key: Option<&str>) ->
     v["data"][0]["id"].as_str().map(str::to_string).ok_or_else(|| err("no model listed (pass --model)".into()))
 }
 
-async fn one_request(
+/// One streaming completion, timed chunk by chunk; with `cancel_after: Some(k)` the client
+/// drops the stream after `k` text chunks (a cancelled request, as a user closing a tab).
+pub(crate) async fn one_request(
     client: &reqwest::Client,
     url: &str,
     key: Option<&str>,
     body: &Value,
     input_len: usize,
+    cancel_after: Option<usize>,
 ) -> RequestResult {
     let start = Instant::now();
     let mut r = RequestResult { prompt_tokens: input_len, ..Default::default() };
@@ -180,6 +183,7 @@ async fn one_request(
     };
     if !resp.status().is_success() {
         let status = resp.status();
+        r.status = Some(status.as_u16());
         let text = resp.text().await.unwrap_or_default();
         return fail(r, format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
     }
@@ -221,6 +225,13 @@ async fn one_request(
                 }
                 last = now;
                 chunks += 1;
+                if cancel_after == Some(chunks) {
+                    r.latency = start.elapsed().as_secs_f64();
+                    r.output_tokens = chunks;
+                    r.cancelled = true;
+                    r.ok = true;
+                    return r; // dropping `resp` closes the connection mid-stream
+                }
             }
         }
     }

@@ -17,6 +17,10 @@ pub struct RequestResult {
     pub itl: Vec<f64>,
     /// Seconds from sending to the end of the stream.
     pub latency: f64,
+    /// The HTTP status of a refused request.
+    pub status: Option<u16>,
+    /// The client closed the stream on purpose after some tokens (soak runs; `ok` too).
+    pub cancelled: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -161,7 +165,7 @@ mod tests {
             ttft: 0.1,
             itl: vec![0.05; 4],
             latency: 0.3,
-            error: None,
+            ..Default::default()
         };
         let bad = RequestResult { error: Some("HTTP 500".into()), ..Default::default() };
         let r = BenchReport::new(&[ok.clone(), ok, bad], 2.0);

@@ -13,6 +13,7 @@ pub mod output;
 pub mod params;
 pub mod routes;
 pub mod server;
+pub mod soak;
 pub mod sse;
 
 pub use error::{ApiError, ServerError};

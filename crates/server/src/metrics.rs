@@ -64,6 +64,10 @@ impl Metrics {
             (counter("encore_graphed_steps_total", "Decode steps that replayed a captured graph"), |s| {
                 s.counters.graphed_steps
             }),
+            (
+                counter("encore_mixed_graphed_steps_total", "Steps with prefill rows that replayed a captured graph"),
+                |s| s.counters.mixed_graphed_steps,
+            ),
             (counter("encore_preemptions_total", "Sequences preempted for KV blocks"), |s| s.counters.preemptions),
             (counter("encore_host_sampled_rows_total", "Rows sampled on the host instead of the device"), |s| {
                 s.counters.host_sampled_rows
@@ -72,6 +76,41 @@ impl Metrics {
                 s.counters.finished
             }),
             (counter("encore_requests_aborted_total", "Requests aborted (client gone)"), |s| s.counters.aborted),
+            (
+                counter(
+                    "encore_step_schedule_microseconds_total",
+                    "Step time spent scheduling and laying out on the host",
+                ),
+                |s| s.counters.schedule_us,
+            ),
+            (
+                counter(
+                    "encore_step_launch_microseconds_total",
+                    "Step time spent packing inputs, copying them and launching",
+                ),
+                |s| s.counters.launch_us,
+            ),
+            (
+                counter(
+                    "encore_step_device_microseconds_total",
+                    "Step time spent waiting for the device and reading tokens back",
+                ),
+                |s| s.counters.device_us,
+            ),
+            (
+                counter(
+                    "encore_step_postprocess_microseconds_total",
+                    "Step time spent on bookkeeping after the device",
+                ),
+                |s| s.counters.postprocess_us,
+            ),
+            (
+                counter(
+                    "encore_step_output_microseconds_total",
+                    "Time the engine thread spent detokenizing and sending events",
+                ),
+                |s| s.output_us,
+            ),
             (counter("encore_prefix_cache_queries_total", "Prefix-cache block lookups"), |s| s.gauges.prefix_queries),
             (counter("encore_prefix_cache_hits_total", "Prefix-cache block hits"), |s| s.gauges.prefix_hits),
         ];

@@ -139,12 +139,6 @@ fn finish(
     if s.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("n: only n=1 is supported", Some("n")));
     }
-    for (field, v) in [("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)] {
-        if v.is_some_and(|v| v != 0.0) {
-            let msg = format!("{field} is not supported (only 0); use repetition_penalty");
-            return Err(ApiError::bad_request(msg, Some(field)));
-        }
-    }
     let top_k = match s.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -183,6 +177,8 @@ fn finish(
         top_p: s.top_p.unwrap_or(1.0),
         min_p: s.min_p.unwrap_or(0.0),
         repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: s.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
         max_tokens,
         stop: s.stop.map(|s| s.into_vec()).unwrap_or_default(),
         seed: s.seed.map_or_else(rand::random, |v| v as u64),
@@ -238,7 +234,7 @@ mod tests {
             r#"{"prompt": [1, 2, 3], "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
                 "min_p": 0.1, "seed": 7, "repetition_penalty": 1.1, "stop": "x", "ignore_eos": true,
                 "logprobs": 2, "stream": true, "stream_options": {"include_usage": true},
-                "presence_penalty": 0, "n": 1, "user": "someone"}"#,
+                "presence_penalty": 0.5, "frequency_penalty": -0.25, "n": 1, "user": "someone"}"#,
         )
         .unwrap();
         let want = SamplingParams {
@@ -247,6 +243,8 @@ mod tests {
             top_p: 0.9,
             min_p: 0.1,
             repetition_penalty: 1.1,
+            presence_penalty: 0.5,
+            frequency_penalty: -0.25,
             max_tokens: 5,
             stop: vec!["x".into()],
             seed: 7,
@@ -273,8 +271,8 @@ mod tests {
         refused(r#"{"prompt": [1], "max_tokens": 0}"#, "max_tokens");
         refused(r#"{"prompt": [1], "max_tokens": 64}"#, "max_tokens");
         refused(r#"{"prompt": [1], "n": 2}"#, "n");
-        refused(r#"{"prompt": [1], "presence_penalty": 0.5}"#, "presence_penalty");
-        refused(r#"{"prompt": [1], "frequency_penalty": 1}"#, "frequency_penalty");
+        refused(r#"{"prompt": [1], "presence_penalty": 2.5}"#, "presence_penalty");
+        refused(r#"{"prompt": [1], "frequency_penalty": -3}"#, "frequency_penalty");
         refused(r#"{"prompt": [1], "logprobs": 21}"#, "logprobs");
         refused(r#"{"prompt": [1], "echo": true}"#, "echo");
         refused(r#"{"prompt": [1], "stop": ""}"#, "stop");

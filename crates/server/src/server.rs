@@ -4,6 +4,7 @@
 
 use crate::error::ServerError;
 use crate::routes::{self, AppState};
+use axum::serve::ListenerExt;
 use encore_engine::{worker, EngineConfig, QueueLimits};
 use encore_models::hub;
 use std::future::Future;
@@ -91,10 +92,10 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send 
                 let dtype = r.dtype.map(|d| d.to_string()).unwrap_or_default();
                 eprintln!("encore: {}", r.kv_line());
                 if r.capture_secs > 0.0 {
-                    eprintln!("encore: decode graphs captured in {:.3}s", r.capture_secs);
+                    eprintln!("encore: step graphs captured in {:.3}s", r.capture_secs);
                 }
-                for (bucket, why) in &r.fallbacks {
-                    eprintln!("warning: decode bucket {bucket} runs eagerly: {why}");
+                for (tokens, why) in &r.fallbacks {
+                    eprintln!("warning: steps of {tokens} token rows run eagerly (capture failed): {why}");
                 }
                 eprintln!(
                     "encore: ready: model `{name}` on {} ({dtype}), loaded in {:.2}s; http://{local}/v1",
@@ -113,6 +114,13 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send 
             _ = failed.notified() => {}
         }
     };
+    // TCP_NODELAY: a streamed token is a small write; without it Nagle's algorithm holds it
+    // until the client's delayed ACK (40 ms on Linux) of the previous write.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("warning: cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, routes::router(state)).with_graceful_shutdown(stop).await?;
     if let Some(m) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
         return Err(ServerError::Load(m));

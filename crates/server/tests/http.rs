@@ -116,7 +116,7 @@ async fn completions_and_every_error_status() {
         (r#"{"prompt": [1], "max_tokens": "many"}"#, "max_tokens"),
         (r#"{"prompt": [1], "max_tokens": 5000}"#, "max_tokens"),
         (r#"{"prompt": [1], "n": 3}"#, "n"),
-        (r#"{"prompt": [1], "presence_penalty": 1}"#, "presence_penalty"),
+        (r#"{"prompt": [1], "presence_penalty": 3}"#, "presence_penalty"),
         (r#"{"prompt": [9999]}"#, "prompt"),
         (r#"{"max_tokens": 1}"#, "prompt"),
     ];

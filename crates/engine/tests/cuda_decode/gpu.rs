@@ -389,3 +389,136 @@ fn quantized_graph_replay_is_bit_identical_to_eager() {
         }
     }
 }
+
+/// Steps with prefill rows in a mixed graph: a chunked prefill of one sequence beside the
+/// decodes of others, padded to a token bucket, replays bit-identical to the same padded
+/// step run eagerly (logits of every sampled row, and the next tokens).
+#[test]
+fn mixed_step_graph_replay_is_bit_identical_to_eager() {
+    let mut r = cuda_runner(4, 256);
+    let graphs = GraphDecoder::capture_all(&mut r, LaunchParamMode::Inline, None, 64).unwrap();
+    assert!(graphs.fallbacks().is_empty(), "{:?}", graphs.fallbacks());
+    assert_eq!(r.mixed_buckets, vec![16, 32, 64], "mixed token buckets up to the step budget");
+    let mut graphs = graphs;
+    let ps = prompts(&[9, 4, 30]);
+    let tables: Vec<Vec<u32>> = (0..4).map(|s| r.static_table(s)).collect();
+    for (s, p) in ps.iter().enumerate() {
+        r.prefill_static(s, p, 0).unwrap();
+    }
+    let mut rng = Rng::fresh("mixed_step_graph_replay");
+    let long: Vec<u32> = (0..120).map(|_| rng.below(1000) as u32).collect();
+    let mut pos: Vec<usize> = ps.iter().map(|p| p.len()).collect();
+    let (mut done, mut ran) = (0, 0);
+    for step in 0..6 {
+        let chunk = 13 + 7 * step; // 13, 20, ... tokens of the long prompt (sequence 3)
+        let part = &long[done..(done + chunk).min(long.len())];
+        let last = done + part.len() == long.len();
+        let toks: Vec<u32> = (0..3).map(|_| rng.below(1000) as u32).collect();
+        let mut chunks: Vec<encore_engine::SeqChunk> = (0..3)
+            .map(|s| encore_engine::SeqChunk {
+                tokens: std::slice::from_ref(&toks[s]),
+                start: pos[s],
+                block_table: &tables[s],
+                sample: true,
+                uniform: 0,
+                params: encore_tensor::SampleParams::GREEDY,
+            })
+            .collect();
+        chunks.push(encore_engine::SeqChunk {
+            tokens: part,
+            start: done,
+            block_table: &tables[3],
+            sample: last,
+            uniform: 0,
+            params: encore_tensor::SampleParams::GREEDY,
+        });
+        let n = 3 + usize::from(last);
+        let (_, plan) = r.layout(&chunks, None).unwrap();
+        let shape = plan.shape.expect("a mixed step pads to a token bucket");
+        assert!(shape.tokens >= 3 + part.len() && shape.logits == 4, "{plan:?}");
+        assert!(!r.step(&mut Eager, &chunks).unwrap());
+        let (eager, eager_next) = (logits_bits(&r, n), r.read_next(n).unwrap());
+        assert!(r.step(&mut graphs, &chunks).unwrap(), "step {step}: a mixed graph ran it");
+        assert_eq!(logits_bits(&r, n), eager, "step {step}: replay logits differ from eager");
+        assert_eq!(r.read_next(n).unwrap(), eager_next, "step {step}");
+        ran += 1;
+        for p in pos.iter_mut() {
+            *p += 1;
+        }
+        done += part.len();
+        if last {
+            break;
+        }
+    }
+    assert_eq!((ran, graphs.stats().mixed_replayed, graphs.stats().mixed), (5, 5, 0));
+}
+
+/// The top-5 rule (vLLM's, for comparing two runs of one model): the two token streams
+/// agree up to their first difference, and there each run's token is among the other's 5
+/// most likely tokens. Returns the index of the first difference, if any.
+fn top5_rule(a: &[(u32, Vec<u32>)], b: &[(u32, Vec<u32>)], what: &str) -> Option<usize> {
+    let n = a.len().min(b.len());
+    let at = (0..n).find(|&i| a[i].0 != b[i].0)?;
+    assert!(
+        b[at].1.contains(&a[at].0) && a[at].1.contains(&b[at].0),
+        "{what}: at token {at} the runs chose {} and {}; top-5 {:?} / {:?}",
+        a[at].0,
+        b[at].0,
+        a[at].1,
+        b[at].1
+    );
+    Some(at)
+}
+
+/// Continuous batching on CUDA (bf16, graphs for decode and mixed steps): requests arriving
+/// at different steps, chunked prefills mixed with decodes, a repeated prompt hitting the
+/// prefix cache; each request's greedy stream follows the same request run alone under the
+/// top-5 rule (bf16 batches may round differently; CPU f32 demands identity: consistency.rs).
+#[test]
+fn concurrent_greedy_requests_on_cuda_follow_each_alone_under_the_top5_rule() {
+    let engine = |max_num_seqs: usize| {
+        let b = Cuda::new(0).unwrap();
+        let model = Llama::random(&b, small(1000), DType::BF16, 256, 5).unwrap();
+        let rc = RunnerConfig { block_size: 16, num_blocks: 256, max_num_seqs, max_num_batched_tokens: 64, max_model_len: 256 };
+        let mut r = ModelRunner::new(b, model, rc).unwrap();
+        let g = GraphDecoder::capture_all(&mut r, LaunchParamMode::Inline, None, 64).unwrap();
+        assert!(g.fallbacks().is_empty(), "{:?}", g.fallbacks());
+        LlmEngine::new(r, Box::new(g), vec![])
+    };
+    let params = SamplingParams { max_tokens: 24, logprobs: Some(5), ..Default::default() };
+    let mut rng = Rng::fresh("cuda concurrent requests");
+    let mut ps: Vec<Vec<u32>> = (0..10).map(|_| (0..3 + rng.below(90)).map(|_| rng.below(1000) as u32).collect()).collect();
+    ps.push(ps[3].clone());
+    let run = |e: &mut LlmEngine<Cuda>, ps: &[Vec<u32>], stagger: bool| {
+        let mut ids = Vec::new();
+        let mut out: Vec<Vec<(u32, Vec<u32>)>> = vec![Vec::new(); ps.len()];
+        let mut steps = 0;
+        while ids.len() < ps.len() || e.has_unfinished() {
+            if ids.len() < ps.len() && (!stagger || steps % 3 == 0) {
+                ids.push(e.add_request(ps[ids.len()].clone(), params.clone()).unwrap());
+            }
+            for o in e.step().unwrap() {
+                let i = ids.iter().position(|&x| x == o.id).unwrap();
+                if let (Some(t), Some(lp)) = (o.token, o.logprob) {
+                    out[i].push((t, lp.top.iter().map(|x| x.0).collect()));
+                }
+            }
+            steps += 1;
+            assert!(steps < 5000, "the engine never finished");
+        }
+        out
+    };
+    let mut solo = engine(1);
+    let alone: Vec<_> = ps.iter().map(|p| run(&mut solo, std::slice::from_ref(p), false).remove(0)).collect();
+    let mut e = engine(8);
+    let together = run(&mut e, &ps, true);
+    let mut differ = 0;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!((a.len(), t.len()), (24, 24), "request {i}");
+        differ += usize::from(top5_rule(a, t, &format!("request {i}")).is_some());
+    }
+    let c = e.counters();
+    eprintln!("{differ} of {} requests diverged (within the top-5 rule); counters {c:?}", ps.len());
+    assert!(c.graphed_steps > 0 && c.mixed_graphed_steps > 0, "decode and mixed graphs both ran: {c:?}");
+    assert!(c.cached_prompt_tokens > 0, "the repeated prompt hit the prefix cache: {c:?}");
+}
