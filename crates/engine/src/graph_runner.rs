@@ -124,7 +124,7 @@ impl GraphDecoder {
             _cache: cache,
         };
         let mut order = shapes.to_vec();
-        order.sort_unstable_by(|a, b| (b.tokens, b.logits).cmp(&(a.tokens, a.logits)));
+        order.sort_unstable_by_key(|s| std::cmp::Reverse((s.tokens, s.logits)));
         let t0 = std::time::Instant::now();
         let bar = capture_progress(order.len());
         for shape in order {
