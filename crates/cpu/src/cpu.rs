@@ -22,7 +22,14 @@ impl Backend for Cpu {
     }
 
     fn alloc(&self, dtype: DType, numel: usize) -> Result<CpuStorage> {
-        Ok(CpuStorage::new(Data::zeros(dtype, numel)))
+        let data = Data::try_resident_zeros(dtype, numel).ok_or_else(|| Error::Backend {
+            backend: "cpu",
+            msg: format!(
+                "cannot allocate {:.1} MiB for {numel} {dtype} elements",
+                numel.saturating_mul(dtype.size_in_bytes()) as f64 / (1u64 << 20) as f64
+            ),
+        })?;
+        Ok(CpuStorage::new(data))
     }
 
     fn upload(&self, host: &HostTensor) -> Result<CpuStorage> {

@@ -29,14 +29,23 @@ pub(crate) enum Data {
 }
 
 impl Data {
-    pub fn zeros(dtype: DType, n: usize) -> Data {
-        match dtype {
-            DType::F32 => Data::F32(vec![0.0; n]),
-            DType::BF16 => Data::BF16(vec![bf16::ZERO; n]),
-            DType::F16 => Data::F16(vec![f16::ZERO; n]),
-            DType::U32 => Data::U32(vec![0; n]),
-            DType::I32 => Data::I32(vec![0; n]),
+    /// Zeros whose pages are written now (resident memory, as a device allocation is: the
+    /// KV cache's size is real from the start, not faulted in while serving), and whose
+    /// allocation fails with `None` instead of aborting.
+    pub fn try_resident_zeros(dtype: DType, n: usize) -> Option<Data> {
+        fn filled<T: Copy>(n: usize, zero: T) -> Option<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            v.resize(n, zero); // writes every element (malloc + fill, not lazy calloc pages)
+            Some(v)
         }
+        Some(match dtype {
+            DType::F32 => Data::F32(filled(n, 0.0)?),
+            DType::BF16 => Data::BF16(filled(n, bf16::ZERO)?),
+            DType::F16 => Data::F16(filled(n, f16::ZERO)?),
+            DType::U32 => Data::U32(filled(n, 0)?),
+            DType::I32 => Data::I32(filled(n, 0)?),
+        })
     }
 
     pub fn dtype(&self) -> DType {
