@@ -34,6 +34,7 @@ fn tiny(arch: Arch, bias: bool, window: Option<usize>) -> ModelConfig {
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         torch_dtype: None,
+        flags: Default::default(),
     }
 }
 

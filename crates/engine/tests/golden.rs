@@ -1,5 +1,5 @@
 //! The decoder against Hugging Face transformers, on the CPU backend in f32: logits of the
-//! tiny random-weight Llama-3 / Qwen2 / Mistral models (prefill rows and 8 decode steps),
+//! tiny random-weight Llama-3 / Qwen2 / Mistral / Qwen3 / Gemma 3 models (prefill rows and 8 decode steps),
 //! and the real SmolLM2's greedy tokens. Golden files: tests/golden, written by
 //! tools/golden.py (the failing assertion names it).
 
@@ -19,7 +19,7 @@ fn check_row(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn tiny_models_match_transformers_logits() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
         let why = format!("{name} (golden by {})", g.generator);
         let files = open_model(&g.model_dir).unwrap();

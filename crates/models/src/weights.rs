@@ -99,8 +99,16 @@ pub fn validate_weights(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Vec
             check(&format!("{p}.self_attn.k_proj.bias"), &[hkv * d])?;
             check(&format!("{p}.self_attn.v_proj.bias"), &[hkv * d])?;
         }
+        if cfg.flags.qk_norm {
+            check(&format!("{p}.self_attn.q_norm.weight"), &[d])?;
+            check(&format!("{p}.self_attn.k_norm.weight"), &[d])?;
+        }
         check(&format!("{p}.self_attn.o_proj.weight"), &[c, h * d])?;
         check(&format!("{p}.post_attention_layernorm.weight"), &[c])?;
+        if cfg.flags.sandwich_norms {
+            check(&format!("{p}.pre_feedforward_layernorm.weight"), &[c])?;
+            check(&format!("{p}.post_feedforward_layernorm.weight"), &[c])?;
+        }
         check(&format!("{p}.mlp.gate_proj.weight"), &[i, c])?;
         check(&format!("{p}.mlp.up_proj.weight"), &[i, c])?;
         check(&format!("{p}.mlp.down_proj.weight"), &[c, i])?;

@@ -33,6 +33,7 @@ fn small(vocab: usize) -> ModelConfig {
         bos_token_id: None,
         eos_token_ids: vec![],
         torch_dtype: None,
+        flags: Default::default(),
     }
 }
 
@@ -205,7 +206,7 @@ fn failed_capture_falls_back_to_eager_with_the_same_tokens() {
 
 #[test]
 fn tiny_models_on_cuda_f32_match_transformers() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
         let files = open_model(&g.model_dir).unwrap();
         let b = Cuda::new(0).unwrap();
@@ -286,7 +287,7 @@ fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
 
 #[test]
 fn tiny_models_bf16_on_cuda_agree_with_cpu() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         bf16_cuda_agrees_with_cpu(&golden_dir().join(name), 32);
     }
 }
