@@ -19,7 +19,7 @@ failing test can say where its reference came from.
 
 usage: python tools/golden.py [--only tiny,smollm2,dequant,gemma3] [--tiny tiny-qwen3,...]
                               [--gguf SmolLM2...gguf] [--gemma-gguf gemma-3-270m-q4_k_m.gguf]
-needs: torch, transformers, numpy, safetensors, gguf (pip packages)
+needs: torch, transformers, numpy, safetensors, gguf, accelerate (pip packages; accelerate for gguf_file=)
 """
 import argparse, glob, json, os, subprocess, sys, tempfile, zipfile
 

@@ -637,7 +637,7 @@ impl Fields<'_> {
             return Ok((theta, scaling, Some(local)));
         }
         let mut obj = self.obj.clone();
-        if !obj.get("rope_theta").is_some_and(|v| !v.is_null()) {
+        if obj.get("rope_theta").is_none_or(Value::is_null) {
             obj.insert("rope_theta".into(), Value::from(1_000_000.0));
         }
         let (theta, scaling) = Fields { file: self.file, obj: &obj }.rope()?;

@@ -2,7 +2,8 @@
 //! tensor infos and the aligned data section, memory mapped. [`GgufWeights`] serves the tensors
 //! under their Hugging Face names, dequantised, with llama.cpp's Q/K row permutation undone and
 //! dims reversed to HF order — the same conversion as `shared/tools/gguf2hf.py`.
-//! [`GgufFile::model_config`] reads the `llama.*` keys; the tokenizer is built in `tokenizer.rs`.
+//! [`GgufFile::model_config`] reads the `<arch>.*` keys (llama, qwen3, gemma3); the tokenizer is
+//! built in `tokenizer.rs`.
 
 use crate::config::{Activation, Arch, ArchFlags, ModelConfig};
 use crate::dequant::{dequantize, GgmlType};
@@ -743,6 +744,17 @@ impl WeightSource for GgufWeights {
 
     fn missing(&self, name: &str) -> ModelError {
         ModelError::MissingTensor { name: name.to_string(), source_desc: self.file.path.display().to_string() }
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let expanded = self.file.tensors.iter().filter(|t| t.ggml_type == Ok(GgmlType::Q5_0)).count();
+        match expanded {
+            0 => Vec::new(),
+            n => vec![format!(
+                "{}: {n} Q5_0 tensors are expanded to the compute dtype at load (no Q5_0 kernels)",
+                self.file.path.display()
+            )],
+        }
     }
 
     fn get_raw(&self, name: &str) -> Result<Option<HostQTensor>> {
