@@ -582,6 +582,13 @@ impl Fields<'_> {
     /// `full_attention` per layer), else every `sliding_window_pattern`-th layer full
     /// (transformers' default pattern is 6).
     fn layer_types(&self, layers: usize) -> Result<Vec<bool>> {
+        // bounded before the per-layer list is built (validate_sizes runs later)
+        if layers > limits::MAX_LAYERS {
+            return Err(self.err(
+                "num_hidden_layers",
+                format!("{layers} is over the limit of {} (a corrupt file?)", limits::MAX_LAYERS),
+            ));
+        }
         if let Some(v) = self.get("layer_types") {
             let items = v.as_array().ok_or_else(|| self.err("layer_types", format!("expected a list, found {v}")))?;
             if items.len() != layers {

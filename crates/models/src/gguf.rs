@@ -286,7 +286,7 @@ impl GgufFile {
         &self.mmap[info.start..info.end]
     }
 
-    /// The decoder config, from the `llama.*` keys (Mistral GGUFs use them too).
+    /// The decoder config, from the `<arch>.*` keys (Mistral GGUFs use `llama`).
     pub fn model_config(&self) -> Result<ModelConfig> {
         let arch = self.str("general.architecture").ok_or_else(|| self.field_err("general.architecture", "missing"))?;
         let decoder = match arch {
@@ -406,6 +406,13 @@ impl GgufFile {
             Arch::Qwen3 => Ok((ArchFlags { qk_norm: true, ..Default::default() }, None)),
             Arch::Gemma3 => {
                 let key = |k: &str| format!("gemma3.{k}");
+                // bounded before the per-layer list is built (validate runs later)
+                if layers > crate::limits::MAX_LAYERS {
+                    return Err(self.field_err(
+                        &key("block_count"),
+                        format!("{layers} is over the limit of {} (a corrupt file?)", crate::limits::MAX_LAYERS),
+                    ));
+                }
                 let window = self.usize(&key("attention.sliding_window"))?;
                 let pattern = self.opt_u64(&key("attention.sliding_window_pattern"))?.unwrap_or(6) as usize;
                 if pattern == 0 {

@@ -410,8 +410,8 @@ impl<B: Backend> Llama<B> {
 
         // embed (Gemma: times sqrt(C), rounded to the compute dtype as transformers does)
         self.embed.forward(b, &inp.ids(t)?, &x)?;
-        if let Some(scale) = &self.embed_scale {
-            b.binary(BinaryOp::Mul, &x, &scale.broadcast_as(x.dims())?, &x)?;
+        if let Some(factor) = &self.embed_scale {
+            b.binary(BinaryOp::Mul, &x, &factor.broadcast_as(x.dims())?, &x)?;
         }
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block: x += o_proj(attn(rope(q), rope(k), v)), the add fused into the

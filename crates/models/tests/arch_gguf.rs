@@ -166,3 +166,18 @@ fn an_unsupported_gguf_architecture_is_named() {
     assert!(e.contains("general.architecture") && e.contains("falcon") && e.contains("gemma3"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
+
+#[test]
+fn a_corrupt_gemma3_block_count_fails_before_the_layer_list_is_built() {
+    let b = GgufBuilder::default()
+        .kv_str("general.architecture", "gemma3")
+        .kv_u32("gemma3.embedding_length", 64)
+        .kv_u32("gemma3.attention.head_count", 4)
+        .kv_u32("gemma3.vocab_size", 8)
+        .kv_u32("gemma3.block_count", u32::MAX);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("g.gguf");
+    write(&path, &b.build());
+    let e = GgufFile::open(&path).unwrap().model_config().unwrap_err().to_string();
+    assert!(e.contains("gemma3.block_count") && e.contains("limit"), "{e}");
+}

@@ -344,6 +344,9 @@ fn gemma3_unsupported_or_inconsistent_fields_are_named() {
     assert!(e.contains("final_logit_softcapping"), "{e}");
     let e = error_of(&with(gemma3(), "query_pre_attn_scalar", json!(0)));
     assert!(e.contains("query_pre_attn_scalar"), "{e}");
+    // a corrupt layer count fails before the per-layer list is built
+    let e = error_of(&with(gemma3(), "num_hidden_layers", json!(1u64 << 40)));
+    assert!(e.contains("num_hidden_layers") && e.contains("limit"), "{e}");
     let e = error_of(&with(gemma3(), "architectures", json!(["Gemma3ForConditionalGeneration"])));
     assert!(e.contains("Gemma3ForConditionalGeneration") && e.contains("Gemma3ForCausalLM"), "{e}");
 }
