@@ -609,9 +609,11 @@ pub fn hf_name_for<'a>(arch: &str, gguf_name: &'a str) -> Option<(String, &'a st
     Some((format!("{hf}.{suffix}"), base))
 }
 
-/// Whether llama.cpp's converter permuted the q/k rows of this architecture.
+/// Whether llama.cpp's converter permuted the q/k rows of this architecture: its Llama
+/// converter does (Mistral GGUFs come from it too); the Qwen2/Qwen3 and Gemma converters
+/// keep HF's row order.
 fn permutes_qk(arch: &str) -> bool {
-    !matches!(arch, "qwen3" | "gemma3")
+    matches!(arch, "llama" | "mistral")
 }
 
 /// Undoes llama.cpp's `permute` of Q/K rows (rope pairs interleaved per head): within each
@@ -666,7 +668,7 @@ impl GgufWeights {
                 }
                 continue;
             };
-            // llama.cpp permutes q/k rows for Llama only (Qwen and Gemma keep HF's order)
+            // llama.cpp permutes q/k rows for Llama only (see permutes_qk)
             let permute = match kind {
                 _ if !permutes_qk(&arch) => None,
                 "attn_q" => {
