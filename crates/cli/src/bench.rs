@@ -10,7 +10,8 @@ pub struct BenchArgs {
     /// `launch` runs the launch-metadata micro-benchmark instead of a model.
     what: Option<String>,
     /// Model shape(s), comma-separated: smollm2-135m, qwen2.5-0.5b, llama-3.2-1b,
-    /// qwen2.5-1.5b, qwen2.5-7b, llama-3.1-8b (random weights created on the GPU).
+    /// qwen2.5-1.5b, qwen2.5-7b, llama-3.1-8b, qwen3-0.6b, gemma3-270m, gemma3-1b (random
+    /// weights created on the GPU).
     /// (Default llama-3.2-1b; CUDA only: the CPU bench runs a real model file.)
     #[arg(long)]
     preset: Option<String>,

@@ -121,6 +121,10 @@ impl Backend for Cpu {
         ops::elementwise::silu_mul(gate, up, dst)
     }
 
+    fn gelu_mul(&self, gate: &Tensor<Cpu>, up: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+        ops::elementwise::gelu_mul(gate, up, dst)
+    }
+
     fn rope(
         &self,
         x: &Tensor<Cpu>,

@@ -22,7 +22,7 @@ mod rows;
 mod sample;
 
 pub use attention::{attention_cases, reference as attention_reference, Paging};
-pub use elementwise::{binary_cases, copy_cases, memory_cases, silu_mul_cases, unary_cases};
+pub use elementwise::{binary_cases, copy_cases, gelu_mul_cases, memory_cases, silu_mul_cases, unary_cases};
 pub use index::{embedding_cases, kv_write_cases};
 pub use inputs::{input, output, Input, Output, View};
 pub use matmul::matmul_cases;
@@ -53,6 +53,7 @@ pub fn run_all<B: Backend>(b: &B) {
     unary_cases(b);
     binary_cases(b);
     silu_mul_cases(b);
+    gelu_mul_cases(b);
     softmax_cases(b);
     argmax_cases(b);
     sample_cases(b);

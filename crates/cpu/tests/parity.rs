@@ -28,6 +28,11 @@ fn silu_mul() {
 }
 
 #[test]
+fn gelu_mul() {
+    parity::gelu_mul_cases(&Cpu);
+}
+
+#[test]
 fn matmul() {
     parity::matmul_cases(&Cpu);
 }

@@ -728,6 +728,15 @@ impl Backend for Cuda {
         self.launch_strided(kernel, meta, meta.numel as usize, &[base(gate), base(up), base(dst)])
     }
 
+    fn gelu_mul(&self, gate: &Tensor<Cuda>, up: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+        const OP: &str = "gelu_mul";
+        check::gelu_mul(gate, up, dst)?;
+        let meta = StridedMeta::new(OP, &[dst.layout(), gate.layout(), up.layout()])?;
+        self.in_bounds(OP, &[gate, up, dst])?;
+        let kernel = &self.dev.kernels().gelu_mul[float_ix(OP, dst.dtype())?];
+        self.launch_strided(kernel, meta, meta.numel as usize, &[base(gate), base(up), base(dst)])
+    }
+
     fn rope(
         &self,
         x: &Tensor<Cuda>,

@@ -142,6 +142,7 @@ pub struct Kernels {
     /// binary.cu `binary_<op>_<dtype>`: `[op][dtype]`.
     pub binary: [[Kernel; 3]; 6],
     pub silu_mul: [Kernel; 3],
+    pub gelu_mul: [Kernel; 3],
     pub rms_norm: [Kernel; 3],
     pub softmax: [Kernel; 3],
     pub argmax: [Kernel; 3],
@@ -207,6 +208,7 @@ impl Kernels {
             unary: vec_to_array(table(&UNARY)?),
             binary: vec_to_array(table(&BINARY)?),
             silu_mul: three(per_dtype!("silu_mul"))?,
+            gelu_mul: three(per_dtype!("gelu_mul"))?,
             rms_norm: three(per_dtype!("rms_norm"))?,
             softmax: three(per_dtype!("softmax"))?,
             argmax: three(per_dtype!("argmax"))?,
@@ -245,6 +247,7 @@ impl Kernels {
         v.extend(self.binary.iter().flatten());
         for k in [
             &self.silu_mul,
+            &self.gelu_mul,
             &self.rms_norm,
             &self.softmax,
             &self.argmax,
@@ -314,6 +317,7 @@ mod tests {
         ("copy.cu", include_str!("../kernels/copy.cu")),
         ("embedding.cu", include_str!("../kernels/embedding.cu")),
         ("fill.cu", include_str!("../kernels/fill.cu")),
+        ("gelu_mul.cu", include_str!("../kernels/gelu_mul.cu")),
         ("gemv.cu", include_str!("../kernels/gemv.cu")),
         ("kv_write.cu", include_str!("../kernels/kv_write.cu")),
         ("qmatmul.cu", include_str!("../kernels/qmatmul.cu")),
@@ -373,6 +377,7 @@ mod tests {
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
         for op in [
             "silu_mul",
+            "gelu_mul",
             "rms_norm",
             "softmax",
             "argmax",

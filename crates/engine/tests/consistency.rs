@@ -6,7 +6,7 @@ use encore_cpu::Cpu;
 use encore_engine::{
     generate, Eager, EngineError, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams, SeqChunk,
 };
-use encore_models::config::{Arch, ModelConfig};
+use encore_models::config::{Activation, Arch, ArchFlags, ModelConfig};
 use encore_models::Llama;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::testing::Rng;
@@ -34,6 +34,7 @@ fn tiny(arch: Arch, bias: bool, window: Option<usize>) -> ModelConfig {
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         torch_dtype: None,
+        flags: Default::default(),
     }
 }
 
@@ -90,6 +91,42 @@ fn decode_after_prefill_matches_longer_prefill() {
             SeqChunk { tokens: &toks[12..], start: 12, block_table: &t, sample: true, uniform: 0, params: GREEDY };
         r.step(&mut Eager, &[step]).unwrap();
         close(&r.read_logits(1).unwrap()[0], &want, &format!("{arch:?}"));
+    }
+}
+
+/// Qwen3 (q/k norms) and Gemma 3 (every Gemma switch; layers sliding at window 5, full,
+/// sliding) keep the prefill/decode consistency of the others.
+#[test]
+fn qwen3_and_gemma3_decode_after_prefill_matches_longer_prefill() {
+    let qwen3 =
+        ModelConfig { flags: ArchFlags { qk_norm: true, ..Default::default() }, ..tiny(Arch::Qwen3, false, None) };
+    let gemma3 = ModelConfig {
+        num_hidden_layers: 3,
+        flags: ArchFlags {
+            qk_norm: true,
+            norm_plus_one: true,
+            scale_embeddings: true,
+            sandwich_norms: true,
+            activation: Activation::GeluTanh,
+            query_pre_attn_scalar: Some(12.0),
+            sliding_layers: vec![true, false, true],
+            rope_local_theta: Some(100.0),
+            final_logit_softcapping: Some(5.0),
+        },
+        ..tiny(Arch::Gemma3, false, Some(5))
+    };
+    for cfg in [qwen3, gemma3] {
+        let toks = tokens(13);
+        let r = runner(cfg.clone(), 1);
+        prefill(&r, &table(0, 1), &toks, 0);
+        let want = r.read_logits(1).unwrap().remove(0);
+        let r = runner(cfg.clone(), 1);
+        let t = table(5, 7);
+        prefill(&r, &t, &toks[..12], 0);
+        let step =
+            SeqChunk { tokens: &toks[12..], start: 12, block_table: &t, sample: true, uniform: 0, params: GREEDY };
+        r.step(&mut Eager, &[step]).unwrap();
+        close(&r.read_logits(1).unwrap()[0], &want, &format!("{:?}", cfg.arch));
     }
 }
 

@@ -1,12 +1,14 @@
 //! The decoder against Hugging Face transformers, on the CPU backend in f32: logits of the
-//! tiny random-weight Llama-3 / Qwen2 / Mistral models (prefill rows and 8 decode steps),
-//! and the real SmolLM2's greedy tokens. Golden files: tests/golden, written by
+//! tiny random-weight Llama-3 / Qwen2 / Mistral / Qwen3 / Gemma 3 models (prefill rows and 8 decode steps),
+//! and the real SmolLM2's and Gemma 3 270M's greedy tokens. Golden files: tests/golden, written by
 //! tools/golden.py (the failing assertion names it).
 
 use encore_cpu::Cpu;
 use encore_engine::{generate, Eager, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams};
-use encore_models::golden::{golden_dir, GreedyGolden, LogitsGolden};
-use encore_models::hub::{default_model_path, open_model};
+use encore_models::gguf::{GgufFile, GgufWeights};
+use encore_models::golden::{golden_dir, GreedyGolden, IdsGolden, LogitsGolden};
+use encore_models::hub::{default_model_path, gemma3_270m_path, open_model};
+use encore_models::weights::validate_weights;
 use encore_models::{HostInputs, InputDims, Llama, LogitRow, StepInputs, TokenRow};
 use encore_tensor::{Backend, DType};
 
@@ -19,7 +21,7 @@ fn check_row(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn tiny_models_match_transformers_logits() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
         let why = format!("{name} (golden by {})", g.generator);
         let files = open_model(&g.model_dir).unwrap();
@@ -86,6 +88,48 @@ fn smollm2_greedy_tokens_match_transformers() {
             got,
             &c.generated_ids,
             "SmolLM2 greedy for {:?} (golden {} by {})",
+            c.prompt,
+            golden.path.display(),
+            golden.generator
+        );
+    }
+}
+
+/// Gemma 3 270M (the Q4_K_M GGUF: its Q4_K, Q6_K and Q8_0 blocks kept, Q5_0 expanded to f32)
+/// on the CPU against transformers' f32 run of the dequantised file, by token ids (the
+/// golden records HF's prompt ids, so encore's GGUF tokenizer is not involved): the same
+/// 16 greedy tokens, as SmolLM2's test asks.
+#[test]
+fn gemma3_270m_greedy_tokens_match_transformers() {
+    let golden = IdsGolden::load(&golden_dir().join("gemma3-270m.json")).unwrap();
+    let file = GgufFile::open(&gemma3_270m_path().expect("fetching Gemma 3 270M")).unwrap();
+    let cfg = file.model_config().unwrap();
+    let src = GgufWeights::new(file).unwrap();
+    let warnings = validate_weights(&cfg, &src).unwrap();
+    assert!(matches!(&warnings[..], [w] if w.contains("Q5_0 tensors are expanded")), "{warnings:?}");
+    let prompts: Vec<Vec<u32>> = golden.cases.iter().map(|c| c.prompt_ids.clone()).collect();
+    let n = golden.cases[0].generated_ids.len();
+    let b = Cpu;
+    let model = Llama::load(&b, cfg, &src, DType::F32, 64).unwrap();
+    let kinds = model.weight_kinds();
+    eprintln!("Gemma 3 270M weights: {kinds}");
+    assert!(["Q4_K", "Q6_K", "Q8_0"].iter().all(|k| kinds.contains(k)), "blocks kept as stored: {kinds}");
+    let rc = RunnerConfig {
+        block_size: 16,
+        num_blocks: 4 * prompts.len(),
+        max_num_seqs: prompts.len(),
+        max_num_batched_tokens: 64,
+        max_model_len: 64,
+    };
+    let runner = ModelRunner::new(b, model, rc).unwrap();
+    let mut engine = LlmEngine::new(runner, Box::new(Eager), vec![]);
+    let params = SamplingParams { max_tokens: n, ..Default::default() };
+    let out = generate(&mut engine, &prompts, &params, |_, _| Flow::Continue).unwrap();
+    for (c, got) in golden.cases.iter().zip(&out.tokens) {
+        assert_eq!(
+            got,
+            &c.generated_ids,
+            "Gemma 3 270M greedy for {:?} (golden {} by {})",
             c.prompt,
             golden.path.display(),
             golden.generator

@@ -17,6 +17,8 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Gemma3,
 }
 
 impl Arch {
@@ -25,6 +27,8 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 }
@@ -61,6 +65,63 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// The dtype the checkpoint was saved in, if it says.
     pub torch_dtype: Option<DType>,
+    /// What Qwen3 and Gemma 3 add (all off for Llama, Mistral and Qwen2).
+    pub flags: ArchFlags,
+}
+
+/// The MLP's gate activation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (Llama, Mistral, Qwen).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`, Gemma).
+    GeluTanh,
+}
+
+/// The decoder switches beyond Llama's, set from the architecture and its config fields.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ArchFlags {
+    /// `self_attn.{q,k}_norm.weight` `[D]`: RMSNorm of each q and k head before RoPE.
+    pub qk_norm: bool,
+    /// Gemma: every RMSNorm scales by `1 + w` (the stored weight is the offset from one).
+    pub norm_plus_one: bool,
+    /// Gemma: embedding rows are multiplied by sqrt(C) (rounded to the compute dtype).
+    pub scale_embeddings: bool,
+    /// Gemma's sandwich norms: `post_attention_layernorm` on the attention output,
+    /// `pre_feedforward_layernorm` before the MLP, `post_feedforward_layernorm` after it.
+    pub sandwich_norms: bool,
+    pub activation: Activation,
+    /// q.k is scaled by `query_pre_attn_scalar^-1/2` (Gemma); `None`: `head_dim^-1/2`.
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Per layer, whether it attends through `sliding_window` (Gemma 3's `layer_types`);
+    /// empty: every layer does when `sliding_window` is set (Mistral).
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding layers, unscaled (Gemma 3's `rope_local_base_freq`);
+    /// `None`: every layer uses `rope_theta` and `rope_scaling`.
+    pub rope_local_theta: Option<f32>,
+    /// `logits = cap * tanh(logits / cap)` after the LM head.
+    pub final_logit_softcapping: Option<f32>,
+}
+
+impl ModelConfig {
+    /// The attention window of layer `l` (`None`: full attention).
+    pub fn layer_window(&self, l: usize) -> Option<usize> {
+        match self.flags.sliding_layers.get(l) {
+            Some(false) => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// Whether layer `l` takes the local RoPE table (`rope_local_theta`).
+    pub fn layer_uses_local_rope(&self, l: usize) -> bool {
+        self.flags.rope_local_theta.is_some() && self.flags.sliding_layers.get(l) == Some(&true)
+    }
+
+    /// The factor on q.k.
+    pub fn attention_scale(&self) -> f32 {
+        1.0 / self.flags.query_pre_attn_scalar.unwrap_or(self.head_dim as f32).sqrt()
+    }
 }
 
 impl ModelConfig {
@@ -87,36 +148,62 @@ impl ModelConfig {
         let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = match f.opt_usize("head_dim")? {
             Some(d) => d,
+            None if arch == Arch::Gemma3 => 256,
             None if num_attention_heads > 0 && hidden_size % num_attention_heads == 0 => {
                 hidden_size / num_attention_heads
             }
             None => return Err(f.err("head_dim", "absent, and hidden_size is not a multiple of num_attention_heads")),
         };
-        let hidden_act = f.opt_str("hidden_act")?.unwrap_or("silu");
-        if hidden_act != "silu" {
-            return Err(f.err("hidden_act", format!("`{hidden_act}` is not supported (only silu)")));
-        }
+        let activation = f.activation(arch)?;
         if f.opt_bool("mlp_bias")?.unwrap_or(false) {
             return Err(f.err("mlp_bias", "MLP biases are not supported"));
         }
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            Arch::Llama | Arch::Mistral => {
+            Arch::Llama | Arch::Mistral | Arch::Qwen3 | Arch::Gemma3 => {
                 if f.opt_bool("attention_bias")?.unwrap_or(false) {
-                    return Err(
-                        f.err("attention_bias", "true is not supported for Llama/Mistral (it biases o_proj too)")
-                    );
+                    return Err(f.err(
+                        "attention_bias",
+                        format!("true is not supported for {} (it biases o_proj too)", arch.hf_name()),
+                    ));
                 }
                 false
             }
         };
-        let (rope_theta, rope_scaling) = f.rope()?;
-        let default_max_pos = if arch == Arch::Llama { 2048 } else { 32768 };
+        let (rope_theta, rope_scaling, rope_local_theta) = match arch {
+            Arch::Gemma3 => f.gemma3_rope()?,
+            _ => {
+                let (theta, scaling) = f.rope()?;
+                (theta, scaling, None)
+            }
+        };
+        let default_max_pos = match arch {
+            Arch::Llama => 2048,
+            Arch::Gemma3 => 131072,
+            _ => 32768,
+        };
+        let num_hidden_layers = f.usize("num_hidden_layers")?;
+        let (sliding_window, sliding_layers) = f.sliding_window(arch, num_hidden_layers)?;
+        let gemma = arch == Arch::Gemma3;
+        let flags = ArchFlags {
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+            norm_plus_one: gemma,
+            scale_embeddings: gemma,
+            sandwich_norms: gemma,
+            activation,
+            query_pre_attn_scalar: match gemma {
+                true => Some(f.opt_f64("query_pre_attn_scalar")?.unwrap_or(256.0) as f32),
+                false => None,
+            },
+            sliding_layers,
+            rope_local_theta,
+            final_logit_softcapping: f.softcapping(arch)?,
+        };
         let cfg = ModelConfig {
             arch,
             hidden_size,
             intermediate_size: f.usize("intermediate_size")?,
-            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -125,12 +212,14 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(default_max_pos),
-            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            // Gemma3TextConfig ties by default; the others untie
+            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(gemma),
             attention_bias,
-            sliding_window: f.sliding_window(arch)?,
+            sliding_window,
             bos_token_id: f.opt_token("bos_token_id")?,
             eos_token_ids: f.token_list("eos_token_id")?,
             torch_dtype: f.dtype()?,
+            flags,
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -185,6 +274,7 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return Err(ModelError::config(file, "sliding_window", "must be positive or null"));
         }
+        self.validate_flags(file)?;
         for (field, id) in self
             .bos_token_id
             .iter()
@@ -198,6 +288,30 @@ impl ModelConfig {
                     format!("{id} is outside the vocabulary of {}", self.vocab_size),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The [`ArchFlags`] numbers: positive and finite, one layer kind per layer.
+    fn validate_flags(&self, file: &str) -> Result<()> {
+        let f = &self.flags;
+        for (field, v) in [
+            ("query_pre_attn_scalar", f.query_pre_attn_scalar),
+            ("rope_local_base_freq", f.rope_local_theta),
+            ("final_logit_softcapping", f.final_logit_softcapping),
+        ] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(ModelError::config(file, field, format!("{v} is not a positive number")));
+                }
+            }
+        }
+        if !f.sliding_layers.is_empty() && f.sliding_layers.len() != self.num_hidden_layers {
+            return Err(ModelError::config(
+                file,
+                "layer_types",
+                format!("{} entries for num_hidden_layers = {}", f.sliding_layers.len(), self.num_hidden_layers),
+            ));
         }
         Ok(())
     }
@@ -250,7 +364,10 @@ impl ModelConfig {
         let attn = q.checked_add(kv.checked_mul(2)?)?.checked_mul(c)?.checked_add(c.checked_mul(q)?)?;
         let bias = if self.attention_bias { q.checked_add(kv.checked_mul(2)?)? } else { 0 };
         let mlp = c.checked_mul(i)?.checked_mul(3)?;
-        let layer = attn.checked_add(bias)?.checked_add(mlp)?.checked_add(c.checked_mul(2)?)?;
+        let norms = if self.flags.sandwich_norms { 4 } else { 2 };
+        let qk_norms = if self.flags.qk_norm { 2 * self.head_dim as u64 } else { 0 };
+        let layer =
+            attn.checked_add(bias)?.checked_add(mlp)?.checked_add(c.checked_mul(norms)?)?.checked_add(qk_norms)?;
         let embed = v.checked_mul(c)?;
         let head = if self.tie_word_embeddings { 0 } else { embed };
         layer.checked_mul(self.num_hidden_layers as u64)?.checked_add(embed)?.checked_add(head)?.checked_add(c)
@@ -349,6 +466,8 @@ impl Fields<'_> {
             "LlamaForCausalLM" => Some(Arch::Llama),
             "MistralForCausalLM" => Some(Arch::Mistral),
             "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            "Qwen3ForCausalLM" => Some(Arch::Qwen3),
+            "Gemma3ForCausalLM" => Some(Arch::Gemma3),
             _ => None,
         };
         if let Some(v) = self.get("architectures") {
@@ -359,7 +478,7 @@ impl Fields<'_> {
                     self.err(
                         "architectures",
                         format!(
-                            "`{name}` is not supported (known: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+                            "`{name}` is not supported (known: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma3ForCausalLM)"
                         ),
                     )
                 }),
@@ -371,9 +490,12 @@ impl Fields<'_> {
             Some("llama") => Ok(Arch::Llama),
             Some("mistral") => Ok(Arch::Mistral),
             Some("qwen2") => Ok(Arch::Qwen2),
-            Some(other) => {
-                Err(self.err("model_type", format!("`{other}` is not supported (known: llama, mistral, qwen2)")))
-            }
+            Some("qwen3") => Ok(Arch::Qwen3),
+            Some("gemma3_text") => Ok(Arch::Gemma3),
+            Some(other) => Err(self.err(
+                "model_type",
+                format!("`{other}` is not supported (known: llama, mistral, qwen2, qwen3, gemma3_text)"),
+            )),
             None => Err(self.err("architectures", "missing (and no model_type)")),
         }
     }
@@ -428,23 +550,133 @@ impl Fields<'_> {
         Ok((theta as f32, scaling))
     }
 
-    fn sliding_window(&self, arch: Arch) -> Result<Option<usize>> {
+    /// `(sliding_window, sliding_layers)`: Mistral's one window for every layer; Gemma 3's
+    /// window on the layers `layer_types` (or `sliding_window_pattern`) marks sliding.
+    fn sliding_window(&self, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
         match arch {
-            Arch::Mistral => self.opt_usize("sliding_window"),
-            // Qwen2 carries a window that applies only when `use_sliding_window` is set, and then
-            // only to some layers: not supported.
-            Arch::Qwen2 => {
+            Arch::Mistral => Ok((self.opt_usize("sliding_window")?, Vec::new())),
+            // Qwen2/3 carry a window that applies only when `use_sliding_window` is set, and
+            // then only to some layers: not supported.
+            Arch::Qwen2 | Arch::Qwen3 => {
                 let sliding_layers = self
                     .get("layer_types")
                     .and_then(Value::as_array)
                     .is_some_and(|a| a.iter().any(|t| t.as_str() == Some("sliding_attention")));
                 if self.opt_bool("use_sliding_window")?.unwrap_or(false) || sliding_layers {
-                    return Err(self.err("use_sliding_window", "Qwen2's per-layer sliding window is not supported"));
+                    return Err(self.err(
+                        "use_sliding_window",
+                        format!("{}'s per-layer sliding window is not supported", arch.hf_name()),
+                    ));
                 }
-                Ok(None)
+                Ok((None, Vec::new()))
             }
-            Arch::Llama => Ok(None),
+            Arch::Gemma3 => {
+                let window = self.opt_usize("sliding_window")?.unwrap_or(4096);
+                Ok((Some(window), self.layer_types(layers)?))
+            }
+            Arch::Llama => Ok((None, Vec::new())),
         }
+    }
+
+    /// Gemma 3's per-layer attention kinds: `layer_types` (one of `sliding_attention` /
+    /// `full_attention` per layer), else every `sliding_window_pattern`-th layer full
+    /// (transformers' default pattern is 6).
+    fn layer_types(&self, layers: usize) -> Result<Vec<bool>> {
+        // bounded before the per-layer list is built (validate_sizes runs later)
+        if layers > limits::MAX_LAYERS {
+            return Err(self.err(
+                "num_hidden_layers",
+                format!("{layers} is over the limit of {} (a corrupt file?)", limits::MAX_LAYERS),
+            ));
+        }
+        if let Some(v) = self.get("layer_types") {
+            let items = v.as_array().ok_or_else(|| self.err("layer_types", format!("expected a list, found {v}")))?;
+            if items.len() != layers {
+                return Err(
+                    self.err("layer_types", format!("has {} entries for num_hidden_layers = {layers}", items.len()))
+                );
+            }
+            return items
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(self.err("layer_types", format!("`{t}` is not sliding_attention or full_attention"))),
+                })
+                .collect();
+        }
+        let pattern = self.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+        if pattern == 0 {
+            return Err(self.err("sliding_window_pattern", "must be positive"));
+        }
+        Ok((0..layers).map(|l| (l + 1) % pattern != 0).collect())
+    }
+
+    /// `(rope_theta, rope_scaling, rope_local_theta)` of Gemma 3: the global layers' from
+    /// `rope_theta` + `rope_scaling` (default 1e6), the sliding layers' from
+    /// `rope_local_base_freq` (default 1e4, unscaled); or transformers 5's
+    /// `rope_parameters` with one entry per layer type.
+    fn gemma3_rope(&self) -> Result<(f32, RopeScaling, Option<f32>)> {
+        let per_type =
+            self.get("rope_parameters").and_then(Value::as_object).filter(|p| p.contains_key("full_attention"));
+        if let Some(p) = per_type {
+            let sub = |key: &str| -> Result<Map<String, Value>> {
+                match p.get(key) {
+                    Some(Value::Object(m)) => Ok(m.clone()),
+                    other => Err(self.err(
+                        &format!("rope_parameters.{key}"),
+                        format!("expected an object, found {}", other.unwrap_or(&Value::Null)),
+                    )),
+                }
+            };
+            let (full, sliding) = (sub("full_attention")?, sub("sliding_attention")?);
+            let mut obj = self.obj.clone();
+            obj.insert("rope_parameters".into(), Value::Object(full));
+            let (theta, scaling) = Fields { file: self.file, obj: &obj }.rope()?;
+            obj.insert("rope_parameters".into(), Value::Object(sliding));
+            let (local, local_scaling) = Fields { file: self.file, obj: &obj }.rope()?;
+            if local_scaling != RopeScaling::None {
+                return Err(self.err(
+                    "rope_parameters.sliding_attention.rope_type",
+                    "scaling of the sliding layers' RoPE is not supported",
+                ));
+            }
+            return Ok((theta, scaling, Some(local)));
+        }
+        let mut obj = self.obj.clone();
+        if obj.get("rope_theta").is_none_or(Value::is_null) {
+            obj.insert("rope_theta".into(), Value::from(1_000_000.0));
+        }
+        let (theta, scaling) = Fields { file: self.file, obj: &obj }.rope()?;
+        let local = self.opt_f64("rope_local_base_freq")?.unwrap_or(10_000.0) as f32;
+        Ok((theta, scaling, Some(local)))
+    }
+
+    /// The MLP activation from `hidden_activation` (Gemma) or `hidden_act`.
+    fn activation(&self, arch: Arch) -> Result<Activation> {
+        let (field, name) = match (self.opt_str("hidden_activation")?, self.opt_str("hidden_act")?) {
+            (Some(a), _) => ("hidden_activation", a),
+            (None, Some(a)) => ("hidden_act", a),
+            (None, None) if arch == Arch::Gemma3 => return Ok(Activation::GeluTanh),
+            (None, None) => return Ok(Activation::Silu),
+        };
+        match name {
+            "silu" => Ok(Activation::Silu),
+            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            other => Err(self.err(field, format!("`{other}` is not supported (silu or gelu_pytorch_tanh)"))),
+        }
+    }
+
+    /// Gemma's `final_logit_softcapping` (attention soft-capping is refused: no Gemma 3
+    /// sets it). Other architectures have none.
+    fn softcapping(&self, arch: Arch) -> Result<Option<f32>> {
+        if arch != Arch::Gemma3 {
+            return Ok(None);
+        }
+        if let Some(cap) = self.opt_f64("attn_logit_softcapping")? {
+            return Err(self.err("attn_logit_softcapping", format!("{cap}: attention soft-capping is not supported")));
+        }
+        Ok(self.opt_f64("final_logit_softcapping")?.map(|c| c as f32))
     }
 
     fn dtype(&self) -> Result<Option<DType>> {

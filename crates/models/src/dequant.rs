@@ -19,7 +19,14 @@ pub enum GgmlType {
     Q4_K,
     Q5_K,
     Q6_K,
+    /// Read only by expanding to floats at load (no block kernels: the decoder keeps these
+    /// weights dense and `Llama::weight_kinds` shows it). Gemma 3 Q4_K_M files use it.
+    Q5_0,
 }
+
+/// Q5_0: blocks of 32 as f16 `d`, 32 high bits `qh`, 16 bytes of low nibbles;
+/// `x = d * (q - 16)` with `q = nibble | high bit << 4` (ggml's `dequantize_row_q5_0`).
+const Q5_0_BYTES: usize = 22;
 
 impl GgmlType {
     /// `Err(code)` for a type encore does not dequantise (its name, when known, in the error).
@@ -28,6 +35,7 @@ impl GgmlType {
             0 => GgmlType::F32,
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
+            6 => GgmlType::Q5_0,
             3 => GgmlType::Q4_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4_K,
@@ -35,8 +43,7 @@ impl GgmlType {
             14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             _ => {
-                const NAMES: [(u32, &str); 9] = [
-                    (6, "Q5_0"),
+                const NAMES: [(u32, &str); 8] = [
                     (7, "Q5_1"),
                     (9, "Q8_1"),
                     (10, "Q2_K"),
@@ -55,7 +62,7 @@ impl GgmlType {
     /// The block type of a quantized type; `None` for the float types.
     pub fn quant_type(self) -> Option<QuantType> {
         match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q5_0 => None,
             GgmlType::Q4_0 => Some(QuantType::Q4_0),
             GgmlType::Q4_1 => Some(QuantType::Q4_1),
             GgmlType::Q8_0 => Some(QuantType::Q8_0),
@@ -69,6 +76,7 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q5_0 => 32,
             q => q.quant_type().map_or(1, QuantType::block_len),
         }
     }
@@ -78,6 +86,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q5_0 => Q5_0_BYTES,
             q => q.quant_type().map_or(1, QuantType::block_bytes),
         }
     }
@@ -93,6 +102,7 @@ impl GgmlType {
             GgmlType::F32 => "F32",
             GgmlType::F16 => "F16",
             GgmlType::BF16 => "BF16",
+            GgmlType::Q5_0 => "Q5_0",
             q => q.quant_type().map_or("?", QuantType::name),
         }
     }
@@ -106,6 +116,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
         GgmlType::F32 => blocks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         GgmlType::F16 => blocks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         GgmlType::BF16 => blocks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        GgmlType::Q5_0 => blocks.flat_map(q5_0_block).collect(),
         q => {
             let qt = q.quant_type().expect("the float types are matched above");
             let mut out = vec![0.0; data.len() / qt.block_bytes() * qt.block_len()];
@@ -113,4 +124,17 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
             out
         }
     }
+}
+
+fn q5_0_block(b: &[u8]) -> [f32; 32] {
+    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let mut out = [0.0; 32];
+    for (j, &q) in b[6..22].iter().enumerate() {
+        let lo = (q & 0x0F) as i32 | ((((qh >> j) & 1) as i32) << 4);
+        let hi = (q >> 4) as i32 | ((((qh >> (j + 16)) & 1) as i32) << 4);
+        out[j] = (lo - 16) as f32 * d;
+        out[j + 16] = (hi - 16) as f32 * d;
+    }
+    out
 }

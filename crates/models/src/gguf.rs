@@ -2,9 +2,10 @@
 //! tensor infos and the aligned data section, memory mapped. [`GgufWeights`] serves the tensors
 //! under their Hugging Face names, dequantised, with llama.cpp's Q/K row permutation undone and
 //! dims reversed to HF order — the same conversion as `shared/tools/gguf2hf.py`.
-//! [`GgufFile::model_config`] reads the `llama.*` keys; the tokenizer is built in `tokenizer.rs`.
+//! [`GgufFile::model_config`] reads the `<arch>.*` keys (llama, qwen3, gemma3); the tokenizer is
+//! built in `tokenizer.rs`.
 
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Activation, Arch, ArchFlags, ModelConfig};
 use crate::dequant::{dequantize, GgmlType};
 use crate::error::{escaped, ModelError, Result};
 use crate::weights::{convert, from_f32, map_file, FileBytes, LoadProgress, WeightSource};
@@ -285,15 +286,20 @@ impl GgufFile {
         &self.mmap[info.start..info.end]
     }
 
-    /// The decoder config, from the `llama.*` keys (Mistral GGUFs use them too).
+    /// The decoder config, from the `<arch>.*` keys (Mistral GGUFs use `llama`).
     pub fn model_config(&self) -> Result<ModelConfig> {
         let arch = self.str("general.architecture").ok_or_else(|| self.field_err("general.architecture", "missing"))?;
-        if arch != "llama" {
-            return Err(self.field_err(
-                "general.architecture",
-                format!("`{}` is not supported in GGUF (only llama)", escaped(arch)),
-            ));
-        }
+        let decoder = match arch {
+            "llama" => Arch::Llama,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            other => {
+                return Err(self.field_err(
+                    "general.architecture",
+                    format!("`{}` is not supported in GGUF (known: llama, qwen3, gemma3)", escaped(other)),
+                ))
+            }
+        };
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = self.usize(&key("embedding_length"))?;
         let num_attention_heads = self.usize(&key("attention.head_count"))?;
@@ -349,11 +355,14 @@ impl GgufFile {
                 eos_token_ids.push(eot);
             }
         }
+        let num_hidden_layers = self.usize(&key("block_count"))?;
+        let (flags, sliding_window) =
+            self.arch_flags(decoder, num_hidden_layers, hidden_size, num_attention_heads, head_dim)?;
         let cfg = ModelConfig {
-            arch: Arch::Llama,
+            arch: decoder,
             hidden_size,
             intermediate_size: self.usize(&key("feed_forward_length"))?,
-            num_hidden_layers: self.usize(&key("block_count"))?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -367,13 +376,69 @@ impl GgufFile {
             max_position_embeddings: self.usize(&key("context_length"))?,
             tie_word_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
             attention_bias: false,
-            sliding_window: None,
+            sliding_window,
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_ids,
             torch_dtype: None,
+            flags,
         };
         cfg.validate(&self.path.display().to_string())?;
         Ok(cfg)
+    }
+}
+
+impl GgufFile {
+    /// `(flags, sliding_window)` of a Qwen3 or Gemma 3 file, as llama.cpp and transformers
+    /// read them: Qwen3 adds q/k norms; Gemma 3 every Gemma switch, the window
+    /// `gemma3.attention.sliding_window` on all but every `sliding_window_pattern`-th layer
+    /// (6 unless the file says), local RoPE base `rope.freq_base_swa` (10000 unless the file
+    /// says) and the attention scale of llama.cpp (`head_dim^-1/2`; the 62-layer 27B uses
+    /// `(C / H)^-1/2`, its `query_pre_attn_scalar`).
+    fn arch_flags(
+        &self,
+        arch: Arch,
+        layers: usize,
+        hidden: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<(ArchFlags, Option<usize>)> {
+        match arch {
+            Arch::Qwen3 => Ok((ArchFlags { qk_norm: true, ..Default::default() }, None)),
+            Arch::Gemma3 => {
+                let key = |k: &str| format!("gemma3.{k}");
+                // bounded before the per-layer list is built (validate runs later)
+                if layers > crate::limits::MAX_LAYERS {
+                    return Err(self.field_err(
+                        &key("block_count"),
+                        format!("{layers} is over the limit of {} (a corrupt file?)", crate::limits::MAX_LAYERS),
+                    ));
+                }
+                let window = self.usize(&key("attention.sliding_window"))?;
+                let pattern = self.opt_u64(&key("attention.sliding_window_pattern"))?.unwrap_or(6) as usize;
+                if pattern == 0 {
+                    return Err(self.field_err(&key("attention.sliding_window_pattern"), "must be positive"));
+                }
+                let scalar = if layers == 62 && heads > 0 { hidden / heads } else { head_dim };
+                if self.opt_f64(&key("attn_logit_softcapping"))?.is_some() {
+                    return Err(
+                        self.field_err(&key("attn_logit_softcapping"), "attention soft-capping is not supported")
+                    );
+                }
+                let flags = ArchFlags {
+                    qk_norm: true,
+                    norm_plus_one: true,
+                    scale_embeddings: true,
+                    sandwich_norms: true,
+                    activation: Activation::GeluTanh,
+                    query_pre_attn_scalar: Some(scalar as f32),
+                    sliding_layers: (0..layers).map(|l| (l + 1) % pattern != 0).collect(),
+                    rope_local_theta: Some(self.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0) as f32),
+                    final_logit_softcapping: self.opt_f64(&key("final_logit_softcapping"))?.map(|c| c as f32),
+                };
+                Ok((flags, Some(window)))
+            }
+            _ => Ok((ArchFlags::default(), None)),
+        }
     }
 }
 
@@ -501,13 +566,27 @@ fn check_no_overlap(tensors: &[GgufTensorInfo]) -> std::result::Result<(), Strin
     Ok(())
 }
 
-/// The Hugging Face name of a llama.cpp tensor name, and the llama.cpp kind ("attn_q", ...).
+/// The Hugging Face name of a llama.cpp tensor name, and the llama.cpp kind ("attn_q", ...),
+/// for the Llama layout.
 pub fn hf_name(gguf_name: &str) -> Option<(String, &str)> {
+    hf_name_for("llama", gguf_name)
+}
+
+/// [`hf_name`] for the file's `general.architecture`: Gemma 3's `ffn_norm` is the MLP's
+/// pre-norm (`pre_feedforward_layernorm`) and its `post_attention_norm` / `post_ffw_norm`
+/// the sandwich post-norms; Qwen3 and Gemma 3 add `attn_q_norm` / `attn_k_norm`.
+pub fn hf_name_for<'a>(arch: &str, gguf_name: &'a str) -> Option<(String, &'a str)> {
     let (base, suffix) = gguf_name.rsplit_once('.')?;
     if let Some(rest) = base.strip_prefix("blk.") {
         let (layer, kind) = rest.split_once('.')?;
         layer.parse::<usize>().ok()?;
+        let gemma = arch == "gemma3";
         let hf = match kind {
+            "ffn_norm" if gemma => "pre_feedforward_layernorm",
+            "post_attention_norm" if gemma => "post_attention_layernorm",
+            "post_ffw_norm" if gemma => "post_feedforward_layernorm",
+            "attn_q_norm" => "self_attn.q_norm",
+            "attn_k_norm" => "self_attn.k_norm",
             "attn_norm" => "input_layernorm",
             "attn_q" => "self_attn.q_proj",
             "attn_k" => "self_attn.k_proj",
@@ -528,6 +607,13 @@ pub fn hf_name(gguf_name: &str) -> Option<(String, &str)> {
         _ => return None,
     };
     Some((format!("{hf}.{suffix}"), base))
+}
+
+/// Whether llama.cpp's converter permuted the q/k rows of this architecture: its Llama
+/// converter does (Mistral GGUFs come from it too); the Qwen2/Qwen3 and Gemma converters
+/// keep HF's row order.
+fn permutes_qk(arch: &str) -> bool {
+    matches!(arch, "llama" | "mistral")
 }
 
 /// Undoes llama.cpp's `permute` of Q/K rows (rope pairs interleaved per head): within each
@@ -558,6 +644,9 @@ pub struct GgufWeights {
     file: GgufFile,
     /// HF name -> (index into `file.tensors`, heads to unpermute by)
     by_name: BTreeMap<String, (usize, Option<usize>)>,
+    /// Gemma: llama.cpp stores the norm weights as `1 + w`; served as HF's `w` (as
+    /// transformers' GGUF loader does), the decoder adds the one back.
+    norm_offset: bool,
     progress: LoadProgress,
 }
 
@@ -568,7 +657,7 @@ impl GgufWeights {
         let kv_heads = file.opt_u64(&format!("{arch}.attention.head_count_kv"))?.map(|v| v as usize).or(heads);
         let mut by_name = BTreeMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
-            let Some((hf, kind)) = hf_name(&t.name) else {
+            let Some((hf, kind)) = hf_name_for(&arch, &t.name) else {
                 if let Some((j, _)) = by_name.insert(t.name.clone(), (i, None)) {
                     return Err(file.err(format!(
                         "tensors `{}` and `{}` both load as `{}`",
@@ -579,7 +668,9 @@ impl GgufWeights {
                 }
                 continue;
             };
+            // llama.cpp permutes q/k rows for Llama only (see permutes_qk)
             let permute = match kind {
+                _ if !permutes_qk(&arch) => None,
                 "attn_q" => {
                     Some(heads.ok_or_else(|| file.field_err(&format!("{arch}.attention.head_count"), "missing"))?)
                 }
@@ -609,7 +700,8 @@ impl GgufWeights {
         }
         let total = file.tensors.iter().map(|t| (t.end - t.start) as u64).sum();
         let progress = LoadProgress::new(total, &file.path.display().to_string());
-        Ok(GgufWeights { file, by_name, progress })
+        let norm_offset = arch == "gemma3";
+        Ok(GgufWeights { file, by_name, norm_offset, progress })
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -642,6 +734,10 @@ impl WeightSource for GgufWeights {
             GgmlType::BF16 => convert(name, DType::BF16, bytes, dims.clone(), dtype)?,
             _ => from_f32(name, dims.clone(), &dequantize(ty, bytes), dtype)?,
         };
+        if self.norm_offset && name.ends_with("norm.weight") {
+            let w: Vec<f32> = t.to_f32().iter().map(|v| v - 1.0).collect();
+            t = from_f32(name, dims.clone(), &w, dtype)?;
+        }
         if let Some(n_head) = permute {
             t.data = unpermute_rows(&t.data, dims[0], n_head).ok_or_else(|| {
                 self.file.err(format!(
@@ -657,6 +753,17 @@ impl WeightSource for GgufWeights {
 
     fn missing(&self, name: &str) -> ModelError {
         ModelError::MissingTensor { name: name.to_string(), source_desc: self.file.path.display().to_string() }
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let expanded = self.file.tensors.iter().filter(|t| t.ggml_type == Ok(GgmlType::Q5_0)).count();
+        match expanded {
+            0 => Vec::new(),
+            n => vec![format!(
+                "{}: {n} Q5_0 tensors are expanded to the compute dtype at load (no Q5_0 kernels)",
+                self.file.path.display()
+            )],
+        }
     }
 
     fn get_raw(&self, name: &str) -> Result<Option<HostQTensor>> {

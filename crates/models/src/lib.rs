@@ -1,5 +1,6 @@
 //! Models: HF config parsing, weight loaders (safetensors, GGUF), tokenizer and chat
-//! template, and the one decoder that serves Llama, Mistral and Qwen2 (flags, not copies).
+//! template, and the one decoder that serves Llama, Mistral, Qwen2, Qwen3 and Gemma 3 (flags,
+//! not copies).
 
 pub mod chat;
 pub mod config;

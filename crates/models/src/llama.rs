@@ -1,5 +1,8 @@
-//! The one decoder for Llama (2, 3, 3.1, 3.2), Mistral and Qwen2/2.5, switched by config
-//! flags: q/k/v bias (Qwen2), tied embeddings, RoPE scaling (in the tables), sliding window.
+//! The one decoder for Llama (2, 3, 3.1, 3.2), Mistral, Qwen2/2.5, Qwen3 and Gemma 3, switched
+//! by config flags: q/k/v bias (Qwen2), tied embeddings, RoPE scaling (in the tables), sliding
+//! window, and [`ArchFlags`]: per-head q/k RMSNorm (Qwen3, Gemma 3), Gemma's `1 + w` norms,
+//! scaled embeddings, sandwich norms around attention and MLP, GeGLU, per-layer window and RoPE
+//! table (Gemma 3's local/global layers), attention scale and final logit soft-capping.
 //!
 //! Written once against the `Backend` contract. The forward pass writes into the buffers of
 //! a [`RunState`] and reads its per-step inputs from a [`StepInputs`], both allocated before
@@ -10,34 +13,62 @@
 //! Projections are [`Linear`]s: dense, or quantized blocks as the file stores them (GGUF)
 //! or as `--quantize` made them; the forward pass is the same either way.
 
-use crate::config::ModelConfig;
+use crate::config::{Activation, ArchFlags, ModelConfig};
 use crate::kv_cache::KvCache;
 use crate::linear::{concat_rows, fuse, Embedding, HostWeight, Linear, LoadOptions};
 use crate::step_inputs::StepInputs;
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
-use encore_tensor::{AttentionParams, Backend, BinaryOp, DType, HostTensor, QuantType, Result as TResult, Tensor};
+use encore_tensor::{
+    AttentionParams, Backend, BinaryOp, DType, HostTensor, QuantType, Result as TResult, Tensor, UnaryOp,
+};
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B>,        // [C]
     qkv: Linear<B>,              // [(H + 2 Hkv) D, C]
     qkv_bias: Option<Tensor<B>>, // [(H + 2 Hkv) D]
-    o_proj: Linear<B>,           // [C, H D]
-    mlp_norm: Tensor<B>,         // [C]
-    gate_up: Linear<B>,          // [2 I, C]
-    down: Linear<B>,             // [C, I]
+    qk_norm: Option<QkNorm<B>>,
+    o_proj: Linear<B>,                 // [C, H D]
+    post_attn_norm: Option<Tensor<B>>, // [C] (Gemma: on the attention output)
+    mlp_norm: Tensor<B>,               // [C]
+    gate_up: Linear<B>,                // [2 I, C]
+    down: Linear<B>,                   // [C, I]
+    post_mlp_norm: Option<Tensor<B>>,  // [C] (Gemma: on the MLP output)
+    /// This layer's attention window (0: none) and RoPE tables (shared storage).
+    window: u32,
+    rope: Rope<B>,
+}
+
+/// Per-head RMSNorm weights of q and k (Qwen3, Gemma 3).
+struct QkNorm<B: Backend> {
+    q: Tensor<B>, // [D]
+    k: Tensor<B>, // [D]
+}
+
+/// RoPE tables; layers with the same base share one storage.
+struct Rope<B: Backend> {
+    cos: Tensor<B>, // [P, D/2] f32
+    sin: Tensor<B>, // [P, D/2] f32
+}
+
+impl<B: Backend> Clone for Rope<B> {
+    fn clone(&self) -> Self {
+        Rope { cos: self.cos.clone(), sin: self.sin.clone() }
+    }
 }
 
 pub struct Llama<B: Backend> {
     pub cfg: ModelConfig,
     pub dtype: DType,
     embed: Embedding<B>, // [V, C]
+    /// sqrt(C) in the compute dtype, multiplied into the embedded rows (Gemma).
+    embed_scale: Option<Tensor<B>>, // [1]
     layers: Vec<Layer<B>>,
     norm: Tensor<B>,    // [C]
     lm_head: Linear<B>, // [V, C]; the embedding itself when tied
-    cos: Tensor<B>,     // [P, D/2] f32
-    sin: Tensor<B>,     // [P, D/2] f32
+    /// `(1 / cap, cap)` of the final logit soft-capping.
+    softcap: Option<(Tensor<B>, Tensor<B>)>, // [1] f32 each
 }
 
 /// Activation buffers for up to `max_tokens` rows per step, and logits for up to
@@ -82,6 +113,7 @@ impl<B: Backend> Llama<B> {
         opts: &LoadOptions,
     ) -> Result<Self, ModelError> {
         let (c, h, hkv, d, i) = dims(&cfg);
+        let flags = &cfg.flags;
         let get = |name: &str, dims: &[usize]| -> Result<HostTensor, ModelError> {
             let t = src.get(name, dtype)?;
             if t.dims != dims {
@@ -95,6 +127,8 @@ impl<B: Backend> Llama<B> {
         };
         let weight = |name: &str, rows: usize, cols: usize| HostWeight::load(src, name, [rows, cols], dtype, opts);
         let up = |t: HostTensor| b.tensor(&t).map_err(ModelError::from);
+        let norm = |name: &str, n: usize| up(norm_weight(src, name, n, dtype, flags.norm_plus_one)?);
+        let shared = Shared::new(b, &cfg, dtype, max_ctx)?;
         let embed = weight("model.embed_tokens.weight", cfg.vocab_size, c)?.upload_embedding(b)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
@@ -116,6 +150,13 @@ impl<B: Backend> Llama<B> {
             } else {
                 None
             };
+            let qk_norm = match flags.qk_norm {
+                true => Some(QkNorm {
+                    q: norm(&format!("{p}.self_attn.q_norm.weight"), d)?,
+                    k: norm(&format!("{p}.self_attn.k_norm.weight"), d)?,
+                }),
+                false => None,
+            };
             let gate_up = fuse(
                 b,
                 vec![
@@ -123,25 +164,39 @@ impl<B: Backend> Llama<B> {
                     weight(&format!("{p}.mlp.up_proj.weight"), i, c)?,
                 ],
             )?;
+            // Gemma's post_attention_layernorm is on the attention output; Llama's is the
+            // MLP's input norm
+            let (post_attn_norm, mlp_norm, post_mlp_norm) = match flags.sandwich_norms {
+                true => (
+                    Some(norm(&format!("{p}.post_attention_layernorm.weight"), c)?),
+                    norm(&format!("{p}.pre_feedforward_layernorm.weight"), c)?,
+                    Some(norm(&format!("{p}.post_feedforward_layernorm.weight"), c)?),
+                ),
+                false => (None, norm(&format!("{p}.post_attention_layernorm.weight"), c)?, None),
+            };
             layers.push(Layer {
-                attn_norm: up(get(&format!("{p}.input_layernorm.weight"), &[c])?)?,
+                attn_norm: norm(&format!("{p}.input_layernorm.weight"), c)?,
                 qkv,
                 qkv_bias,
+                qk_norm,
                 o_proj: weight(&format!("{p}.self_attn.o_proj.weight"), c, h * d)?.upload(b)?,
-                mlp_norm: up(get(&format!("{p}.post_attention_layernorm.weight"), &[c])?)?,
+                post_attn_norm,
+                mlp_norm,
                 gate_up,
                 down: weight(&format!("{p}.mlp.down_proj.weight"), c, i)?.upload(b)?,
+                post_mlp_norm,
+                window: shared.window(&cfg, l),
+                rope: shared.rope(&cfg, l),
             });
         }
-        let norm = up(get("model.norm.weight", &[c])?)?;
+        let norm = norm("model.norm.weight", c)?;
         // validate_weights (run by hub::open_model) refuses untied weights without lm_head
         let lm_head = if cfg.tie_word_embeddings {
             embed.as_linear()
         } else {
             weight("lm_head.weight", cfg.vocab_size, c)?.upload(b)?
         };
-        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
-        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+        Ok(shared.finish(cfg, dtype, embed, layers, norm, lm_head))
     }
 
     /// Random weights created on the backend (no files): uniform, scaled like an
@@ -156,17 +211,24 @@ impl<B: Backend> Llama<B> {
             Ok(t)
         };
         let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let shared = Shared::new(b, &cfg, dtype, max_ctx)?;
         let embed = rand(&[cfg.vocab_size, c], 1.0)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for _ in 0..cfg.num_hidden_layers {
+        for l in 0..cfg.num_hidden_layers {
+            let norms = LayerNorms::ones(b, &cfg.flags, dtype, c, d)?;
             layers.push(Layer {
-                attn_norm: ones(b, dtype, c)?,
+                attn_norm: norms.attn,
                 qkv: Linear::Dense(rand(&[(h + 2 * hkv) * d, c], w(c))?),
                 qkv_bias: if cfg.attention_bias { Some(rand(&[(h + 2 * hkv) * d], 0.1)?) } else { None },
+                qk_norm: norms.qk,
                 o_proj: Linear::Dense(rand(&[c, h * d], w(h * d))?),
-                mlp_norm: ones(b, dtype, c)?,
+                post_attn_norm: norms.post_attn,
+                mlp_norm: norms.mlp,
                 gate_up: Linear::Dense(rand(&[2 * i, c], w(c))?),
                 down: Linear::Dense(rand(&[c, i], w(i))?),
+                post_mlp_norm: norms.post_mlp,
+                window: shared.window(&cfg, l),
+                rope: shared.rope(&cfg, l),
             });
         }
         let norm = ones(b, dtype, c)?;
@@ -175,9 +237,7 @@ impl<B: Backend> Llama<B> {
         } else {
             Linear::Dense(rand(&[cfg.vocab_size, c], w(c))?)
         };
-        let embed = Embedding::Dense(embed);
-        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
-        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+        Ok(shared.finish(cfg, dtype, Embedding::Dense(embed), layers, norm, lm_head))
     }
 
     /// Random weights quantized on the host to `qtype` (rows that are not whole blocks fall
@@ -200,9 +260,10 @@ impl<B: Backend> Llama<B> {
             })
         };
         let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let shared = Shared::new(b, &cfg, dtype, max_ctx)?;
         let embed = weight("embed", cfg.vocab_size, c, 1.0)?.upload_embedding(b)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for _ in 0..cfg.num_hidden_layers {
+        for l in 0..cfg.num_hidden_layers {
             let bias = match cfg.attention_bias {
                 true => Some(match weight("bias", 1, (h + 2 * hkv) * d, 0.1)? {
                     HostWeight::Dense(t) => b.tensor(&HostTensor { dims: vec![(h + 2 * hkv) * d], ..t })?,
@@ -210,14 +271,20 @@ impl<B: Backend> Llama<B> {
                 }),
                 false => None,
             };
+            let norms = LayerNorms::ones(b, &cfg.flags, dtype, c, d)?;
             layers.push(Layer {
-                attn_norm: ones(b, dtype, c)?,
+                attn_norm: norms.attn,
                 qkv: weight("qkv", (h + 2 * hkv) * d, c, w(c))?.upload(b)?,
                 qkv_bias: bias,
+                qk_norm: norms.qk,
                 o_proj: weight("o_proj", c, h * d, w(h * d))?.upload(b)?,
-                mlp_norm: ones(b, dtype, c)?,
+                post_attn_norm: norms.post_attn,
+                mlp_norm: norms.mlp,
                 gate_up: weight("gate_up", 2 * i, c, w(c))?.upload(b)?,
                 down: weight("down", c, i, w(i))?.upload(b)?,
+                post_mlp_norm: norms.post_mlp,
+                window: shared.window(&cfg, l),
+                rope: shared.rope(&cfg, l),
             });
         }
         let norm = ones(b, dtype, c)?;
@@ -226,8 +293,7 @@ impl<B: Backend> Llama<B> {
         } else {
             weight("lm_head", cfg.vocab_size, c, w(c))?.upload(b)?
         };
-        let (cos, sin) = rope_tables(b, &cfg, max_ctx)?;
-        Ok(Llama { cfg, dtype, embed, layers, norm, lm_head, cos, sin })
+        Ok(shared.finish(cfg, dtype, embed, layers, norm, lm_head))
     }
 
     /// Bytes of weights one decode step reads (the HBM floor's numerator).
@@ -237,6 +303,8 @@ impl<B: Backend> Llama<B> {
         for l in &self.layers {
             n += bytes(&l.attn_norm) + l.qkv.bytes() + l.o_proj.bytes() + bytes(&l.mlp_norm);
             n += l.gate_up.bytes() + l.down.bytes() + l.qkv_bias.as_ref().map_or(0, bytes);
+            n += l.qk_norm.as_ref().map_or(0, |qk| bytes(&qk.q) + bytes(&qk.k));
+            n += l.post_attn_norm.as_ref().map_or(0, bytes) + l.post_mlp_norm.as_ref().map_or(0, bytes);
         }
         n
     }
@@ -331,23 +399,23 @@ impl<B: Backend> Llama<B> {
         n_logits: usize,
     ) -> TResult<()> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
+        let scale = self.cfg.attention_scale();
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
         let (x, xn) = (rows(&st.x)?, rows(&st.xn)?);
         let (qkv, q, k, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.k)?, rows(&st.attn)?);
         let (gate_up, act) = (rows(&st.gate_up)?, rows(&st.act)?);
         let positions = inp.positions(t)?;
         let (row_seq, slots, tables) = (inp.row_seq(t)?, inp.slot_mapping(t)?, inp.block_tables()?);
-        let params = AttentionParams {
-            scale: 1.0 / (d as f32).sqrt(),
-            sliding_window: self.cfg.sliding_window.unwrap_or(0) as u32,
-            block_size: cache.block_size as u32,
-        };
         let eps = self.cfg.rms_norm_eps;
 
-        // embed
+        // embed (Gemma: times sqrt(C), rounded to the compute dtype as transformers does)
         self.embed.forward(b, &inp.ids(t)?, &x)?;
+        if let Some(factor) = &self.embed_scale {
+            b.binary(BinaryOp::Mul, &x, &factor.broadcast_as(x.dims())?, &x)?;
+        }
         for (l, layer) in self.layers.iter().enumerate() {
-            // attention block: x += o_proj(attn(rope(q), rope(k), v)), the add fused into the GEMM
+            // attention block: x += o_proj(attn(rope(q), rope(k), v)), the add fused into the
+            // GEMM (Gemma: x += norm(o_proj(...)))
             b.rms_norm(&x, &layer.attn_norm, eps, &xn)?;
             layer.qkv.forward(b, &xn, &qkv)?;
             if let Some(bias) = &layer.qkv_bias {
@@ -356,16 +424,34 @@ impl<B: Backend> Llama<B> {
             let q_raw = qkv.narrow(1, 0, h * d)?.reshape(&[t, h, d])?;
             let k_raw = qkv.narrow(1, h * d, hkv * d)?.reshape(&[t, hkv, d])?;
             let v_raw = qkv.narrow(1, (h + hkv) * d, hkv * d)?.reshape(&[t, hkv, d])?;
-            b.rope(&q_raw, &self.cos, &self.sin, &positions, &q)?;
-            b.rope(&k_raw, &self.cos, &self.sin, &positions, &k)?;
+            let Rope { cos, sin } = &layer.rope;
+            match &layer.qk_norm {
+                // per-head RMSNorm before RoPE, in place in the contiguous q / k buffers
+                Some(norm) => {
+                    for (raw, dst, w) in [(&q_raw, &q, &norm.q), (&k_raw, &k, &norm.k)] {
+                        b.copy(raw, dst)?;
+                        b.rms_norm(dst, w, eps, dst)?;
+                        b.rope(dst, cos, sin, &positions, dst)?;
+                    }
+                }
+                None => {
+                    b.rope(&q_raw, cos, sin, &positions, &q)?;
+                    b.rope(&k_raw, cos, sin, &positions, &k)?;
+                }
+            }
             b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
+            let params = AttentionParams { scale, sliding_window: layer.window, block_size: cache.block_size as u32 };
             b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
-            layer.o_proj.forward_add(b, &attn.reshape(&[t, h * d])?, &x)?;
-            // MLP block: x += down(silu(gate) * up)
+            residual_add(b, &layer.o_proj, &attn.reshape(&[t, h * d])?, layer.post_attn_norm.as_ref(), eps, &xn, &x)?;
+            // MLP block: x += down(act(gate) * up) (Gemma: x += norm(down(...)))
             b.rms_norm(&x, &layer.mlp_norm, eps, &xn)?;
             layer.gate_up.forward(b, &xn, &gate_up)?;
-            b.silu_mul(&gate_up.narrow(1, 0, i)?, &gate_up.narrow(1, i, i)?, &act)?;
-            layer.down.forward_add(b, &act, &x)?;
+            let (gate, up) = (gate_up.narrow(1, 0, i)?, gate_up.narrow(1, i, i)?);
+            match self.cfg.flags.activation {
+                Activation::Silu => b.silu_mul(&gate, &up, &act)?,
+                Activation::GeluTanh => b.gelu_mul(&gate, &up, &act)?,
+            }
+            residual_add(b, &layer.down, &act, layer.post_mlp_norm.as_ref(), eps, &xn, &x)?;
         }
         // head: gather the rows whose logits are wanted (into xn, free now), norm, LM head,
         // then the next token of each
@@ -376,6 +462,12 @@ impl<B: Backend> Llama<B> {
         b.rms_norm(&picked, &self.norm, eps, &head)?;
         let logits = st.logits.narrow(0, 0, n)?;
         self.lm_head.forward(b, &head, &logits)?;
+        if let Some((inv_cap, cap)) = &self.softcap {
+            // logits = cap * tanh(logits / cap), in place
+            b.binary(BinaryOp::Mul, &logits, &inv_cap.broadcast_as(logits.dims())?, &logits)?;
+            b.unary(UnaryOp::Tanh, &logits, &logits)?;
+            b.binary(BinaryOp::Mul, &logits, &cap.broadcast_as(logits.dims())?, &logits)?;
+        }
         let next = st.next.narrow(0, 0, n)?;
         b.sample(&logits, &inp.uniform(n)?, &inp.sampling(n)?, &next)
     }
@@ -390,12 +482,134 @@ fn ones<B: Backend>(b: &B, dtype: DType, n: usize) -> TResult<Tensor<B>> {
     b.tensor(&HostTensor::from_f32_as(&[n], &vec![1.0; n], dtype))
 }
 
-fn rope_tables<B: Backend>(b: &B, cfg: &ModelConfig, max_ctx: usize) -> Result<(Tensor<B>, Tensor<B>), ModelError> {
-    let d = cfg.head_dim;
-    let (cos, sin) = rope::try_tables(d, max_ctx, cfg.rope_theta, &cfg.rope_scaling)?;
+/// `x += proj(inp)`, the add fused into the GEMM; with a post-norm (Gemma's sandwich),
+/// `x += norm(proj(inp))` through `scratch` (`[T, C]`, like `x`).
+fn residual_add<B: Backend>(
+    b: &B,
+    proj: &Linear<B>,
+    inp: &Tensor<B>,
+    post_norm: Option<&Tensor<B>>,
+    eps: f32,
+    scratch: &Tensor<B>,
+    x: &Tensor<B>,
+) -> TResult<()> {
+    match post_norm {
+        None => proj.forward_add(b, inp, x),
+        Some(w) => {
+            proj.forward(b, inp, scratch)?;
+            b.rms_norm(scratch, w, eps, scratch)?;
+            b.binary(BinaryOp::Add, x, scratch, x)
+        }
+    }
+}
+
+/// A norm weight `[n]` in the compute dtype. Gemma stores `w` and scales by `1 + w`, which
+/// transformers adds in f32: added here in f32 before rounding to `dtype`.
+fn norm_weight(
+    src: &dyn WeightSource,
+    name: &str,
+    n: usize,
+    dtype: DType,
+    plus_one: bool,
+) -> Result<HostTensor, ModelError> {
+    if !plus_one {
+        return src.get_shaped(name, &[n], dtype);
+    }
+    let w = src.get_shaped(name, &[n], DType::F32)?.to_f32();
+    let w: Vec<f32> = w.iter().map(|v| 1.0 + v).collect();
+    Ok(HostTensor::from_f32_as(&[n], &w, dtype))
+}
+
+/// What every constructor builds the same way: the RoPE tables (global, and the sliding
+/// layers' local ones), the embedding scale and the soft-capping constants.
+struct Shared<B: Backend> {
+    global: Rope<B>,
+    local: Rope<B>,
+    embed_scale: Option<Tensor<B>>,
+    softcap: Option<(Tensor<B>, Tensor<B>)>,
+}
+
+impl<B: Backend> Shared<B> {
+    fn new(b: &B, cfg: &ModelConfig, dtype: DType, max_ctx: usize) -> Result<Self, ModelError> {
+        let global = rope_tables(b, cfg.head_dim, max_ctx, cfg.rope_theta, &cfg.rope_scaling)?;
+        let local = match cfg.flags.rope_local_theta {
+            Some(theta) => rope_tables(b, cfg.head_dim, max_ctx, theta, &rope::RopeScaling::None)?,
+            None => global.clone(),
+        };
+        let scalar = |v: f32, dt: DType| b.tensor(&HostTensor::from_f32_as(&[1], &[v], dt));
+        let ArchFlags { scale_embeddings, final_logit_softcapping, .. } = cfg.flags;
+        let embed_scale = match scale_embeddings {
+            true => Some(scalar((cfg.hidden_size as f32).sqrt(), dtype)?),
+            false => None,
+        };
+        let softcap = match final_logit_softcapping {
+            Some(cap) => Some((scalar(1.0 / cap, DType::F32)?, scalar(cap, DType::F32)?)),
+            None => None,
+        };
+        Ok(Shared { global, local, embed_scale, softcap })
+    }
+
+    fn window(&self, cfg: &ModelConfig, l: usize) -> u32 {
+        cfg.layer_window(l).unwrap_or(0) as u32
+    }
+
+    fn rope(&self, cfg: &ModelConfig, l: usize) -> Rope<B> {
+        if cfg.layer_uses_local_rope(l) {
+            self.local.clone()
+        } else {
+            self.global.clone()
+        }
+    }
+
+    fn finish(
+        self,
+        cfg: ModelConfig,
+        dtype: DType,
+        embed: Embedding<B>,
+        layers: Vec<Layer<B>>,
+        norm: Tensor<B>,
+        lm_head: Linear<B>,
+    ) -> Llama<B> {
+        Llama { cfg, dtype, embed, embed_scale: self.embed_scale, layers, norm, lm_head, softcap: self.softcap }
+    }
+}
+
+/// A layer's norm weights as ones (random models): the flags say which exist.
+struct LayerNorms<B: Backend> {
+    attn: Tensor<B>,
+    qk: Option<QkNorm<B>>,
+    post_attn: Option<Tensor<B>>,
+    mlp: Tensor<B>,
+    post_mlp: Option<Tensor<B>>,
+}
+
+impl<B: Backend> LayerNorms<B> {
+    fn ones(b: &B, flags: &ArchFlags, dtype: DType, c: usize, d: usize) -> TResult<Self> {
+        let sandwich = |on: bool| if on { ones(b, dtype, c).map(Some) } else { Ok(None) };
+        Ok(LayerNorms {
+            attn: ones(b, dtype, c)?,
+            qk: match flags.qk_norm {
+                true => Some(QkNorm { q: ones(b, dtype, d)?, k: ones(b, dtype, d)? }),
+                false => None,
+            },
+            post_attn: sandwich(flags.sandwich_norms)?,
+            mlp: ones(b, dtype, c)?,
+            post_mlp: sandwich(flags.sandwich_norms)?,
+        })
+    }
+}
+
+fn rope_tables<B: Backend>(
+    b: &B,
+    d: usize,
+    max_ctx: usize,
+    theta: f32,
+    scaling: &rope::RopeScaling,
+) -> Result<Rope<B>, ModelError> {
+    let (cos, sin) = rope::try_tables(d, max_ctx, theta, scaling)?;
     let cos = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &cos))?;
     let sin = b.tensor(&HostTensor::from_f32(&[max_ctx, d / 2], &sin))?;
-    Ok((cos, sin))
+    Ok(Rope { cos, sin })
 }
 
 #[cfg(test)]

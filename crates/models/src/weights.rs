@@ -51,6 +51,11 @@ pub trait WeightSource: Send + Sync {
         }
         Ok(None)
     }
+    /// What loading will do that the file does not say (tensors expanded from a block type
+    /// encore has no kernels for), for [`validate_weights`]'s warnings.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a directory holding
@@ -86,7 +91,7 @@ pub fn validate_weights(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Vec
             None => Err(src.missing(name)),
         }
     };
-    let mut warnings = Vec::new();
+    let mut warnings = src.notes();
     check("model.embed_tokens.weight", &[v, c])?;
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -99,8 +104,16 @@ pub fn validate_weights(cfg: &ModelConfig, src: &dyn WeightSource) -> Result<Vec
             check(&format!("{p}.self_attn.k_proj.bias"), &[hkv * d])?;
             check(&format!("{p}.self_attn.v_proj.bias"), &[hkv * d])?;
         }
+        if cfg.flags.qk_norm {
+            check(&format!("{p}.self_attn.q_norm.weight"), &[d])?;
+            check(&format!("{p}.self_attn.k_norm.weight"), &[d])?;
+        }
         check(&format!("{p}.self_attn.o_proj.weight"), &[c, h * d])?;
         check(&format!("{p}.post_attention_layernorm.weight"), &[c])?;
+        if cfg.flags.sandwich_norms {
+            check(&format!("{p}.pre_feedforward_layernorm.weight"), &[c])?;
+            check(&format!("{p}.post_feedforward_layernorm.weight"), &[c])?;
+        }
         check(&format!("{p}.mlp.gate_proj.weight"), &[i, c])?;
         check(&format!("{p}.mlp.up_proj.weight"), &[i, c])?;
         check(&format!("{p}.mlp.down_proj.weight"), &[c, i])?;

@@ -1,7 +1,7 @@
 //! config.json parsing: both spellings (hub and transformers 5), every supported option, and
 //! a clear one-line error for each unsupported or inconsistent one.
 
-use encore_models::config::{Arch, ModelConfig};
+use encore_models::config::{Activation, Arch, ModelConfig};
 use encore_models::golden::golden_dir;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::DType;
@@ -251,4 +251,114 @@ fn kv_cache_and_weight_bytes_are_checked_products() {
     let layer = 256 * 256 + 2 * 256 * 64 + 256 * 256 + 3 * 256 * 688 + 2 * 256;
     assert_eq!(params, 2 * 128256 * 256 + 4 * layer + 256);
     assert_eq!(cfg.weight_bytes(DType::BF16), Some(2 * params));
+}
+
+fn qwen3() -> Value {
+    // the hub's config.json of Qwen3-0.6B (shapes cut down)
+    json!({
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": false,
+        "hidden_act": "silu", "hidden_size": 128, "head_dim": 64, "intermediate_size": 384,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 40960, "max_window_layers": 28, "rms_norm_eps": 1e-06,
+        "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null,
+        "use_sliding_window": false, "tie_word_embeddings": true, "vocab_size": 1000,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16"
+    })
+}
+
+fn gemma3() -> Value {
+    // the hub's config.json of gemma-3-270m (vocabulary cut down)
+    json!({
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+        "attention_bias": false, "attn_logit_softcapping": null, "bos_token_id": 2,
+        "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 640, "intermediate_size": 2048,
+        "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention",
+                        "sliding_attention", "sliding_attention", "full_attention"],
+        "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 6,
+        "num_key_value_heads": 1, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+        "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0,
+        "sliding_window": 512, "torch_dtype": "bfloat16", "vocab_size": 1000
+    })
+}
+
+#[test]
+fn hub_qwen3_config_has_qk_norms_an_explicit_head_dim_and_no_bias() {
+    let c = parse(&qwen3()).unwrap();
+    assert_eq!(c.arch, Arch::Qwen3);
+    assert_eq!((c.num_attention_heads, c.head_dim, c.hidden_size), (4, 64, 128));
+    assert!(c.flags.qk_norm && !c.flags.sandwich_norms && !c.flags.norm_plus_one && !c.attention_bias);
+    assert!(c.tie_word_embeddings);
+    assert_eq!((c.sliding_window, c.layer_window(1)), (None, None));
+    assert_eq!(c.attention_scale(), 1.0 / 8.0);
+    assert!(error_of(&with(qwen3(), "attention_bias", json!(true))).contains("attention_bias"));
+    assert!(error_of(&with(qwen3(), "use_sliding_window", json!(true))).contains("use_sliding_window"));
+}
+
+#[test]
+fn hub_gemma3_config_sets_every_gemma_switch() {
+    let c = parse(&gemma3()).unwrap();
+    assert_eq!(c.arch, Arch::Gemma3);
+    let f = &c.flags;
+    assert!(f.qk_norm && f.norm_plus_one && f.scale_embeddings && f.sandwich_norms);
+    assert_eq!(f.activation, Activation::GeluTanh);
+    assert_eq!(f.sliding_layers, vec![true, true, true, true, true, false]);
+    assert_eq!((c.layer_window(0), c.layer_window(5)), (Some(512), None));
+    assert!(c.layer_uses_local_rope(0) && !c.layer_uses_local_rope(5));
+    assert_eq!((c.rope_theta, f.rope_local_theta), (1e6, Some(1e4)));
+    assert_eq!((f.query_pre_attn_scalar, f.final_logit_softcapping), (Some(256.0), None));
+    assert!(c.tie_word_embeddings, "Gemma 3 ties by default");
+    // the older spelling: every 6th layer full
+    let mut v = gemma3();
+    v.as_object_mut().unwrap().remove("layer_types");
+    v["sliding_window_pattern"] = json!(3);
+    assert_eq!(parse(&v).unwrap().flags.sliding_layers, vec![true, true, false, true, true, false]);
+}
+
+#[test]
+fn gemma3_per_layer_type_rope_parameters_of_transformers_5() {
+    let mut v = gemma3();
+    for k in ["rope_theta", "rope_local_base_freq", "rope_scaling"] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    v["rope_parameters"] = json!({
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}
+    });
+    let c = parse(&v).unwrap();
+    assert_eq!((c.rope_theta, c.rope_scaling.clone()), (1e6, RopeScaling::Linear { factor: 8.0 }));
+    assert_eq!(c.flags.rope_local_theta, Some(1e4));
+}
+
+#[test]
+fn gemma3_unsupported_or_inconsistent_fields_are_named() {
+    let e = error_of(&with(gemma3(), "attn_logit_softcapping", json!(50.0)));
+    assert!(e.contains("attn_logit_softcapping"), "{e}");
+    let e = error_of(&with(gemma3(), "layer_types", json!(["full_attention"])));
+    assert!(e.contains("layer_types") && e.contains("num_hidden_layers"), "{e}");
+    let e = error_of(&with(gemma3(), "layer_types", json!(["x", "x", "x", "x", "x", "x"])));
+    assert!(e.contains("layer_types"), "{e}");
+    let e = error_of(&with(gemma3(), "hidden_activation", json!("gelu")));
+    assert!(e.contains("hidden_activation") && e.contains("gelu"), "{e}");
+    let e = error_of(&with(gemma3(), "final_logit_softcapping", json!(-1.0)));
+    assert!(e.contains("final_logit_softcapping"), "{e}");
+    let e = error_of(&with(gemma3(), "query_pre_attn_scalar", json!(0)));
+    assert!(e.contains("query_pre_attn_scalar"), "{e}");
+    // a corrupt layer count fails before the per-layer list is built
+    let e = error_of(&with(gemma3(), "num_hidden_layers", json!(1u64 << 40)));
+    assert!(e.contains("num_hidden_layers") && e.contains("limit"), "{e}");
+    let e = error_of(&with(gemma3(), "architectures", json!(["Gemma3ForConditionalGeneration"])));
+    assert!(e.contains("Gemma3ForConditionalGeneration") && e.contains("Gemma3ForCausalLM"), "{e}");
+}
+
+#[test]
+fn committed_tiny_qwen3_and_gemma3_configs() {
+    let q = ModelConfig::from_file(&golden_dir().join("tiny-qwen3/config.json")).unwrap();
+    assert_eq!((q.arch, q.head_dim, q.flags.qk_norm, q.tie_word_embeddings), (Arch::Qwen3, 32, true, false));
+    let g = ModelConfig::from_file(&golden_dir().join("tiny-gemma3/config.json")).unwrap();
+    assert_eq!(g.arch, Arch::Gemma3);
+    assert_eq!(g.flags.sliding_layers, vec![true, false, true]);
+    assert_eq!((g.sliding_window, g.flags.final_logit_softcapping), (Some(5), Some(3.0)));
+    assert_eq!(g.attention_scale(), 1.0 / 20f32.sqrt());
+    assert_eq!(g.rope_scaling, RopeScaling::Linear { factor: 2.0 });
 }

@@ -130,7 +130,7 @@ fn float_types_and_codes() {
 fn random_blocks_match_gguf_py() {
     let path = golden_dir().join("gguf_dequant.json");
     let g = DequantGolden::load(&path).unwrap();
-    assert_eq!(g.cases.len(), 5, "one case per quantised type");
+    assert_eq!(g.cases.len(), 6, "one case per quantised type");
     for case in &g.cases {
         let ty = GgmlType::from_code(case.code).unwrap();
         assert_eq!(ty.name(), case.type_name);

@@ -10,7 +10,7 @@ fn argmax(row: &[f32]) -> u32 {
 
 #[test]
 fn logits_goldens_are_consistent_greedy_runs() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
         assert_eq!(g.generator, GENERATOR);
         let cfg = ModelConfig::from_file(&g.model_dir.join("config.json")).unwrap();

@@ -125,7 +125,7 @@ fn missing_tensor_wrong_shape_and_unsupported_dtype_name_the_tensor() {
 
 #[test]
 fn committed_tiny_models_load_with_the_shapes_their_config_names() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let dir = golden_dir().join(name);
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let w = open_weights(&dir).unwrap();
@@ -142,7 +142,10 @@ fn committed_tiny_models_load_with_the_shapes_their_config_names() {
         w.get_shaped("model.norm.weight", &[c], DType::F32).unwrap();
         assert_eq!(w.has("lm_head.weight"), !cfg.tie_word_embeddings, "{name}");
         assert_eq!(w.has("model.layers.0.self_attn.q_proj.bias"), cfg.attention_bias, "{name}");
-        let per_layer = 9 + if cfg.attention_bias { 3 } else { 0 };
+        let per_layer = 9
+            + if cfg.attention_bias { 3 } else { 0 }
+            + if cfg.flags.qk_norm { 2 } else { 0 }
+            + if cfg.flags.sandwich_norms { 2 } else { 0 };
         let expected = 2 + usize::from(!cfg.tie_word_embeddings) + cfg.num_hidden_layers * per_layer;
         assert_eq!(w.names().len(), expected, "{name}");
     }

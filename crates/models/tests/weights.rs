@@ -34,7 +34,7 @@ fn tiny_llama_without(drop: &[&str]) -> (tempfile::TempDir, ModelConfig, Safeten
 
 #[test]
 fn the_committed_tiny_models_validate_without_warnings() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let dir = golden_dir().join(name);
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let w = SafetensorsWeights::open_dir(&dir).unwrap();

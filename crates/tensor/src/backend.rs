@@ -273,6 +273,8 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     fn softmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// SwiGLU: `dst = silu(gate) * up`.
     fn silu_mul(&self, gate: &Tensor<Self>, up: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// GeGLU (Gemma's MLP): `dst = gelu_tanh(gate) * up`, in f32 ([`UnaryOp::Gelu`]).
+    fn gelu_mul(&self, gate: &Tensor<Self>, up: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// Rotary embedding, rotate-half (HF) convention. `x, dst: [T, H, D]` (x may be
     /// strided), `cos, sin: [P, D/2]` f32 tables, `positions: [T]` i32.
     fn rope(

@@ -203,12 +203,20 @@ pub fn softmax<B: Backend>(x: &Tensor<B>, dst: &Tensor<B>) -> Result<(Rows, Rows
 }
 
 pub fn silu_mul<B: Backend>(gate: &Tensor<B>, up: &Tensor<B>, dst: &Tensor<B>) -> Result<()> {
-    const OP: &str = "silu_mul";
-    float(OP, gate)?;
-    same_dtype(OP, gate, up)?;
-    same_dtype(OP, gate, dst)?;
-    same_dims(OP, gate, up)?;
-    same_dims(OP, gate, dst)
+    gated("silu_mul", gate, up, dst)
+}
+
+pub fn gelu_mul<B: Backend>(gate: &Tensor<B>, up: &Tensor<B>, dst: &Tensor<B>) -> Result<()> {
+    gated("gelu_mul", gate, up, dst)
+}
+
+/// A gated activation `dst = act(gate) * up`: one float dtype, one shape.
+fn gated<B: Backend>(op: &'static str, gate: &Tensor<B>, up: &Tensor<B>, dst: &Tensor<B>) -> Result<()> {
+    float(op, gate)?;
+    same_dtype(op, gate, up)?;
+    same_dtype(op, gate, dst)?;
+    same_dims(op, gate, up)?;
+    same_dims(op, gate, dst)
 }
 
 /// Returns (T, H, D).

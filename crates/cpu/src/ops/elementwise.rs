@@ -50,6 +50,17 @@ pub(crate) fn silu_mul(gate: &Tensor<Cpu>, up: &Tensor<Cpu>, dst: &Tensor<Cpu>) 
     with_write(OP, dst, |d| scatter_f32(OP, d, dst.layout(), &g))
 }
 
+pub(crate) fn gelu_mul(gate: &Tensor<Cpu>, up: &Tensor<Cpu>, dst: &Tensor<Cpu>) -> Result<()> {
+    const OP: &str = "gelu_mul";
+    check::gelu_mul(gate, up, dst)?;
+    StridedMeta::new(OP, &[dst.layout(), gate.layout(), up.layout()])?;
+    let (mut g, u) = with_reads(OP, &[gate, up], |d| {
+        Ok((gather_f32(OP, d[0], gate.layout())?, gather_f32(OP, d[1], up.layout())?))
+    })?;
+    g.par_iter_mut().zip(&u).with_min_len(PAR_MIN).for_each(|(x, &y)| *x = unary_f32(UnaryOp::Gelu, *x) * y);
+    with_write(OP, dst, |d| scatter_f32(OP, d, dst.layout(), &g))
+}
+
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }

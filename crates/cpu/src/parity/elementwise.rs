@@ -1,9 +1,10 @@
 //! Parity of the elementwise ops: memory round trips, copy / cast, unary, binary with
-//! broadcasting and in-place destinations, and SwiGLU's `silu_mul`.
+//! broadcasting and in-place destinations, and the gated activations: SwiGLU's `silu_mul`,
+//! GeGLU's `gelu_mul`.
 
 use super::inputs::{broadcast, download, expect_err, input, ints, output, rank_9, View, RANK_9};
 use encore_tensor::testing::{assert_close, round_to, Rng};
-use encore_tensor::{Backend, BinaryOp, DType, Error, HostTensor, UnaryOp};
+use encore_tensor::{Backend, BinaryOp, DType, Error, HostTensor, Tensor, UnaryOp};
 
 const ALL_DTYPES: [DType; 5] = [DType::F32, DType::BF16, DType::F16, DType::U32, DType::I32];
 
@@ -188,7 +189,19 @@ pub fn binary_cases<B: Backend>(b: &B) {
 }
 
 pub fn silu_mul_cases<B: Backend>(b: &B) {
-    let mut rng = Rng::fresh("silu_mul");
+    gated_cases(b, "silu_mul", UnaryOp::Silu, |b, g, u, d| b.silu_mul(g, u, d));
+}
+
+/// GeGLU, Gemma's MLP: the same cases as `silu_mul`, with the tanh GELU.
+pub fn gelu_mul_cases<B: Backend>(b: &B) {
+    gated_cases(b, "gelu_mul", UnaryOp::Gelu, |b, g, u, d| b.gelu_mul(g, u, d));
+}
+
+type GatedOp<B> = fn(&B, &Tensor<B>, &Tensor<B>, &Tensor<B>) -> encore_tensor::Result<()>;
+
+/// `dst = act(gate) * up` against `act`'s f64 definition, in every float dtype and layout.
+fn gated_cases<B: Backend>(b: &B, name: &str, act: UnaryOp, op: GatedOp<B>) {
+    let mut rng = Rng::fresh(name);
     for dt in DType::FLOATS {
         for dims in [&[5usize, 12][..], &[2, 3, 8]] {
             for (gv, uv) in [
@@ -198,17 +211,13 @@ pub fn silu_mul_cases<B: Backend>(b: &B) {
                 (View::SwapLeading, View::Transposed),
             ] {
                 for dv in [View::Contiguous, View::Narrowed] {
-                    let what = format!("silu_mul {dims:?} {gv:?} {uv:?} -> {dv:?}");
+                    let what = format!("{name} {dims:?} {gv:?} {uv:?} -> {dv:?}");
                     let g = input(b, &mut rng, dt, dims, gv, (-6.0, 6.0));
                     let u = input(b, &mut rng, dt, dims, uv, (-3.0, 3.0));
                     let out = output(b, &mut rng, dt, dims, dv);
-                    b.silu_mul(&g.t, &u.t, &out.t).unwrap();
-                    let want: Vec<f64> = g
-                        .values
-                        .iter()
-                        .zip(&u.values)
-                        .map(|(&g, &u)| UnaryOp::Silu.eval(g as f64) * u as f64)
-                        .collect();
+                    op(b, &g.t, &u.t, &out.t).unwrap();
+                    let want: Vec<f64> =
+                        g.values.iter().zip(&u.values).map(|(&g, &u)| act.eval(g as f64) * u as f64).collect();
                     assert_close(&what, dt, &download(b, &out.t), &want);
                     out.check_untouched(b, &what);
                 }
@@ -217,12 +226,12 @@ pub fn silu_mul_cases<B: Backend>(b: &B) {
     }
     let f = b.zeros(DType::F32, &[4, 6]).unwrap();
     expect_err!(
-        "silu_mul shape",
-        b.silu_mul(&f, &b.zeros(DType::F32, &[4, 5]).unwrap(), &f),
+        &format!("{name} shape"),
+        op(b, &f, &b.zeros(DType::F32, &[4, 5]).unwrap(), &f),
         Error::ShapeMismatch { .. }
     );
     let h = b.zeros(DType::F16, &[4, 6]).unwrap();
-    expect_err!("silu_mul dtype", b.silu_mul(&f, &h, &f), Error::DTypeMismatch { .. });
+    expect_err!(&format!("{name} dtype"), op(b, &f, &h, &f), Error::DTypeMismatch { .. });
     let (big, strided) = (b.zeros(DType::BF16, &RANK_9).unwrap(), rank_9(b, DType::BF16));
-    expect_err!("silu_mul rank 9", b.silu_mul(&strided, &big, &big), Error::RankTooLarge { rank: 9, .. });
+    expect_err!(&format!("{name} rank 9"), op(b, &strided, &big, &big), Error::RankTooLarge { rank: 9, .. });
 }

@@ -57,6 +57,7 @@ parity!(copy, parity::copy_cases, true);
 parity!(unary, parity::unary_cases, true);
 parity!(binary, parity::binary_cases, true);
 parity!(silu_mul, parity::silu_mul_cases, true);
+parity!(gelu_mul, parity::gelu_mul_cases, true);
 parity!(rope, parity::rope_cases, true);
 parity!(kv_write, parity::kv_write_cases, true);
 parity!(embedding, parity::embedding_cases, false);

@@ -5,7 +5,7 @@ use encore_cpu::Cpu;
 use encore_cuda::{Cuda, LaunchParamMode};
 use encore_engine::graph_runner::{FailCapture, GraphDecoder};
 use encore_engine::{generate, DecodeRow, Eager, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams};
-use encore_models::config::{Arch, ModelConfig};
+use encore_models::config::{Activation, Arch, ArchFlags, ModelConfig};
 use encore_models::golden::{golden_dir, LogitsGolden};
 use encore_models::hub::open_model;
 use encore_models::Llama;
@@ -33,6 +33,7 @@ fn small(vocab: usize) -> ModelConfig {
         bos_token_id: None,
         eos_token_ids: vec![],
         torch_dtype: None,
+        flags: Default::default(),
     }
 }
 
@@ -44,9 +45,36 @@ fn runner_config(max_batch: usize, max_ctx: usize) -> RunnerConfig {
 }
 
 fn cuda_runner(max_batch: usize, max_ctx: usize) -> ModelRunner<Cuda> {
+    cuda_runner_for(small(1000), max_batch, max_ctx)
+}
+
+fn cuda_runner_for(cfg: ModelConfig, max_batch: usize, max_ctx: usize) -> ModelRunner<Cuda> {
     let b = Cuda::new(0).unwrap();
-    let model = Llama::random(&b, small(1000), DType::BF16, max_ctx, 3).unwrap();
+    let model = Llama::random(&b, cfg, DType::BF16, max_ctx, 3).unwrap();
     ModelRunner::new(b, model, runner_config(max_batch, max_ctx)).unwrap()
+}
+
+/// [`small`] with every Gemma 3 switch: q/k norms, sandwich norms, GeGLU, scaled
+/// embeddings, sliding (window 6) and full layers with their own RoPE tables, attention
+/// scale and logit soft-capping: the graph must replay all of it.
+fn small_gemma3(vocab: usize) -> ModelConfig {
+    let mut cfg = small(vocab);
+    cfg.arch = Arch::Gemma3;
+    cfg.attention_bias = false;
+    cfg.sliding_window = Some(6);
+    cfg.flags = ArchFlags {
+        qk_norm: true,
+        norm_plus_one: true,
+        scale_embeddings: true,
+        sandwich_norms: true,
+        activation: Activation::GeluTanh,
+        query_pre_attn_scalar: Some(24.0),
+        sliding_layers: vec![true, false, true],
+        rope_local_theta: Some(10000.0),
+        final_logit_softcapping: Some(30.0),
+    };
+    cfg.rope_theta = 1e6;
+    cfg
 }
 
 fn logits_bits(r: &ModelRunner<Cuda>, n: usize) -> Vec<u8> {
@@ -57,9 +85,19 @@ fn logits_bits(r: &ModelRunner<Cuda>, n: usize) -> Vec<u8> {
 /// the same step by graph replay; logits and tokens must be equal bit for bit. (Re-running
 /// a step writes the same K/V into the same slots, so the two runs see the same cache.)
 fn replay_matches_eager(mode: LaunchParamMode, prompts: &[Vec<u32>], steps: usize, interleave_prefill: bool) {
+    replay_matches_eager_for(small(1000), mode, prompts, steps, interleave_prefill)
+}
+
+fn replay_matches_eager_for(
+    cfg: ModelConfig,
+    mode: LaunchParamMode,
+    prompts: &[Vec<u32>],
+    steps: usize,
+    interleave_prefill: bool,
+) {
     let n = prompts.len();
     let bucket = n.next_power_of_two();
-    let mut r = cuda_runner(bucket, 512);
+    let mut r = cuda_runner_for(cfg, bucket, 512);
     let mut graphs = GraphDecoder::capture(&mut r, mode, None).unwrap();
     assert!(graphs.fallbacks().is_empty(), "{:?}", graphs.fallbacks());
     let mut rows: Vec<DecodeRow> = Vec::new();
@@ -102,6 +140,17 @@ fn graph_replay_is_bit_identical_to_eager_batch1_256_steps() {
 #[test]
 fn graph_replay_is_bit_identical_for_3_sequences_in_bucket_4_with_prefill_between() {
     replay_matches_eager(LaunchParamMode::Inline, &prompts(&[5, 17, 2]), 256, true);
+}
+
+#[test]
+fn graph_replay_is_bit_identical_for_gemma3_layers() {
+    replay_matches_eager_for(small_gemma3(1000), LaunchParamMode::Inline, &prompts(&[5, 17, 2]), 64, true);
+}
+
+#[test]
+fn graph_replay_is_bit_identical_for_gemma3_layers_in_cached_and_upload_modes() {
+    replay_matches_eager_for(small_gemma3(1000), LaunchParamMode::Cached, &prompts(&[9, 3]), 32, true);
+    replay_matches_eager_for(small_gemma3(1000), LaunchParamMode::Upload, &prompts(&[4]), 32, false);
 }
 
 #[test]
@@ -205,7 +254,7 @@ fn failed_capture_falls_back_to_eager_with_the_same_tokens() {
 
 #[test]
 fn tiny_models_on_cuda_f32_match_transformers() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         let g = LogitsGolden::load(&golden_dir().join(format!("{name}.logits.safetensors"))).unwrap();
         let files = open_model(&g.model_dir).unwrap();
         let b = Cuda::new(0).unwrap();
@@ -286,7 +335,7 @@ fn bf16_cuda_agrees_with_cpu(dir: &std::path::Path, steps: usize) {
 
 #[test]
 fn tiny_models_bf16_on_cuda_agree_with_cpu() {
-    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral"] {
+    for name in ["tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"] {
         bf16_cuda_agrees_with_cpu(&golden_dir().join(name), 32);
     }
 }
