@@ -34,12 +34,14 @@ const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
 /// The `tokenizer.json` of a SentencePiece vocabulary. `scores` and `types` are per token
-/// (the caller checks their lengths); `special` holds the ids of BOS/EOS/UNK/PAD.
+/// (the caller checks their lengths); `special` holds the ids of BOS/EOS/UNK/PAD, `unk` the id
+/// of the unknown token (`GemmaTokenizer` names it in the BPE model; absent: none).
 pub fn sentencepiece_tokenizer_json(
     tokens: &[&str],
     scores: &[f32],
     types: &[i64],
     special: &[u32],
+    unk: Option<u32>,
     flavor: SpFlavor,
 ) -> Value {
     let tokens: Vec<String> = match flavor {
@@ -94,7 +96,7 @@ pub fn sentencepiece_tokenizer_json(
             json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
             json!({"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": false}),
             vec![replace, json!({"type": "ByteFallback"}), json!({"type": "Fuse"})],
-            bpe(json!("<unk>")),
+            bpe(unk.and_then(|i| tokens.get(i as usize)).map_or(Value::Null, |t| json!(t))),
         ),
     };
     if flavor == SpFlavor::Llama {

@@ -112,7 +112,8 @@ impl Tokenizer {
                 .filter_map(|k| id(&format!("tokenizer.ggml.{k}_token_id")))
                 .collect();
             let flavor = SpFlavor::for_arch(file.str("general.architecture").unwrap_or(""));
-            sentencepiece_tokenizer_json(&tokens, &scores, &types, &special, flavor)
+            let unk = id("tokenizer.ggml.unknown_token_id");
+            sentencepiece_tokenizer_json(&tokens, &scores, &types, &special, unk, flavor)
         };
         let inner = parse_tokenizer_json(&json.to_string()).map_err(bad)?;
         let with_text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|s| (i, s.to_string())));
