@@ -221,7 +221,7 @@ def dequant_golden():
     rng = np.random.default_rng(7)
     # (type, block bytes, byte offsets of its f16 scale fields)
     kinds = [(T.Q4_0, 18, [0]), (T.Q4_1, 20, [0, 2]), (T.Q8_0, 34, [0]), (T.Q4_K, 144, [0, 2]), (T.Q6_K, 210, [208]),
-             (T.Q5_0, 22, [0])]  # appended last: the earlier cases keep their random bytes
+             (T.Q5_0, 22, [0]), (T.Q5_1, 24, [0, 2])]  # appended last: the earlier cases keep their bytes
     cases = []
     for ty, size, scales in kinds:
         blocks = rng.integers(0, 256, size=(2, size), dtype=np.uint8)

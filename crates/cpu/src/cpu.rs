@@ -41,7 +41,7 @@ impl Backend for Cpu {
                 shape: host.dims.clone(),
             });
         }
-        Ok(CpuStorage::new(Data::from_bytes(host.dtype, &host.data)))
+        Ok(CpuStorage::with_f32_copy(Data::from_bytes(host.dtype, &host.data)))
     }
 
     fn write(&self, host: &HostTensor, dst: &Tensor<Cpu>) -> Result<()> {

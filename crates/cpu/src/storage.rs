@@ -10,12 +10,19 @@
 
 use crate::Cpu;
 use encore_tensor::{DType, Error, Result, Tensor};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use rayon::prelude::*;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 /// The storage of a CPU tensor. Views share it through `Tensor`'s `Arc`.
 pub struct CpuStorage {
     data: RwLock<Data>,
+    /// A bf16/f16 weight made by `upload`: its values widened to f32 once, so each matmul
+    /// reads them in place instead of converting the weight again (3x slower than f32
+    /// without it; the price is the f32 copy in memory). The first write drops it: the data
+    /// then converts per use like any activation. Lock order: `data` first, then this.
+    f32_copy: RwLock<Option<Vec<f32>>>,
 }
 
 /// The elements, one vector per dtype.
@@ -100,7 +107,29 @@ fn pod_vec<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
 
 impl CpuStorage {
     pub(crate) fn new(data: Data) -> Self {
-        CpuStorage { data: RwLock::new(data) }
+        CpuStorage { data: RwLock::new(data), f32_copy: RwLock::new(None) }
+    }
+
+    /// Storage for uploaded (read-mostly) data: bf16/f16 also keep an f32 copy.
+    pub(crate) fn with_f32_copy(data: Data) -> Self {
+        const CHUNK: usize = 1 << 16;
+        let widen = |n: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)| {
+            let mut out = vec![0.0f32; n];
+            out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| f(i * CHUNK, o));
+            out
+        };
+        let copy = match &data {
+            Data::BF16(v) => Some(widen(v.len(), &|at, o| v[at..at + o.len()].convert_to_f32_slice(o))),
+            Data::F16(v) => Some(widen(v.len(), &|at, o| v[at..at + o.len()].convert_to_f32_slice(o))),
+            _ => None,
+        };
+        CpuStorage { data: RwLock::new(data), f32_copy: RwLock::new(copy) }
+    }
+
+    /// The f32 copy of an uploaded bf16/f16 storage, if it is still valid. Take it only while
+    /// holding this storage's read guard (`with_reads`), never before.
+    pub(crate) fn f32_copy(&self) -> RwLockReadGuard<'_, Option<Vec<f32>>> {
+        self.f32_copy.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn dtype(&self) -> DType {
@@ -162,6 +191,9 @@ pub(crate) fn with_reads<R>(op: &'static str, ts: &[&Tensor<Cpu>], f: impl FnOnc
 pub(crate) fn with_write<R>(op: &'static str, t: &Tensor<Cpu>, f: impl FnOnce(&mut Data) -> Result<R>) -> Result<R> {
     let mut g = t.storage().data.write().unwrap_or_else(PoisonError::into_inner);
     validate(op, t, &g)?;
+    let mut copy = t.storage().f32_copy.write().unwrap_or_else(PoisonError::into_inner);
+    *copy = None;
+    drop(copy);
     f(&mut g)
 }
 

@@ -707,6 +707,7 @@ fn check_rope_scaling(scaling: &RopeScaling, file: &str, field: &str) -> Result<
     match *scaling {
         RopeScaling::None => Ok(()),
         RopeScaling::Linear { factor } => positive("factor", factor),
+        RopeScaling::Factors { ref divisors } => divisors.iter().try_for_each(|&d| positive("divisors", d)),
         RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
             positive("factor", factor)?;
             positive("low_freq_factor", low_freq_factor)?;

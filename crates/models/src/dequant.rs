@@ -15,18 +15,16 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    /// Q5_0 / Q5_1 (llama.cpp's Q4_K_M/Q5_K_M mixes use them for some tensors) have no block
+    /// type in `encore_tensor::quant`: they are dequantized here and the decoder keeps them in
+    /// float (dense `Linear`).
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4_K,
     Q5_K,
     Q6_K,
-    /// Read only by expanding to floats at load (no block kernels: the decoder keeps these
-    /// weights dense and `Llama::weight_kinds` shows it). Gemma 3 Q4_K_M files use it.
-    Q5_0,
 }
-
-/// Q5_0: blocks of 32 as f16 `d`, 32 high bits `qh`, 16 bytes of low nibbles;
-/// `x = d * (q - 16)` with `q = nibble | high bit << 4` (ggml's `dequantize_row_q5_0`).
-const Q5_0_BYTES: usize = 22;
 
 impl GgmlType {
     /// `Err(code)` for a type encore does not dequantise (its name, when known, in the error).
@@ -35,24 +33,17 @@ impl GgmlType {
             0 => GgmlType::F32,
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
-            6 => GgmlType::Q5_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4_K,
             13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             _ => {
-                const NAMES: [(u32, &str); 8] = [
-                    (7, "Q5_1"),
-                    (9, "Q8_1"),
-                    (10, "Q2_K"),
-                    (11, "Q3_K"),
-                    (15, "Q8_K"),
-                    (24, "I8"),
-                    (26, "I32"),
-                    (28, "F64"),
-                ];
+                const NAMES: [(u32, &str); 7] =
+                    [(9, "Q8_1"), (10, "Q2_K"), (11, "Q3_K"), (15, "Q8_K"), (24, "I8"), (26, "I32"), (28, "F64")];
                 let name = NAMES.iter().find(|(c, _)| *c == code).map(|(_, n)| *n).unwrap_or("unknown");
                 return Err(format!("ggml type {code} ({name})"));
             }
@@ -62,7 +53,7 @@ impl GgmlType {
     /// The block type of a quantized type; `None` for the float types.
     pub fn quant_type(self) -> Option<QuantType> {
         match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q5_0 => None,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q5_0 | GgmlType::Q5_1 => None,
             GgmlType::Q4_0 => Some(QuantType::Q4_0),
             GgmlType::Q4_1 => Some(QuantType::Q4_1),
             GgmlType::Q8_0 => Some(QuantType::Q8_0),
@@ -76,7 +67,7 @@ impl GgmlType {
     pub fn block_len(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q5_0 => 32,
+            GgmlType::Q5_0 | GgmlType::Q5_1 => 32,
             q => q.quant_type().map_or(1, QuantType::block_len),
         }
     }
@@ -86,7 +77,8 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q5_0 => Q5_0_BYTES,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
             q => q.quant_type().map_or(1, QuantType::block_bytes),
         }
     }
@@ -103,6 +95,7 @@ impl GgmlType {
             GgmlType::F16 => "F16",
             GgmlType::BF16 => "BF16",
             GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
             q => q.quant_type().map_or("?", QuantType::name),
         }
     }
@@ -116,7 +109,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
         GgmlType::F32 => blocks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         GgmlType::F16 => blocks.map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         GgmlType::BF16 => blocks.map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        GgmlType::Q5_0 => blocks.flat_map(q5_0_block).collect(),
+        GgmlType::Q5_0 => blocks.flat_map(|b| q5_block(f16_at(b, 0), 0.0, 16, &b[2..])).collect(),
+        GgmlType::Q5_1 => blocks.flat_map(|b| q5_block(f16_at(b, 0), f16_at(b, 2), 0, &b[4..])).collect(),
         q => {
             let qt = q.quant_type().expect("the float types are matched above");
             let mut out = vec![0.0; data.len() / qt.block_bytes() * qt.block_len()];
@@ -126,15 +120,23 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Vec<f32> {
     }
 }
 
-fn q5_0_block(b: &[u8]) -> [f32; 32] {
-    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-    let mut out = [0.0; 32];
-    for (j, &q) in b[6..22].iter().enumerate() {
-        let lo = (q & 0x0F) as i32 | ((((qh >> j) & 1) as i32) << 4);
-        let hi = (q >> 4) as i32 | ((((qh >> (j + 16)) & 1) as i32) << 4);
-        out[j] = (lo - 16) as f32 * d;
-        out[j + 16] = (hi - 16) as f32 * d;
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// One Q5_0 / Q5_1 block of 32 (ggml's `dequantize_row_q5_{0,1}`): `rest` is the u32 of high
+/// bits then 16 bytes of low nibbles; element `j` is nibble `j % 16` (low half first) plus
+/// bit `j` of the high bits as bit 4. Q5_0 centres the 5-bit value (`offset` 16, `m` 0),
+/// Q5_1 adds its minimum `m` (`offset` 0).
+fn q5_block(d: f32, m: f32, offset: i32, rest: &[u8]) -> [f32; 32] {
+    let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let qs = &rest[4..20];
+    let mut out = [0.0f32; 32];
+    for j in 0..16 {
+        let lo = (qs[j] & 0x0F) as i32 | ((((qh >> j) & 1) << 4) as i32);
+        let hi = (qs[j] >> 4) as i32 | ((((qh >> (j + 16)) & 1) << 4) as i32);
+        out[j] = (lo - offset) as f32 * d + m;
+        out[j + 16] = (hi - offset) as f32 * d + m;
     }
     out
 }

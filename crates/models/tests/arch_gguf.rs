@@ -174,6 +174,9 @@ fn a_corrupt_gemma3_block_count_fails_before_the_layer_list_is_built() {
         .kv_u32("gemma3.embedding_length", 64)
         .kv_u32("gemma3.attention.head_count", 4)
         .kv_u32("gemma3.vocab_size", 8)
+        .kv_u32("gemma3.feed_forward_length", 128)
+        .kv_u32("gemma3.context_length", 64)
+        .kv_f32("gemma3.attention.layer_norm_rms_epsilon", 1e-6)
         .kv_u32("gemma3.block_count", u32::MAX);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("g.gguf");

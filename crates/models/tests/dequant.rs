@@ -115,6 +115,8 @@ fn float_types_and_codes() {
         (1, GgmlType::F16),
         (2, GgmlType::Q4_0),
         (3, GgmlType::Q4_1),
+        (6, GgmlType::Q5_0),
+        (7, GgmlType::Q5_1),
         (8, GgmlType::Q8_0),
         (12, GgmlType::Q4_K),
         (13, GgmlType::Q5_K),
@@ -130,7 +132,7 @@ fn float_types_and_codes() {
 fn random_blocks_match_gguf_py() {
     let path = golden_dir().join("gguf_dequant.json");
     let g = DequantGolden::load(&path).unwrap();
-    assert_eq!(g.cases.len(), 6, "one case per quantised type");
+    assert_eq!(g.cases.len(), 7, "one case per quantised type");
     for case in &g.cases {
         let ty = GgmlType::from_code(case.code).unwrap();
         assert_eq!(ty.name(), case.type_name);

@@ -14,7 +14,7 @@ fn hf_cache_snapshot_from_refs_main_or_newest() {
     let cache = tempfile::tempdir().unwrap();
     let repo = cache.path().join("models--HuggingFaceTB--SmolLM2-135M-Instruct");
     let e = hf_snapshot(cache.path(), "HuggingFaceTB/SmolLM2-135M-Instruct").unwrap_err().to_string();
-    assert!(e.contains("not in the local Hugging Face cache") && e.contains("does not download"), "{e}");
+    assert!(e.contains("not in the local Hugging Face cache"), "{e}");
     assert!(e.contains(&repo.display().to_string()) && !e.contains('\n'), "{e}");
     std::fs::create_dir_all(repo.join("snapshots/aaa")).unwrap();
     std::fs::create_dir_all(repo.join("snapshots/bbb")).unwrap();

@@ -17,14 +17,21 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: usize,
     },
+    /// `inv_freq[i]` divided by `divisors[i]` (`D/2` of them): GGUF's `rope_freqs.weight`, the
+    /// per-frequency factors llama.cpp's converter bakes out of Llama-3 scaling.
+    Factors {
+        divisors: Vec<f32>,
+    },
 }
 
-/// `inv_freq[i] = theta^(-2i/D)` for `i < D/2`, after scaling.
+/// `inv_freq[i] = theta^(-2i/D)` for `i < D/2`, after scaling ([`try_tables`] checks that
+/// `Factors` has `D/2` divisors).
 pub fn inv_freq(head_dim: usize, theta: f32, scaling: &RopeScaling) -> Vec<f64> {
     let half = head_dim / 2;
     let base: Vec<f64> = (0..half).map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64)).collect();
     match *scaling {
         RopeScaling::None => base,
+        RopeScaling::Factors { ref divisors } => base.iter().zip(divisors).map(|(f, &d)| f / d as f64).collect(),
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f64).collect(),
         RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
             let (factor, lo, hi) = (factor as f64, low_freq_factor as f64, high_freq_factor as f64);
@@ -86,6 +93,14 @@ pub fn try_tables(
             ),
         }
     })?;
+    if let RopeScaling::Factors { divisors } = scaling {
+        if divisors.len() != half {
+            return Err(crate::Error::InvalidArgument {
+                op,
+                msg: format!("{} rope frequency factors for head dim {head_dim} (needs {half})", divisors.len()),
+            });
+        }
+    }
     let inv = inv_freq(head_dim, theta, scaling);
     if let Some(bad) = inv.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
         return Err(crate::Error::InvalidArgument {
@@ -145,5 +160,55 @@ mod tests {
         assert_eq!(scaled[0], plain[0]);
         assert!((scaled[63] - plain[63] / 8.0).abs() < 1e-15);
         assert!(scaled.iter().zip(&plain).all(|(s, p)| s <= p));
+    }
+
+    /// What llama.cpp's converter writes as `rope_freqs.weight` for Llama-3 scaling
+    /// (`LlamaModel.generate_extra_tensors`): the divisor of each base frequency.
+    pub(crate) fn llama3_divisors(head_dim: usize, theta: f32, s: &RopeScaling) -> Vec<f32> {
+        let RopeScaling::Llama3 { factor, low_freq_factor: lo, high_freq_factor: hi, original_max_position_embeddings } =
+            *s
+        else {
+            panic!("llama3 scaling expected")
+        };
+        let old = original_max_position_embeddings as f64;
+        let (low_wavelen, high_wavelen) = (old / lo as f64, old / hi as f64);
+        inv_freq(head_dim, theta, &RopeScaling::None)
+            .iter()
+            .map(|&f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old / wavelen - lo as f64) / (hi as f64 - lo as f64);
+                    (1.0 / ((1.0 - smooth) / factor as f64 + smooth)) as f32
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gguf_rope_freqs_factors_give_the_hf_llama3_tables() {
+        for (d, theta, factor) in [(128, 500000.0, 8.0), (64, 500000.0, 32.0)] {
+            let s = RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            };
+            let f = RopeScaling::Factors { divisors: llama3_divisors(d, theta, &s) };
+            let (hf_cos, hf_sin) = try_tables(d, 4096, theta, &s).unwrap();
+            let (cos, sin) = try_tables(d, 4096, theta, &f).unwrap();
+            let plain = try_tables(d, 4096, theta, &RopeScaling::None).unwrap();
+            let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            // the divisors are f32: angles agree to f32 rounding of `pos * inv_freq`
+            assert!(diff(&cos, &hf_cos) < 2e-3 && diff(&sin, &hf_sin) < 2e-3, "{d}");
+            assert!(diff(&cos, &plain.0) > 0.5, "the factors must change the table");
+        }
+        let e = try_tables(16, 4, 10000.0, &RopeScaling::Factors { divisors: vec![1.0; 7] }).unwrap_err();
+        assert!(e.to_string().contains("7 rope frequency factors for head dim 16 (needs 8)"), "{e}");
+        let bad = RopeScaling::Factors { divisors: vec![0.0; 8] };
+        assert!(try_tables(16, 4, 10000.0, &bad).unwrap_err().to_string().contains("not a positive number"));
     }
 }

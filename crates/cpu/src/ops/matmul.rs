@@ -3,7 +3,9 @@
 //! f32 operands are handed to `gemm` in place, with their row / column strides, so a
 //! transposed weight view (`[N, K]` seen as `[K, N]`) is never copied. A bf16 / f16
 //! operand is converted to an f32 copy of the storage span its view covers, in storage
-//! order (a linear, vectorised conversion), and read with its own strides. Either way the
+//! order (a linear, vectorised conversion), and read with its own strides; an uploaded
+//! bf16 / f16 weight carries that f32 copy from upload on (`CpuStorage::with_f32_copy`), so
+//! it is converted once, not per matmul. Either way the
 //! product accumulates in f32 into a contiguous temporary and is rounded once when stored
 //! into `dst`.
 
@@ -14,6 +16,7 @@ use encore_tensor::check::{self, MatOperand, MatmulDims};
 use encore_tensor::{Error, Layout, Result, Tensor};
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// `dst = lhs x rhs`, or with `accumulate` `dst += lhs x rhs` (the sum in f32, rounded once).
 pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>, accumulate: bool) -> Result<()> {
@@ -22,8 +25,16 @@ pub(crate) fn matmul(lhs: &Tensor<Cpu>, rhs: &Tensor<Cpu>, dst: &Tensor<Cpu>, ac
     let mut out = with_reads(OP, &[lhs, rhs], |d| match (d[0], d[1]) {
         (Data::F32(a), Data::F32(b)) => Ok(gemm_f32(&md, a, md.lhs, b, md.rhs)),
         (a, b) => {
-            let (a, a_op) = span_f32(OP, a, lhs.layout(), md.lhs)?;
-            let (b, b_op) = span_f32(OP, b, rhs.layout(), md.rhs)?;
+            // an uploaded weight's f32 copy is read in place (taken under the read guards)
+            let (a_copy, b_copy) = (lhs.storage().f32_copy(), rhs.storage().f32_copy());
+            let (a, a_op) = match a_copy.as_deref() {
+                Some(c) => (Cow::Borrowed(c), md.lhs),
+                None => span_f32(OP, a, lhs.layout(), md.lhs).map(|(v, o)| (Cow::Owned(v), o))?,
+            };
+            let (b, b_op) = match b_copy.as_deref() {
+                Some(c) => (Cow::Borrowed(c), md.rhs),
+                None => span_f32(OP, b, rhs.layout(), md.rhs).map(|(v, o)| (Cow::Owned(v), o))?,
+            };
             Ok(gemm_f32(&md, &a, a_op, &b, b_op))
         }
     })?;
@@ -135,5 +146,35 @@ mod tests {
         let out = Cpu.zeros(DType::F32, &[2, 1]).unwrap();
         matmul(&a, &b, &out, false).unwrap();
         assert_eq!(Cpu.download(&out).unwrap().to_f32(), vec![6.0, 6.0]);
+    }
+
+    #[test]
+    fn an_uploaded_half_weight_is_converted_once_and_dropped_on_write() {
+        use encore_tensor::testing::Rng;
+        let mut rng = Rng::fresh("an_uploaded_half_weight_is_converted_once_and_dropped_on_write");
+        for dt in [DType::BF16, DType::F16] {
+            let (m, k, n) = (3, 40, 24);
+            let host = |v: &[f32], dims: &[usize]| HostTensor::from_f32_as(dims, v, dt);
+            let (wv, xv, w2) = (rng.vec(n * k, -1.0, 1.0), rng.vec(m * k, -1.0, 1.0), rng.vec(n * k, -1.0, 1.0));
+            let uploaded = Cpu.tensor(&host(&wv, &[n, k])).unwrap();
+            assert!(uploaded.storage().f32_copy().is_some(), "{dt:?}: upload keeps an f32 copy");
+            let written = Cpu.zeros(dt, &[n, k]).unwrap();
+            Cpu.write(&host(&wv, &[n, k]), &written).unwrap();
+            assert!(written.storage().f32_copy().is_none());
+            let x = Cpu.tensor(&host(&xv, &[m, k])).unwrap();
+            let run = |w: &Tensor<Cpu>| {
+                // x [M, K] x w^T [K, N], and a column slice of w^T (an offset view)
+                let out = Cpu.zeros(dt, &[m, n]).unwrap();
+                matmul(&x, &w.transpose(0, 1).unwrap(), &out, false).unwrap();
+                let part = Cpu.zeros(dt, &[m, 8]).unwrap();
+                matmul(&x, &w.narrow(0, 5, 8).unwrap().transpose(0, 1).unwrap(), &part, false).unwrap();
+                (Cpu.download(&out).unwrap().data, Cpu.download(&part).unwrap().data)
+            };
+            assert_eq!(run(&uploaded), run(&written), "{dt:?}: same bits as the per-call conversion");
+            Cpu.write(&host(&w2, &[n, k]), &uploaded).unwrap();
+            assert!(uploaded.storage().f32_copy().is_none(), "a write drops the copy");
+            Cpu.write(&host(&w2, &[n, k]), &written).unwrap();
+            assert_eq!(run(&uploaded), run(&written), "{dt:?}: the new values are read");
+        }
     }
 }

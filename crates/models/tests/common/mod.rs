@@ -95,6 +95,16 @@ impl GgufBuilder {
         self
     }
 
+    /// Every key starting with `from` renamed to start with `to` (in place).
+    pub fn rename_prefix(mut self, from: &str, to: &str) -> Self {
+        for (k, _, _) in &mut self.kvs {
+            if let Some(rest) = k.strip_prefix(from) {
+                *k = format!("{to}{rest}");
+            }
+        }
+        self
+    }
+
     pub fn kv_u32(self, key: &str, v: u32) -> Self {
         self.kv_raw(key, ty::U32, &v.to_le_bytes())
     }
