@@ -136,3 +136,17 @@ fn gemma3_270m_greedy_tokens_match_transformers() {
         );
     }
 }
+
+/// The same golden through text: encore's SentencePiece tokenizer built from the GGUF
+/// (`tokenizer.ggml.model = llama`, Gemma's normalizer) encodes each prompt to transformers'
+/// ids (BOS included) and decodes the golden continuation to transformers' text.
+#[test]
+fn gemma3_270m_text_round_trips_through_the_gguf_tokenizer() {
+    let golden = IdsGolden::load(&golden_dir().join("gemma3-270m.json")).unwrap();
+    let file = GgufFile::open(&gemma3_270m_path().expect("fetching Gemma 3 270M")).unwrap();
+    let tok = encore_models::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    for c in &golden.cases {
+        assert_eq!(tok.encode(&c.prompt, true).unwrap(), c.prompt_ids, "encoding {:?}", c.prompt);
+        assert_eq!(tok.decode(&c.generated_ids, true).unwrap(), c.generated_text, "decoding for {:?}", c.prompt);
+    }
+}

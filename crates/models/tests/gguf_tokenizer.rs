@@ -52,8 +52,7 @@ fn tiny_sentencepiece_gguf_matches_transformers() {
 
 #[test]
 fn gemma3_270m_vocabulary_matches_transformers() {
-    let path =
-        encore_models::hub::gemma3_270m_path().expect("fetching the Gemma 3 GGUF");
+    let path = encore_models::hub::gemma3_270m_path().expect("fetching the Gemma 3 GGUF");
     let file = GgufFile::open(&path).unwrap();
     // its Q4_K_M mix holds Q5_0 tensors too: every tensor type must be one encore reads
     let unread: Vec<_> = file.tensors.iter().filter(|t| t.ggml_type.is_err()).map(|t| &t.name).collect();
