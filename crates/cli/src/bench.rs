@@ -15,7 +15,9 @@ pub struct BenchArgs {
     /// (Default llama-3.2-1b; CUDA only: the CPU bench runs a real model file.)
     #[arg(long)]
     preset: Option<String>,
-    /// A model folder: its config.json shape is benchmarked (weights random).
+    /// A model folder: its config.json shape is benchmarked (weights random); or a model
+    /// file (`.gguf`, `.safetensors` beside its config.json): its own weights, quantized
+    /// GGUF blocks kept quantized.
     #[arg(long)]
     model: Option<std::path::PathBuf>,
     /// Batch sizes, comma-separated.
@@ -53,6 +55,10 @@ pub struct BenchArgs {
     /// load) and report the total capture time and graph memory.
     #[arg(long)]
     capture_all: bool,
+    /// Random weights as random blocks of a ggml type (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)
+    /// instead of floats: the quantized kernels at a preset's shape, without a file.
+    #[arg(long)]
+    quantize: Option<String>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -87,6 +93,10 @@ struct Checked {
     batches: Vec<usize>,
     /// (name, shape) of each preset, or of `--model`'s config.json.
     models: Vec<(String, encore_models::config::ModelConfig)>,
+    /// `--model` when it is a file: the weights to load.
+    weights: Option<std::path::PathBuf>,
+    /// `--quantize`: random blocks of this type.
+    quant: Option<encore_tensor::QuantType>,
 }
 
 /// `eager` or `graph-<launch mode>` (encore_engine::bench::BenchMode, which needs CUDA).
@@ -127,7 +137,15 @@ fn check(a: &BenchArgs) -> Result<Checked> {
         if a.ops == 0 {
             bail!("--ops: must be at least 1");
         }
-        return Ok(Checked { dtype, ordinal, modes, batches: Vec::new(), models: Vec::new() });
+        return Ok(Checked {
+            dtype,
+            ordinal,
+            modes,
+            batches: Vec::new(),
+            models: Vec::new(),
+            weights: None,
+            quant: None,
+        });
     }
     let batches = usizes("--batch", &a.batch)?;
     if a.ctx == 0 {
@@ -144,7 +162,25 @@ fn check(a: &BenchArgs) -> Result<Checked> {
             a.ctx
         );
     }
+    let weights = a.model.as_ref().filter(|p| p.is_file()).cloned();
+    if weights.is_some() && a.preset.is_some() {
+        bail!("--preset: give either a preset or a model file with --model, not both");
+    }
+    let quant = match &a.quantize {
+        None => None,
+        Some(_) if weights.is_some() => {
+            bail!("--quantize: random blocks replace random weights; a model file brings its own")
+        }
+        Some(s) => Some(encore_tensor::QuantType::parse(s).ok_or_else(|| {
+            anyhow::anyhow!("--quantize: unknown type `{s}` (expected q8_0, q4_0, q4_1, q4_k, q5_k or q6_k)")
+        })?),
+    };
     let models: Vec<(String, encore_models::config::ModelConfig)> = match &a.model {
+        Some(file) if file.is_file() => {
+            // the config only (a GGUF's metadata, or the config.json beside the file)
+            let files = encore_models::hub::open_model(file).map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+            vec![(file.display().to_string(), files.config)]
+        }
         Some(dir) => {
             vec![(dir.display().to_string(), encore_models::config::ModelConfig::from_file(&dir.join("config.json"))?)]
         }
@@ -162,7 +198,7 @@ fn check(a: &BenchArgs) -> Result<Checked> {
             bail!("--ctx: a KV cache of {max_batch} sequences x {} positions for {name} overflows 64 bits", a.ctx);
         }
     }
-    Ok(Checked { dtype, ordinal, modes, batches, models })
+    Ok(Checked { dtype, ordinal, modes, batches, models, weights, quant })
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -186,6 +222,9 @@ fn bench_cpu(a: &BenchArgs, dtype: encore_tensor::DType) -> Result<()> {
     }
     if a.capture_all || a.modes.is_some() {
         bail!("--device cpu runs eagerly: --modes and --capture-all are CUDA flags");
+    }
+    if a.quantize.is_some() {
+        bail!("--quantize: random blocks are a CUDA bench of presets; on --device cpu give a model file with --model");
     }
     let path = match &a.model {
         Some(m) => encore_models::hub::resolve_model(&m.display().to_string())?,
@@ -222,7 +261,7 @@ fn bench_launch(a: &BenchArgs, c: Checked) -> Result<()> {
 #[cfg(feature = "cuda")]
 fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
     use encore_engine::bench::{run_bench, BenchConfig, BenchMode};
-    let Checked { dtype, ordinal, modes, batches, models } = c;
+    let Checked { dtype, ordinal, modes, batches, models, weights, quant } = c;
     let modes: Vec<BenchMode> = modes
         .iter()
         .map(|m| m.parse::<BenchMode>().map_err(|e| anyhow::anyhow!("--modes: {e}")))
@@ -230,7 +269,10 @@ fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
     let mut reports = Vec::new();
     for (name, model) in models {
         let cfg = BenchConfig {
-            name,
+            name: match quant {
+                Some(q) => format!("{name} ({q} random blocks)"),
+                None => name,
+            },
             model,
             batches: batches.clone(),
             ctx: a.ctx,
@@ -242,6 +284,8 @@ fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
             dtype,
             ordinal,
             capture_all: a.capture_all,
+            weights: weights.clone(),
+            quant,
         };
         let r = run_bench(&cfg)?;
         println!("{}", r.to_table());

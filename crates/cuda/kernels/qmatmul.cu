@@ -1,87 +1,86 @@
 // qmatmul.cu: matmuls and lookups over weights that stay in ggml blocks (quant.cuh).
 //
-// qgemv_<type>_<T>_m<MT>: y[m, n] (+)= sum_k x[m, k] * w[n, k] for M <= MT rows of x (the
-// decode steps), w [N, K] quantized, dequantized in registers against x in T (f32, bf16 or
-// f16), f32 accumulation. y is T, or f32 when `y_f32` (logits); `accumulate` adds to y (the
-// residual fused into o_proj / down_proj).
-// Thread mapping: one warp per weight row n; each lane takes 4 consecutive 8-element parts
-// of the row (quant.cuh) at a time, strided by the warp: for the 32-element types a lane
-// reads a whole block, for the k-quants 8 lanes split a 256-element block, so a warp reads
-// 8 blocks or 4 super-blocks of its row per step with 4 loads in flight per lane; each
-// weight is read once for all M rows. Warp-shuffle reduction; lane 0 stores.
+// Decode (M <= 16 rows of x), two kernels, as llama.cpp's MMVQ:
+// qquant_x_<T>: x [M, K] (rows of stride ldx) -> q8_1 activations: xq int8 [M, K] and
+// xds float2 [M, K / 32] (d, d * sum q) per 32 elements, d = max|x| / 127 (quant.cuh).
+// Thread mapping: one warp per 32-element group, one element per lane.
+// qgemv_<type>_<T>_m<MT>: y[m, n] (+)= sum_k x[m, k] * w[n, k] for M <= MT, w [N, K]
+// quantized, integer dot products (dp4a) of each weight chunk against xq, f32 sums. y is
+// T, or f32 when `y_f32` (logits); `accumulate` adds to y (the residual fused into o_proj /
+// down_proj). Thread mapping: one warp per weight row n; the row's blocks are cut into
+// LPB lane chunks each (quant.cuh Dot*), lanes take consecutive chunks (so a warp's loads
+// cover consecutive bytes), U<MT> chunks in flight per lane; the weight chunk is read once for
+// all M rows. Warp-shuffle reduction; lane 0 stores.
 // Preconditions (checked by the launcher, crates/cuda/src/qmatmul.rs): M <= MT, K a
-// multiple of the block, w 4-byte aligned with rows of row_bytes; x rows of stride ldx,
-// y rows of stride ldy. x is read with 4-element vector loads when `x_vec` (x 8- or
-// 16-byte aligned rows, checked by the launcher), element loads otherwise.
+// multiple of the block, w 16-byte aligned with rows of row_bytes (a multiple of 16 for
+// Q4_K / Q5_K, of 4 otherwise); xq rows of K bytes, 16-byte aligned; y rows of stride ldy.
 //
 // qdequant_<type>_<T>: out[r, :] = dequantize(w[ids ? ids[r] : r, :]) in T: the embedding
 // lookup of a quantized table (ids [R]) and the prefill path's dequantize-to-scratch (ids
 // null, w advanced to the first row). An id >= V writes a zero row.
 // Thread mapping: one block per output row, threads strided over the row's parts.
+//
+// Prefill helpers (bf16 x: the GEMM runs in f16, whose 11-bit significand holds the
+// dequantized weights far closer than bf16's 8): qcvt_bf16_f16 copies x rows [R, K]
+// (stride ldx) to dense f16, saturating at +-65504; qepi_bf16 writes the f32 GEMM result
+// [R, C] into y (stride ldy), added to y when `accumulate`. Grid-stride over elements.
 #include "quant.cuh"
 
 namespace qmatmul_cu {
 
 constexpr int WARPS = 4;
+// Weight chunks in flight per lane: 2 for one row of x, 4 for more (the sweep: at M = 1,
+// U = 2 beat 4 by 10-40% at every 8B / 1B shape and type; at M = 8, 4 or 8 won).
+template <int MT>
+constexpr int U = MT == 1 ? 2 : 4;
 
-// 4 consecutive x elements as floats: one 8- or 16-byte load when `vec`.
 template <typename T>
-__device__ __forceinline__ void load4(const T* __restrict__ p, bool vec, float (&out)[4]) {
-    if (vec) {
-        if constexpr (sizeof(T) == 4) {
-            const float4 v = *reinterpret_cast<const float4*>(p);
-            out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-        } else {
-            const uint2 v = *reinterpret_cast<const uint2*>(p);
-            const T* h = reinterpret_cast<const T*>(&v);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) out[i] = to_f32(h[i]);
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) out[i] = to_f32(p[i]);
-    }
+__device__ __forceinline__ void qquant_x_impl(const T* __restrict__ x, uint32_t M, uint32_t K, uint32_t ldx,
+                                              int8_t* __restrict__ xq, float2* __restrict__ xds) {
+    const uint32_t groups = K / 32;
+    const uint32_t g = blockIdx.x * WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (g >= M * groups) return;
+    const uint32_t m = g / groups, k = (g % groups) * 32 + lane;
+    const float v = to_f32(x[static_cast<size_t>(m) * ldx + k]);
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.f;
+    const int q = amax > 0.f ? __float2int_rn(v / d) : 0;
+    xq[static_cast<size_t>(m) * K + k] = static_cast<int8_t>(q);
+    const float sum = warp_sum(static_cast<float>(q));  // exact: |sum| <= 32 * 127
+    if (lane == 0) xds[g] = make_float2(d, d * sum);
 }
 
-template <typename Q, typename T, int MT>
-__device__ __forceinline__ void qgemv_impl(const uint8_t* __restrict__ w, const T* __restrict__ x, void* y,
-                                           uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
-                                           uint32_t row_bytes, uint32_t flags) {
-    const bool accumulate = flags & 1u, y_f32 = flags & 2u, x_vec = flags & 4u;
+template <typename Q, typename T, int MT, int UU = U<MT>>
+__device__ __forceinline__ void qgemv_impl(const uint8_t* __restrict__ w, const int8_t* __restrict__ xq,
+                                           const float2* __restrict__ xds, void* y, uint32_t M, uint32_t N,
+                                           uint32_t K, uint32_t ldy, uint32_t row_bytes, uint32_t flags) {
+    const bool accumulate = flags & 1u, y_f32 = flags & 2u;
     const uint32_t lane = threadIdx.x & 31;
     const uint32_t n = blockIdx.x * WARPS + (threadIdx.x >> 5);
     if (n >= N) return;
     const uint8_t* row = w + static_cast<size_t>(n) * row_bytes;
+    const uint32_t chunks = K / Q::QK * Q::LPB, groups = K / 32;
     float acc[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[m] = 0.f;
-    // each lane takes 4 consecutive parts (a whole 32-element block, or 16 contiguous
-    // bytes of a k-quant's qs): four independent loads in flight per lane
-    const uint32_t parts = K / 8;  // a multiple of 4 (K is whole blocks of >= 32)
-    for (uint32_t p0 = 4 * lane; p0 < parts; p0 += 4 * 32) {
-        float wv[4][8];
-        int e0[4], e1[4];
-        uint32_t k0[4];
+    for (uint32_t c0 = lane; c0 < chunks; c0 += 32 * UU) {
+        typename Q::W wv[UU];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const uint32_t p = p0 + j, blk = p / Q::PARTS;
-            Q::dequant8(row + static_cast<size_t>(blk) * Q::BYTES, p % Q::PARTS, wv[j], e0[j], e1[j]);
-            k0[j] = blk * Q::QK;
+        for (int u = 0; u < UU; ++u) {
+            const uint32_t c = c0 + 32 * u;
+            if (c < chunks) wv[u] = Q::load(row + static_cast<size_t>(c / Q::LPB) * Q::BYTES, c % Q::LPB);
         }
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
             if (m < static_cast<int>(M)) {
-                const T* xr = x + static_cast<size_t>(m) * ldx;
                 float s = acc[m];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    float a[4], c[4];
-                    load4(xr + k0[j] + e0[j], x_vec, a);
-                    load4(xr + k0[j] + e1[j], x_vec, c);
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        s = fmaf(wv[j][i], a[i], s);
-                        s = fmaf(wv[j][4 + i], c[i], s);
+                for (int u = 0; u < UU; ++u) {
+                    const uint32_t c = c0 + 32 * u;
+                    if (c < chunks) {
+                        const uint32_t blk = c / Q::LPB;
+                        s += Q::dot(wv[u], xq + static_cast<size_t>(m) * K + blk * Q::QK,
+                                    xds + static_cast<size_t>(m) * groups + blk * (Q::QK / 32));
                     }
                 }
                 acc[m] = s;
@@ -103,6 +102,28 @@ __device__ __forceinline__ void qgemv_impl(const uint8_t* __restrict__ w, const 
                 }
             }
         }
+    }
+}
+
+__device__ __forceinline__ void qcvt_bf16_f16_impl(const __nv_bfloat16* __restrict__ x, uint32_t ldx, uint32_t R,
+                                                   uint32_t K, __half* __restrict__ out) {
+    const size_t total = static_cast<size_t>(R) * K;
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const size_t r = i / K, k = i % K;
+        const float v = __bfloat162float(x[r * ldx + k]);
+        out[i] = __float2half_rn(fminf(fmaxf(v, -65504.f), 65504.f));
+    }
+}
+
+__device__ __forceinline__ void qepi_bf16_impl(const float* __restrict__ src, __nv_bfloat16* __restrict__ y,
+                                               uint32_t ldy, uint32_t R, uint32_t C, uint32_t accumulate) {
+    const size_t total = static_cast<size_t>(R) * C;
+    for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        __nv_bfloat16* yp = y + (i / C) * ldy + i % C;
+        const float v = src[i];
+        *yp = __float2bfloat16_rn(accumulate ? __bfloat162float(*yp) + v : v);
     }
 }
 
@@ -136,9 +157,15 @@ __device__ __forceinline__ void qdequant_impl(const uint8_t* __restrict__ w, con
 
 #define QGEMV(NAME, Q, T, MT)                                                                                  \
     extern "C" __global__ void __launch_bounds__(qmatmul_cu::WARPS * 32) NAME(const uint8_t* __restrict__ w, \
-        const T* __restrict__ x, void* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,     \
-        uint32_t row_bytes, uint32_t flags) {                                                                  \
-        qmatmul_cu::qgemv_impl<Q, T, MT>(w, x, y, M, N, K, ldx, ldy, row_bytes, flags);                        \
+        const int8_t* __restrict__ xq, const float2* __restrict__ xds, void* y, uint32_t M, uint32_t N,       \
+        uint32_t K, uint32_t ldy, uint32_t row_bytes, uint32_t flags) {                                        \
+        qmatmul_cu::qgemv_impl<Q, T, MT>(w, xq, xds, y, M, N, K, ldy, row_bytes, flags);                       \
+    }
+
+#define QQUANT_X(NAME, T)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(qmatmul_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
+        uint32_t M, uint32_t K, uint32_t ldx, int8_t* __restrict__ xq, float2* __restrict__ xds) {               \
+        qmatmul_cu::qquant_x_impl<T>(x, M, K, ldx, xq, xds);                                                     \
     }
 
 #define QDEQUANT(NAME, Q, T)                                                                            \
@@ -147,61 +174,75 @@ __device__ __forceinline__ void qdequant_impl(const uint8_t* __restrict__ w, con
         qmatmul_cu::qdequant_impl<Q, T>(w, ids, out, cols, row_bytes, rows_in);                         \
     }
 
+QQUANT_X(qquant_x_f32, float)
+QQUANT_X(qquant_x_bf16, __nv_bfloat16)
+QQUANT_X(qquant_x_f16, __half)
+
+extern "C" __global__ void qcvt_bf16_f16(const __nv_bfloat16* __restrict__ x, uint32_t ldx, uint32_t R, uint32_t K,
+                                         __half* __restrict__ out) {
+    qmatmul_cu::qcvt_bf16_f16_impl(x, ldx, R, K, out);
+}
+
+extern "C" __global__ void qepi_bf16(const float* __restrict__ src, __nv_bfloat16* __restrict__ y, uint32_t ldy,
+                                     uint32_t R, uint32_t C, uint32_t accumulate) {
+    qmatmul_cu::qepi_bf16_impl(src, y, ldy, R, C, accumulate);
+}
+
 // GEMV for up to 1, 4 and 16 rows of x per type and dtype; then dequantize.
-QGEMV(qgemv_q8_0_f32_m1, BlockQ8_0, float, 1)
-QGEMV(qgemv_q8_0_f32_m4, BlockQ8_0, float, 4)
-QGEMV(qgemv_q8_0_f32_m16, BlockQ8_0, float, 16)
-QGEMV(qgemv_q8_0_bf16_m1, BlockQ8_0, __nv_bfloat16, 1)
-QGEMV(qgemv_q8_0_bf16_m4, BlockQ8_0, __nv_bfloat16, 4)
-QGEMV(qgemv_q8_0_bf16_m16, BlockQ8_0, __nv_bfloat16, 16)
-QGEMV(qgemv_q8_0_f16_m1, BlockQ8_0, __half, 1)
-QGEMV(qgemv_q8_0_f16_m4, BlockQ8_0, __half, 4)
-QGEMV(qgemv_q8_0_f16_m16, BlockQ8_0, __half, 16)
-QGEMV(qgemv_q4_0_f32_m1, BlockQ4_0, float, 1)
-QGEMV(qgemv_q4_0_f32_m4, BlockQ4_0, float, 4)
-QGEMV(qgemv_q4_0_f32_m16, BlockQ4_0, float, 16)
-QGEMV(qgemv_q4_0_bf16_m1, BlockQ4_0, __nv_bfloat16, 1)
-QGEMV(qgemv_q4_0_bf16_m4, BlockQ4_0, __nv_bfloat16, 4)
-QGEMV(qgemv_q4_0_bf16_m16, BlockQ4_0, __nv_bfloat16, 16)
-QGEMV(qgemv_q4_0_f16_m1, BlockQ4_0, __half, 1)
-QGEMV(qgemv_q4_0_f16_m4, BlockQ4_0, __half, 4)
-QGEMV(qgemv_q4_0_f16_m16, BlockQ4_0, __half, 16)
-QGEMV(qgemv_q4_1_f32_m1, BlockQ4_1, float, 1)
-QGEMV(qgemv_q4_1_f32_m4, BlockQ4_1, float, 4)
-QGEMV(qgemv_q4_1_f32_m16, BlockQ4_1, float, 16)
-QGEMV(qgemv_q4_1_bf16_m1, BlockQ4_1, __nv_bfloat16, 1)
-QGEMV(qgemv_q4_1_bf16_m4, BlockQ4_1, __nv_bfloat16, 4)
-QGEMV(qgemv_q4_1_bf16_m16, BlockQ4_1, __nv_bfloat16, 16)
-QGEMV(qgemv_q4_1_f16_m1, BlockQ4_1, __half, 1)
-QGEMV(qgemv_q4_1_f16_m4, BlockQ4_1, __half, 4)
-QGEMV(qgemv_q4_1_f16_m16, BlockQ4_1, __half, 16)
-QGEMV(qgemv_q4_k_f32_m1, BlockQ4_K, float, 1)
-QGEMV(qgemv_q4_k_f32_m4, BlockQ4_K, float, 4)
-QGEMV(qgemv_q4_k_f32_m16, BlockQ4_K, float, 16)
-QGEMV(qgemv_q4_k_bf16_m1, BlockQ4_K, __nv_bfloat16, 1)
-QGEMV(qgemv_q4_k_bf16_m4, BlockQ4_K, __nv_bfloat16, 4)
-QGEMV(qgemv_q4_k_bf16_m16, BlockQ4_K, __nv_bfloat16, 16)
-QGEMV(qgemv_q4_k_f16_m1, BlockQ4_K, __half, 1)
-QGEMV(qgemv_q4_k_f16_m4, BlockQ4_K, __half, 4)
-QGEMV(qgemv_q4_k_f16_m16, BlockQ4_K, __half, 16)
-QGEMV(qgemv_q5_k_f32_m1, BlockQ5_K, float, 1)
-QGEMV(qgemv_q5_k_f32_m4, BlockQ5_K, float, 4)
-QGEMV(qgemv_q5_k_f32_m16, BlockQ5_K, float, 16)
-QGEMV(qgemv_q5_k_bf16_m1, BlockQ5_K, __nv_bfloat16, 1)
-QGEMV(qgemv_q5_k_bf16_m4, BlockQ5_K, __nv_bfloat16, 4)
-QGEMV(qgemv_q5_k_bf16_m16, BlockQ5_K, __nv_bfloat16, 16)
-QGEMV(qgemv_q5_k_f16_m1, BlockQ5_K, __half, 1)
-QGEMV(qgemv_q5_k_f16_m4, BlockQ5_K, __half, 4)
-QGEMV(qgemv_q5_k_f16_m16, BlockQ5_K, __half, 16)
-QGEMV(qgemv_q6_k_f32_m1, BlockQ6_K, float, 1)
-QGEMV(qgemv_q6_k_f32_m4, BlockQ6_K, float, 4)
-QGEMV(qgemv_q6_k_f32_m16, BlockQ6_K, float, 16)
-QGEMV(qgemv_q6_k_bf16_m1, BlockQ6_K, __nv_bfloat16, 1)
-QGEMV(qgemv_q6_k_bf16_m4, BlockQ6_K, __nv_bfloat16, 4)
-QGEMV(qgemv_q6_k_bf16_m16, BlockQ6_K, __nv_bfloat16, 16)
-QGEMV(qgemv_q6_k_f16_m1, BlockQ6_K, __half, 1)
-QGEMV(qgemv_q6_k_f16_m4, BlockQ6_K, __half, 4)
-QGEMV(qgemv_q6_k_f16_m16, BlockQ6_K, __half, 16)
+QGEMV(qgemv_q8_0_f32_m1, DotQ8_0, float, 1)
+QGEMV(qgemv_q8_0_f32_m4, DotQ8_0, float, 4)
+QGEMV(qgemv_q8_0_f32_m16, DotQ8_0, float, 16)
+QGEMV(qgemv_q8_0_bf16_m1, DotQ8_0, __nv_bfloat16, 1)
+QGEMV(qgemv_q8_0_bf16_m4, DotQ8_0, __nv_bfloat16, 4)
+QGEMV(qgemv_q8_0_bf16_m16, DotQ8_0, __nv_bfloat16, 16)
+QGEMV(qgemv_q8_0_f16_m1, DotQ8_0, __half, 1)
+QGEMV(qgemv_q8_0_f16_m4, DotQ8_0, __half, 4)
+QGEMV(qgemv_q8_0_f16_m16, DotQ8_0, __half, 16)
+QGEMV(qgemv_q4_0_f32_m1, DotQ4_0, float, 1)
+QGEMV(qgemv_q4_0_f32_m4, DotQ4_0, float, 4)
+QGEMV(qgemv_q4_0_f32_m16, DotQ4_0, float, 16)
+QGEMV(qgemv_q4_0_bf16_m1, DotQ4_0, __nv_bfloat16, 1)
+QGEMV(qgemv_q4_0_bf16_m4, DotQ4_0, __nv_bfloat16, 4)
+QGEMV(qgemv_q4_0_bf16_m16, DotQ4_0, __nv_bfloat16, 16)
+QGEMV(qgemv_q4_0_f16_m1, DotQ4_0, __half, 1)
+QGEMV(qgemv_q4_0_f16_m4, DotQ4_0, __half, 4)
+QGEMV(qgemv_q4_0_f16_m16, DotQ4_0, __half, 16)
+QGEMV(qgemv_q4_1_f32_m1, DotQ4_1, float, 1)
+QGEMV(qgemv_q4_1_f32_m4, DotQ4_1, float, 4)
+QGEMV(qgemv_q4_1_f32_m16, DotQ4_1, float, 16)
+QGEMV(qgemv_q4_1_bf16_m1, DotQ4_1, __nv_bfloat16, 1)
+QGEMV(qgemv_q4_1_bf16_m4, DotQ4_1, __nv_bfloat16, 4)
+QGEMV(qgemv_q4_1_bf16_m16, DotQ4_1, __nv_bfloat16, 16)
+QGEMV(qgemv_q4_1_f16_m1, DotQ4_1, __half, 1)
+QGEMV(qgemv_q4_1_f16_m4, DotQ4_1, __half, 4)
+QGEMV(qgemv_q4_1_f16_m16, DotQ4_1, __half, 16)
+QGEMV(qgemv_q4_k_f32_m1, DotQ4_K, float, 1)
+QGEMV(qgemv_q4_k_f32_m4, DotQ4_K, float, 4)
+QGEMV(qgemv_q4_k_f32_m16, DotQ4_K, float, 16)
+QGEMV(qgemv_q4_k_bf16_m1, DotQ4_K, __nv_bfloat16, 1)
+QGEMV(qgemv_q4_k_bf16_m4, DotQ4_K, __nv_bfloat16, 4)
+QGEMV(qgemv_q4_k_bf16_m16, DotQ4_K, __nv_bfloat16, 16)
+QGEMV(qgemv_q4_k_f16_m1, DotQ4_K, __half, 1)
+QGEMV(qgemv_q4_k_f16_m4, DotQ4_K, __half, 4)
+QGEMV(qgemv_q4_k_f16_m16, DotQ4_K, __half, 16)
+QGEMV(qgemv_q5_k_f32_m1, DotQ5_K, float, 1)
+QGEMV(qgemv_q5_k_f32_m4, DotQ5_K, float, 4)
+QGEMV(qgemv_q5_k_f32_m16, DotQ5_K, float, 16)
+QGEMV(qgemv_q5_k_bf16_m1, DotQ5_K, __nv_bfloat16, 1)
+QGEMV(qgemv_q5_k_bf16_m4, DotQ5_K, __nv_bfloat16, 4)
+QGEMV(qgemv_q5_k_bf16_m16, DotQ5_K, __nv_bfloat16, 16)
+QGEMV(qgemv_q5_k_f16_m1, DotQ5_K, __half, 1)
+QGEMV(qgemv_q5_k_f16_m4, DotQ5_K, __half, 4)
+QGEMV(qgemv_q5_k_f16_m16, DotQ5_K, __half, 16)
+QGEMV(qgemv_q6_k_f32_m1, DotQ6_K, float, 1)
+QGEMV(qgemv_q6_k_f32_m4, DotQ6_K, float, 4)
+QGEMV(qgemv_q6_k_f32_m16, DotQ6_K, float, 16)
+QGEMV(qgemv_q6_k_bf16_m1, DotQ6_K, __nv_bfloat16, 1)
+QGEMV(qgemv_q6_k_bf16_m4, DotQ6_K, __nv_bfloat16, 4)
+QGEMV(qgemv_q6_k_bf16_m16, DotQ6_K, __nv_bfloat16, 16)
+QGEMV(qgemv_q6_k_f16_m1, DotQ6_K, __half, 1)
+QGEMV(qgemv_q6_k_f16_m4, DotQ6_K, __half, 4)
+QGEMV(qgemv_q6_k_f16_m16, DotQ6_K, __half, 16)
 QDEQUANT(qdequant_q8_0_f32, BlockQ8_0, float)
 QDEQUANT(qdequant_q8_0_bf16, BlockQ8_0, __nv_bfloat16)
 QDEQUANT(qdequant_q8_0_f16, BlockQ8_0, __half)
@@ -222,4 +263,5 @@ QDEQUANT(qdequant_q6_k_bf16, BlockQ6_K, __nv_bfloat16)
 QDEQUANT(qdequant_q6_k_f16, BlockQ6_K, __half)
 
 #undef QGEMV
+#undef QQUANT_X
 #undef QDEQUANT

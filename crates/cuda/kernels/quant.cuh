@@ -149,3 +149,232 @@ struct BlockQ6_K {
         e1 = e0 + 4;
     }
 };
+
+// ---------------------------------------------------------------------------------------
+// Integer dot products against 8-bit activations (the decode GEMV, qmatmul.cu).
+//
+// x is quantized once per matmul input (qmatmul.cu `qquant_x`) to q8_1 in two arrays:
+// xq int8 [M, K] (row-major, rows 16-byte aligned) and xds float2 [M, K / 32]: per 32
+// elements (d, d * sum(q)) with x ~= d q. Each block type below splits one weight block
+// into LPB lane chunks: `load(block, s)` reads chunk s's bytes (the widest loads its
+// alignment allows: 16 bytes for Q4_K / Q5_K, 4 for Q4_1, 2 for the 2-byte-aligned Q8_0,
+// Q4_0 and Q6_K), `dot(w, xq, xds)` is the chunk's contribution with xq / xds at the block's
+// first element / 32-element group of one x row; dp4a does four byte products a step.
+// Summed over a block's LPB chunks, `dot` is sum_k dequant(w)[k] * d_x q_x[k].
+namespace quant_cuh {
+
+__device__ __forceinline__ uint32_t ld16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+__device__ __forceinline__ int ld_i32_2(const uint8_t* p) { return static_cast<int>(ld32_2(p)); }
+__device__ __forceinline__ float2 ld_half2(const uint8_t* p) {
+    return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+__device__ __forceinline__ int dot4(const int4& a, const int4& b, int s) {
+    s = __dp4a(a.x, b.x, s);
+    s = __dp4a(a.y, b.y, s);
+    s = __dp4a(a.z, b.z, s);
+    return __dp4a(a.w, b.w, s);
+}
+__device__ __forceinline__ int4 and4(const int4& a, int m) { return make_int4(a.x & m, a.y & m, a.z & m, a.w & m); }
+__device__ __forceinline__ int4 shr4(const int4& a, int s) {
+    return make_int4(static_cast<int>(static_cast<uint32_t>(a.x) >> s), static_cast<int>(static_cast<uint32_t>(a.y) >> s),
+                     static_cast<int>(static_cast<uint32_t>(a.z) >> s), static_cast<int>(static_cast<uint32_t>(a.w) >> s));
+}
+__device__ __forceinline__ int4 shl4(const int4& a, int s) {
+    return make_int4(a.x << s, a.y << s, a.z << s, a.w << s);
+}
+__device__ __forceinline__ int4 or4(const int4& a, const int4& b) {
+    return make_int4(a.x | b.x, a.y | b.y, a.z | b.z, a.w | b.w);
+}
+// N consecutive 32-bit words at a 2-byte-aligned address. W4: as N + 1 aligned words
+// joined by funnel shifts (the CUDA upload pads 16 bytes past the last block, so the extra
+// word stays inside the allocation); else as 2N 16-bit loads.
+template <bool W4, int N>
+__device__ __forceinline__ void ld_words_2(const uint8_t* p, int (&out)[N]) {
+    if constexpr (W4) {
+        const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(a & ~static_cast<uintptr_t>(3));
+        const uint32_t sh = static_cast<uint32_t>(a & 2) * 8;
+        uint32_t v[N + 1];
+#pragma unroll
+        for (int i = 0; i <= N; ++i) v[i] = w[i];
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = static_cast<int>(__funnelshift_r(v[i], v[i + 1], sh));
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = ld_i32_2(p + 4 * i);
+    }
+}
+__device__ __forceinline__ int4 ld_x16(const int8_t* p) { return *reinterpret_cast<const int4*>(p); }
+__device__ __forceinline__ int2 ld_x8(const int8_t* p) { return *reinterpret_cast<const int2*>(p); }
+
+}  // namespace quant_cuh
+
+// Q8_0: 2 chunks of 16 elements (qs bytes 16s..16s+16 at block offset 2 + 16s).
+template <bool W4>
+struct DotQ8_0T {
+    static constexpr int QK = 32, BYTES = 34, LPB = 2;
+    struct W {
+        int4 q;
+        float d;
+        int s;
+    };
+    static __device__ __forceinline__ W load(const uint8_t* b, int s) {
+        int q[4];
+        quant_cuh::ld_words_2<W4>(b + 2 + 16 * s, q);
+        return {make_int4(q[0], q[1], q[2], q[3]), quant_cuh::f16_at(b), s};
+    }
+    static __device__ __forceinline__ float dot(const W& w, const int8_t* xq, const float2* xds) {
+        const int sumi = quant_cuh::dot4(w.q, quant_cuh::ld_x16(xq + 16 * w.s), 0);
+        return w.d * xds[0].x * static_cast<float>(sumi);
+    }
+};
+
+// Q4_0 / Q4_1: 2 chunks; chunk s has qs bytes 8s..8s+8: low nibbles are elements 8s..8s+8,
+// high nibbles 16 + 8s..; (q - 8) d (Q4_0) or q d + m (Q4_1). The offset term uses the
+// x group's d * sum(q), half of it per chunk.
+template <bool ONE, bool W4>
+struct DotQ4_01 {
+    static constexpr int QK = 32, BYTES = ONE ? 20 : 18, LPB = 2;
+    struct W {
+        int q0, q1;
+        float2 dm;  // (d, m) (m = 0 for Q4_0)
+        int s;
+    };
+    static __device__ __forceinline__ W load(const uint8_t* b, int s) {
+        using namespace quant_cuh;
+        if constexpr (ONE) {
+            const uint8_t* p = b + 4 + 8 * s;
+            return {static_cast<int>(ld32_4(p)), static_cast<int>(ld32_4(p + 4)), ld_half2(b), s};
+        } else {
+            int q[2];
+            ld_words_2<W4>(b + 2 + 8 * s, q);
+            return {q[0], q[1], make_float2(f16_at(b), 0.f), s};
+        }
+    }
+    static __device__ __forceinline__ float dot(const W& w, const int8_t* xq, const float2* xds) {
+        const int2 lo = quant_cuh::ld_x8(xq + 8 * w.s), hi = quant_cuh::ld_x8(xq + 16 + 8 * w.s);
+        int sumi = __dp4a(w.q0 & 0x0F0F0F0F, lo.x, 0);
+        sumi = __dp4a(w.q1 & 0x0F0F0F0F, lo.y, sumi);
+        sumi = __dp4a((w.q0 >> 4) & 0x0F0F0F0F, hi.x, sumi);
+        sumi = __dp4a((w.q1 >> 4) & 0x0F0F0F0F, hi.y, sumi);
+        const float2 ds = xds[0];
+        if constexpr (ONE) return w.dm.x * ds.x * static_cast<float>(sumi) + 0.5f * w.dm.y * ds.y;
+        else return w.dm.x * (ds.x * static_cast<float>(sumi) - 4.f * ds.y);
+    }
+};
+// The 2-byte-aligned types read aligned words (the sweep measured both; see qmatmul.rs).
+constexpr bool QUANT_W4 = true;
+using DotQ8_0 = DotQ8_0T<QUANT_W4>;
+using DotQ4_0 = DotQ4_01<false, QUANT_W4>;
+using DotQ4_1 = DotQ4_01<true, false>;
+
+// Q4_K / Q5_K: 8 chunks of 32 elements; chunk s is qs bytes 16s..16s+16 (one 16-byte
+// load): chunk c = s / 2 of 64 elements, l0 = 16 (s % 2): low nibbles are elements
+// 64c + l0.. (sub-block 2c, x group 2c), high nibbles 64c + 32 + l0.. (sub-block 2c + 1);
+// Q5_K's fifth bits from qh bytes l0..l0+16 (bits 2c, 2c + 1). The 6-bit scales / mins of
+// the two sub-blocks come from three 16-bit words of the 12 scale bytes.
+template <bool FIVE>
+struct DotQ45_K {
+    static constexpr int QK = 256, BYTES = FIVE ? 176 : 144, LPB = 8;
+    struct W {
+        int4 q, h;
+        float d1, m1, d2, m2;  // d * scale and dmin * min of sub-blocks 2c, 2c + 1
+        int s;
+    };
+    static __device__ __forceinline__ W load(const uint8_t* b, int s) {
+        using namespace quant_cuh;
+        const int c = s >> 1, l0 = 16 * (s & 1);
+        W w;
+        w.q = *reinterpret_cast<const int4*>(b + (FIVE ? 48 : 16) + 16 * s);
+        w.h = FIVE ? *reinterpret_cast<const int4*>(b + 16 + l0) : make_int4(0, 0, 0, 0);
+        const float2 dm = ld_half2(b);
+        const uint8_t* sc = b + 4;
+        const uint32_t a = ld16(sc + 2 * c), hi = ld16(sc + 2 * c + 4);
+        uint32_t s1, s2, m1, m2;
+        if (c < 2) {
+            s1 = a & 63, s2 = (a >> 8) & 63, m1 = hi & 63, m2 = (hi >> 8) & 63;
+        } else {
+            const uint32_t lo = ld16(sc + 2 * c - 4);
+            s1 = (hi & 0xF) | (((lo >> 6) & 3) << 4);
+            s2 = ((hi >> 8) & 0xF) | (((lo >> 14) & 3) << 4);
+            m1 = ((hi >> 4) & 0xF) | (((a >> 6) & 3) << 4);
+            m2 = ((hi >> 12) & 0xF) | (((a >> 14) & 3) << 4);
+        }
+        w.d1 = dm.x * static_cast<float>(s1), w.m1 = dm.y * static_cast<float>(m1);
+        w.d2 = dm.x * static_cast<float>(s2), w.m2 = dm.y * static_cast<float>(m2);
+        w.s = s;
+        return w;
+    }
+    static __device__ __forceinline__ float dot(const W& w, const int8_t* xq, const float2* xds) {
+        using namespace quant_cuh;
+        const int c = w.s >> 1, l0 = 16 * (w.s & 1);
+        int4 lo = and4(w.q, 0x0F0F0F0F), hi = and4(shr4(w.q, 4), 0x0F0F0F0F);
+        if constexpr (FIVE) {
+            // bits 2c / 2c + 1 of each qh byte, moved to bit 4 (worth 16)
+            lo = or4(lo, shl4(and4(shr4(w.h, 2 * c), 0x01010101), 4));
+            hi = or4(hi, shl4(and4(shr4(w.h, 2 * c + 1), 0x01010101), 4));
+        }
+        const int4 xl = ld_x16(xq + 64 * c + l0), xh = ld_x16(xq + 64 * c + 32 + l0);
+        const int ones = 0x01010101;
+        const int sl = dot4(lo, xl, 0), sh = dot4(hi, xh, 0);
+        const int ul = dot4(make_int4(ones, ones, ones, ones), xl, 0), uh = dot4(make_int4(ones, ones, ones, ones), xh, 0);
+        const float dl = xds[2 * c].x, dh = xds[2 * c + 1].x;
+        return dl * (w.d1 * static_cast<float>(sl) - w.m1 * static_cast<float>(ul)) +
+               dh * (w.d2 * static_cast<float>(sh) - w.m2 * static_cast<float>(uh));
+    }
+};
+using DotQ4_K = DotQ45_K<false>;
+using DotQ5_K = DotQ45_K<true>;
+
+// Q6_K: 8 chunks of 32 elements; chunk s is half h = s / 4 (128 elements), l = 8 (s % 4)..+8
+// of each of its four runs r (elements 128h + 32r + l.., scale 8h + 2r + l / 16, x group
+// 4h + r): ql bytes 64h + l.. (runs 0 / 2: low / high nibbles) and 64h + 32 + l.. (runs
+// 1 / 3), qh bytes 32h + l.. (bits 2r, 2r + 1); the 6-bit values are offset by 32.
+template <bool W4>
+struct DotQ6_KT {
+    static constexpr int QK = 256, BYTES = 210, LPB = 8;
+    struct W {
+        int a0, a1, b0, b1, h0, h1;  // ql at l (runs 0, 2), ql at 32 + l (runs 1, 3), qh
+        float ds[4];                 // d * scale of each run
+        int s;
+    };
+    static __device__ __forceinline__ W load(const uint8_t* b, int s) {
+        using namespace quant_cuh;
+        const int h = s >> 2, l = 8 * (s & 3);
+        const uint8_t* ql = b + 64 * h + l;
+        const uint8_t* qh = b + 128 + 32 * h + l;
+        W w;
+        int a[2], c[2], e[2], sc[2];
+        ld_words_2<W4>(ql, a);
+        ld_words_2<W4>(ql + 32, c);
+        ld_words_2<W4>(qh, e);
+        ld_words_2<W4>(b + 192 + 8 * h, sc);  // the half's 8 scales
+        w.a0 = a[0], w.a1 = a[1], w.b0 = c[0], w.b1 = c[1], w.h0 = e[0], w.h1 = e[1];
+        const float d = f16_at(b + 208);
+        const int pick = 8 * (l >> 4);  // scale 2r + l / 16: byte 2 (r % 2) + l / 16 of word r / 2
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const uint32_t v = static_cast<uint32_t>(sc[r >> 1]) >> (16 * (r & 1) + pick);
+            w.ds[r] = d * static_cast<float>(static_cast<int8_t>(v & 0xFF));
+        }
+        w.s = s;
+        return w;
+    }
+    static __device__ __forceinline__ float dot(const W& w, const int8_t* xq, const float2* xds) {
+        using namespace quant_cuh;
+        const int h = w.s >> 2, l = 8 * (w.s & 3);
+        float acc = 0.f;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int src0 = (r & 1) ? w.b0 : w.a0, src1 = (r & 1) ? w.b1 : w.a1;
+            const int sh = r >= 2 ? 4 : 0;
+            const int v0 = __vsubss4(((src0 >> sh) & 0x0F0F0F0F) | (((w.h0 >> (2 * r)) & 0x03030303) << 4), 0x20202020);
+            const int v1 = __vsubss4(((src1 >> sh) & 0x0F0F0F0F) | (((w.h1 >> (2 * r)) & 0x03030303) << 4), 0x20202020);
+            const int2 x = ld_x8(xq + 128 * h + 32 * r + l);
+            const int sumi = __dp4a(v1, x.y, __dp4a(v0, x.x, 0));
+            acc = fmaf(w.ds[r] * xds[4 * h + r].x, static_cast<float>(sumi), acc);
+        }
+        return acc;
+    }
+};
+using DotQ6_K = DotQ6_KT<QUANT_W4>;

@@ -88,7 +88,8 @@ fn decode_splits(columns: usize, slots: usize) -> usize {
 pub struct Cuda {
     dev: CudaDevice,
     attn: Arc<AttentionWorkspace>,
-    /// The prefill scratch of quantized matmuls (qmatmul.rs), sized by `upload_quant`.
+    /// The scratch of quantized matmuls (q8_1 activations, prefill chunks; qmatmul.rs),
+    /// sized by `upload_quant`.
     pub(crate) quant: Arc<crate::qmatmul::QuantScratch>,
 }
 

@@ -176,6 +176,11 @@ pub struct Kernels {
     pub qgemv: [[[Kernel; 3]; 3]; 6],
     /// qmatmul.cu `qdequant_<type>_<dtype>`: `[type][dtype]`, quantized rows to floats.
     pub qdequant: [[Kernel; 3]; 6],
+    /// qmatmul.cu `qquant_x_<dtype>`: GEMV activations to q8_1 (int8 + per-32 scales).
+    pub qquant_x: [Kernel; 3],
+    /// qmatmul.cu `qcvt_bf16_f16` / `qepi_bf16`: the bf16 prefill path's f16 GEMM in and out.
+    pub qcvt_bf16_f16: Kernel,
+    pub qepi_bf16: Kernel,
 }
 
 impl Kernels {
@@ -232,6 +237,9 @@ impl Kernels {
                 .try_into()
                 .unwrap_or_else(|_| panic!("six block types")),
             qdequant: vec_to_array(table(&QDEQUANT)?),
+            qquant_x: three(per_dtype!("qquant_x"))?,
+            qcvt_bf16_f16: one("qcvt_bf16_f16")?,
+            qepi_bf16: one("qepi_bf16")?,
         })
     }
 
@@ -264,6 +272,8 @@ impl Kernels {
         }
         v.extend(self.qgemv.iter().flatten().flatten());
         v.extend(self.qdequant.iter().flatten());
+        v.extend(self.qquant_x.iter());
+        v.extend([&self.qcvt_bf16_f16, &self.qepi_bf16]);
         v
     }
 }

@@ -1,40 +1,74 @@
 //! Launchers of `kernels/qmatmul.cu`: [`encore_tensor::Backend::qmatmul`],
 //! `qembedding` and `upload_quant` for [`Cuda`], on weights that stay in their ggml blocks.
 //!
-//! - Decode (M <= 16 rows of x): `qgemv_<type>_<dtype>_m<tier>`, the weights dequantized in
-//!   registers, read once for all rows.
-//! - Prefill (M > 16): the weight is dequantized, a chunk of rows at a time, into one scratch
-//!   buffer in x's dtype, and each chunk's columns of the output are a cuBLAS GEMM. The
-//!   scratch is allocated by `upload_quant`, i.e. at load: a forward pass allocates
-//!   nothing, and a captured graph holds kernels (and cuBLAS's) only.
+//! - Decode (M <= 16 rows of x): `qquant_x` turns x into 8-bit q8_1 activations once, then
+//!   `qgemv_<type>_<dtype>_m<tier>` takes integer dot products (dp4a) with the blocks, read
+//!   once for all rows (llama.cpp's MMVQ scheme; the sweep in `crates/cuda/dev/` measured it
+//!   against the dequantize-in-registers kernel it replaced).
+//! - Prefill (M > 16): the weight is dequantized, a chunk of rows at a time, into a scratch
+//!   in f16 (f32 for f32 x), and each chunk's columns of the output are a cuBLAS GEMM; bf16
+//!   x is converted to f16 rows for it (f16 holds `d * q` with 11 significant bits, bf16 with
+//!   8: llama.cpp also runs its dequantized GEMMs in f16), the f32 result written back.
 //! - `qembedding`: `qdequant_<type>_<dtype>` over the looked-up rows.
 //!
-//! Grids depend on shapes only, never on device data, so every launch can be captured.
+//! One scratch per device holds all of that (regions carved per call); `upload_quant`
+//! sizes it from the quantized bytes uploaded so far (1/32 of them, 1 to 64 MiB, at least
+//! what one row needs), i.e. at load: a forward pass allocates nothing, and a captured graph
+//! holds kernels (and cuBLAS's) only. Grids depend on shapes only, never on device data.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
 
 use encore_tensor::check::{self, MatOperand, MatmulDims};
-use encore_tensor::{DType, Error, HostQTensor, QTensor, QuantType, Result, Tensor};
+use encore_tensor::{Backend, DType, Error, HostQTensor, QTensor, QuantType, Result, Tensor};
 
 use crate::device::DeviceBuffer;
 use crate::kernels::{float_index, Kernel, QGEMV_TIERS};
 use crate::Cuda;
 
-/// qmatmul.cu: `WARPS` warps (one weight row each) per block.
+/// qmatmul.cu: `WARPS` warps (one weight row, or one 32-element group of x, each) per block.
 const QGEMV_WARPS: u32 = 4;
-/// Threads per block of `qdequant`.
+/// Threads per block of `qdequant` and of the prefill helpers.
 const QDEQUANT_THREADS: u32 = 128;
+/// Blocks of the grid-stride prefill helpers (`qcvt_bf16_f16`, `qepi_bf16`).
+const HELPER_BLOCKS: u32 = 1024;
 /// The most rows of x the GEMV kernels take.
 pub const QGEMV_MAX_M: usize = 16;
-/// Largest prefill scratch: the weight is dequantized in chunks of rows this size holds.
+/// Scratch bounds: 1/32 of the quantized bytes, within [MIN, MAX].
+const SCRATCH_MIN_BYTES: usize = 1 << 20;
 const SCRATCH_MAX_BYTES: usize = 64 << 20;
+/// Region alignment inside the scratch.
+const ALIGN: usize = 256;
+/// Zero bytes `upload_quant` leaves past the last block (read by the GEMV's word loads).
+const TAIL_BYTES: usize = 16;
 
-/// The prefill path's dequantize buffer, shared by every quantized weight of the device
-/// (its launches are ordered on the device's one stream, so reuse needs no sync).
+/// The scratch of quantized matmuls, shared by every quantized weight of the device (its
+/// launches are ordered on the device's one stream, so reuse needs no sync).
 #[derive(Default)]
 pub(crate) struct QuantScratch {
-    buf: Mutex<Option<DeviceBuffer>>,
+    state: Mutex<ScratchState>,
+}
+
+#[derive(Default)]
+struct ScratchState {
+    buf: Option<DeviceBuffer>,
+    /// Quantized bytes uploaded so far (the scratch's share is taken of them).
+    uploaded: usize,
+}
+
+fn align(v: usize) -> usize {
+    v.div_ceil(ALIGN) * ALIGN
+}
+
+/// Bytes the GEMV's q8_1 activations take: xq [M, K] i8 and xds [M, K / 32] float2.
+fn q8_bytes(m: usize, k: usize) -> usize {
+    align(m * k) + align(m * (k / 32) * 8)
+}
+
+/// The least scratch a weight of `k` columns needs: decode at M = 16, and a prefill of one
+/// f32 weight row, one f16 x row and its output.
+fn scratch_floor(k: usize) -> usize {
+    q8_bytes(QGEMV_MAX_M, k).max(align(k * 4) + align(k * 2) + 4 * ALIGN)
 }
 
 fn type_index(t: QuantType) -> usize {
@@ -81,15 +115,23 @@ impl Cuda {
         Ok(())
     }
 
-    /// Upload the blocks as they are, and grow the prefill scratch to hold the weight in
-    /// f32 (capped at [`SCRATCH_MAX_BYTES`], at least one row): allocation at load only.
+    /// Upload the blocks as they are, and grow the scratch to the share of the quantized
+    /// bytes uploaded so far (see the module doc): allocation at load only.
     pub(crate) fn upload_quant_blocks(&self, host: &HostQTensor) -> Result<QTensor<Cuda>> {
-        let q = QTensor::upload(self, host)?;
-        let want = (host.rows * host.cols * 4).min(SCRATCH_MAX_BYTES).max(host.cols * 4);
-        let mut buf = self.quant.buf.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.as_ref().is_none_or(|b| b.bytes() < want) {
-            *buf = None; // free the smaller one first
-            *buf = Some(self.device().alloc(want)?);
+        // 16 zero bytes past the last block: the GEMV reads 2-byte-aligned chunks as whole
+        // aligned words, the last of which may end up to 4 bytes past its chunk
+        let mut words = host.to_words();
+        words.data.resize(words.data.len() + TAIL_BYTES, 0);
+        words.dims = vec![words.data.len() / 4];
+        let q = QTensor::new(self.tensor(&words)?, host.qtype, host.rows, host.cols)?;
+        let mut st = self.quant.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.uploaded += host.data.len();
+        let floor = scratch_floor(host.cols);
+        let want = (st.uploaded / 32).clamp(SCRATCH_MIN_BYTES, SCRATCH_MAX_BYTES).max(floor);
+        // regrow only by a quarter or more (or below the floor): few reallocations
+        if st.buf.as_ref().is_none_or(|b| b.bytes() < floor || b.bytes() * 4 < want * 3) {
+            st.buf = None; // free the smaller one first
+            st.buf = Some(self.device().alloc(want)?);
         }
         Ok(q)
     }
@@ -108,36 +150,95 @@ impl Cuda {
             return Ok(());
         }
         let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
-        let t = type_index(w.qtype());
+        let st = self.quant.state.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = st.buf.as_ref().ok_or_else(|| Error::InvalidArgument {
+            op: OP,
+            msg: format!("{w:?} has no scratch: upload quantized weights with Backend::upload_quant"),
+        })?;
         if d.m <= QGEMV_MAX_M {
-            let tier = QGEMV_TIERS.iter().position(|&mt| d.m <= mt).expect("m <= the largest tier");
-            let es = x.dtype().size_in_bytes();
-            let xp = at(x);
-            // 4-element vector loads of x: the rows' starts aligned to 4 elements
-            let x_vec = xp % (4 * es) as u64 == 0 && (d.x.row_stride * es) % (4 * es) == 0;
-            let y_f32 = dst.dtype() == DType::F32 && x.dtype() != DType::F32;
-            let flags = accumulate as u32 | (y_f32 as u32) << 1 | (x_vec as u32) << 2;
-            let args = [
-                Arg::Ptr(w.data().storage().ptr() + w.byte_offset() as u64),
-                Arg::Ptr(xp),
-                Arg::Ptr(at(dst)),
-                Arg::U32(d.m as u32),
-                Arg::U32(u32_of(OP, "rows of w", d.n)?),
-                Arg::U32(u32_of(OP, "inner dim", d.k)?),
-                Arg::U32(u32_of(OP, "x row stride", d.x.row_stride)?),
-                Arg::U32(u32_of(OP, "dst row stride", d.dst.row_stride)?),
-                Arg::U32(u32_of(OP, "row bytes", w.row_bytes())?),
-                Arg::U32(flags),
-            ];
-            let kernel = &self.device().kernels().qgemv[t][dt][tier];
-            let grid = u32_of(OP, "blocks", d.n.div_ceil(QGEMV_WARPS as usize))?;
-            return self.quant_launch(kernel, grid, QGEMV_WARPS * 32, &args);
+            return self.qgemv(x, w, dst, accumulate, &d, dt, scratch);
         }
-        self.qmatmul_prefill(x, w, dst, accumulate, &d)
+        self.qmatmul_prefill(x, w, dst, accumulate, &d, scratch)
     }
 
-    /// M > 16: dequantize chunks of w's rows into the scratch (x's dtype), one cuBLAS GEMM
-    /// per chunk into its columns of dst.
+    /// M <= 16: x to q8_1 in the scratch, then the integer-dot GEMV.
+    #[allow(clippy::too_many_arguments)]
+    fn qgemv(
+        &self,
+        x: &Tensor<Cuda>,
+        w: &QTensor<Cuda>,
+        dst: &Tensor<Cuda>,
+        accumulate: bool,
+        d: &check::QMatmulDims,
+        dt: usize,
+        scratch: &DeviceBuffer,
+    ) -> Result<()> {
+        const OP: &str = "qmatmul";
+        let need = q8_bytes(d.m, d.k);
+        if scratch.bytes() < need {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("{w:?}: scratch of {} bytes, the GEMV needs {need}", scratch.bytes()),
+            });
+        }
+        // the dot products' weight loads: 16 bytes (Q4_K / Q5_K), 4 (Q4_1) or 2
+        let wp = w.data().storage().ptr() + w.byte_offset() as u64;
+        let wal = match w.qtype() {
+            QuantType::Q4_K | QuantType::Q5_K => 16,
+            QuantType::Q4_1 => 4,
+            _ => 2,
+        };
+        if wp % wal as u64 != 0 || w.row_bytes() % wal != 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("{w:?}: blocks at byte {} are not {wal}-byte aligned", w.byte_offset()),
+            });
+        }
+        // 2-byte-aligned types are read as whole aligned words: 4 bytes past the blocks
+        let end = w.byte_offset() + w.bytes() + if wal == 2 { 4 } else { 0 };
+        if w.data().storage().bytes() < end {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("{w:?}: the GEMV reads to byte {end} of its storage (upload it with upload_quant)"),
+            });
+        }
+        let (xq, xds) = (scratch.ptr(), scratch.ptr() + align(d.m * d.k) as u64);
+        let k = u32_of(OP, "inner dim", d.k)?;
+        let quant_args = [
+            Arg::Ptr(at(x)),
+            Arg::U32(d.m as u32),
+            Arg::U32(k),
+            Arg::U32(u32_of(OP, "x row stride", d.x.row_stride)?),
+            Arg::Ptr(xq),
+            Arg::Ptr(xds),
+        ];
+        let groups = u32_of(OP, "x groups", d.m * d.k / 32)?;
+        let kernels = self.device().kernels();
+        self.quant_launch(&kernels.qquant_x[dt], groups.div_ceil(QGEMV_WARPS), QGEMV_WARPS * 32, &quant_args)?;
+        let tier = QGEMV_TIERS.iter().position(|&mt| d.m <= mt).expect("m <= the largest tier");
+        let y_f32 = dst.dtype() == DType::F32 && x.dtype() != DType::F32;
+        let flags = accumulate as u32 | (y_f32 as u32) << 1;
+        let args = [
+            Arg::Ptr(wp),
+            Arg::Ptr(xq),
+            Arg::Ptr(xds),
+            Arg::Ptr(at(dst)),
+            Arg::U32(d.m as u32),
+            Arg::U32(u32_of(OP, "rows of w", d.n)?),
+            Arg::U32(k),
+            Arg::U32(u32_of(OP, "dst row stride", d.dst.row_stride)?),
+            Arg::U32(u32_of(OP, "row bytes", w.row_bytes())?),
+            Arg::U32(flags),
+        ];
+        let kernel = &kernels.qgemv[type_index(w.qtype())][dt][tier];
+        let grid = u32_of(OP, "blocks", d.n.div_ceil(QGEMV_WARPS as usize))?;
+        self.quant_launch(kernel, grid, QGEMV_WARPS * 32, &args)
+    }
+
+    /// M > 16: dequantize chunks of w's rows into the scratch (f16 for bf16 / f16 x, f32
+    /// for f32 x), one cuBLAS GEMM per chunk into its columns of dst; bf16 x goes through
+    /// f16 copies of a chunk of its rows and an f32 result (written back by `qepi_bf16`)
+    /// unless dst is f32.
     fn qmatmul_prefill(
         &self,
         x: &Tensor<Cuda>,
@@ -145,48 +246,82 @@ impl Cuda {
         dst: &Tensor<Cuda>,
         accumulate: bool,
         d: &check::QMatmulDims,
+        scratch: &DeviceBuffer,
     ) -> Result<()> {
         const OP: &str = "qmatmul";
-        let es = x.dtype().size_in_bytes();
-        let guard = self.quant.buf.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch = guard.as_ref().filter(|b| b.bytes() >= d.k * es).ok_or_else(|| Error::InvalidArgument {
-            op: OP,
-            msg: format!("{w:?} has no prefill scratch: upload quantized weights with Backend::upload_quant"),
-        })?;
-        let chunk = (scratch.bytes() / (d.k * es).max(1)).clamp(1, d.n);
-        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
-        let kernel = &self.device().kernels().qdequant[type_index(w.qtype())][dt];
+        let wdt = if x.dtype() == DType::F32 { DType::F32 } else { DType::F16 };
+        let convert = x.dtype() == DType::BF16;
+        let epilogue = convert && dst.dtype() == DType::BF16;
+        let plan = PrefillPlan::new(scratch.bytes(), d.m, d.n, d.k, wdt.size_in_bytes(), convert, epilogue)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: OP,
+                msg: format!("{w:?}: scratch of {} bytes holds no prefill chunk", scratch.bytes()),
+            })?;
+        let kernels = self.device().kernels();
+        let dq = &kernels.qdequant[type_index(w.qtype())][float_index(wdt).expect("f16 / f32")];
         let w0 = w.data().storage().ptr() + w.byte_offset() as u64;
-        let rb = w.row_bytes();
+        let (rb, sp) = (w.row_bytes(), scratch.ptr());
+        let k = u32_of(OP, "columns", d.k)?;
         let mut n0 = 0;
         while n0 < d.n {
-            let nc = chunk.min(d.n - n0);
+            let nc = plan.nc.min(d.n - n0);
             let args = [
                 Arg::Ptr(w0 + (n0 * rb) as u64),
                 Arg::Ptr(0),
-                Arg::Ptr(scratch.ptr()),
-                Arg::U32(u32_of(OP, "columns", d.k)?),
+                Arg::Ptr(sp),
+                Arg::U32(k),
                 Arg::U32(u32_of(OP, "row bytes", rb)?),
                 Arg::U32(nc as u32),
             ];
-            self.quant_launch(kernel, nc as u32, QDEQUANT_THREADS, &args)?;
+            self.quant_launch(dq, nc as u32, QDEQUANT_THREADS, &args)?;
             // scratch rows are w's rows n0..n0+nc: as [K, nc], row stride 1, column stride K
-            let dims = MatmulDims {
-                batch: 1,
-                m: d.m,
-                n: nc,
-                k: d.k,
-                lhs: MatOperand { offset: d.x.offset, batch_stride: 0, row_stride: d.x.row_stride, col_stride: 1 },
-                rhs: MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: d.k },
-                dst: MatOperand {
-                    offset: d.dst.offset + n0,
+            let rhs = MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: d.k };
+            let mut m0 = 0;
+            while m0 < d.m {
+                let mc = if convert { plan.mt.min(d.m - m0) } else { d.m };
+                let x_rows = MatOperand {
+                    offset: d.x.offset + m0 * d.x.row_stride,
                     batch_stride: 0,
-                    row_stride: d.dst.row_stride,
+                    row_stride: d.x.row_stride,
                     col_stride: 1,
-                },
-            };
-            let (a, c) = (x.storage().ptr(), dst.storage().ptr());
-            self.device().blas().gemm_to(x.dtype(), dst.dtype(), &dims, a, scratch.ptr(), c, accumulate)?;
+                };
+                let (a, lhs) = if convert {
+                    let cvt = [
+                        Arg::Ptr(x.storage().ptr() + (x_rows.offset * 2) as u64),
+                        Arg::U32(u32_of(OP, "x row stride", d.x.row_stride)?),
+                        Arg::U32(mc as u32),
+                        Arg::U32(k),
+                        Arg::Ptr(sp + plan.x_at as u64),
+                    ];
+                    self.quant_launch(&kernels.qcvt_bf16_f16, HELPER_BLOCKS, QDEQUANT_THREADS, &cvt)?;
+                    let dense = MatOperand { offset: 0, batch_stride: 0, row_stride: d.k, col_stride: 1 };
+                    (sp + plan.x_at as u64, dense)
+                } else {
+                    (x.storage().ptr(), x_rows)
+                };
+                let dst_at = d.dst.offset + m0 * d.dst.row_stride + n0;
+                let (c, out, out_dt, acc) = if epilogue {
+                    let dense = MatOperand { offset: 0, batch_stride: 0, row_stride: nc, col_stride: 1 };
+                    (sp + plan.out_at as u64, dense, DType::F32, false)
+                } else {
+                    let o = MatOperand { offset: dst_at, batch_stride: 0, row_stride: d.dst.row_stride, col_stride: 1 };
+                    (dst.storage().ptr(), o, dst.dtype(), accumulate)
+                };
+                let dims = MatmulDims { batch: 1, m: mc, n: nc, k: d.k, lhs, rhs, dst: out };
+                self.device().blas().gemm_to(wdt, out_dt, &dims, a, sp, c, acc)?;
+                if epilogue {
+                    let epi = [
+                        Arg::Ptr(sp + plan.out_at as u64),
+                        Arg::Ptr(dst.storage().ptr() + (dst_at * 2) as u64),
+                        Arg::U32(u32_of(OP, "dst row stride", d.dst.row_stride)?),
+                        Arg::U32(mc as u32),
+                        Arg::U32(nc as u32),
+                        Arg::U32(accumulate as u32),
+                    ];
+                    self.quant_launch(&kernels.qepi_bf16, HELPER_BLOCKS, QDEQUANT_THREADS, &epi)?;
+                }
+                m0 += mc;
+            }
             n0 += nc;
         }
         Ok(())
@@ -215,5 +350,35 @@ impl Cuda {
             Arg::U32(u32_of(OP, "rows", v)?),
         ];
         self.quant_launch(kernel, u32_of(OP, "tokens", t)?, QDEQUANT_THREADS, &args)
+    }
+}
+
+/// How one prefill qmatmul cuts the scratch: `nc` weight rows dequantized at byte 0, then
+/// (bf16 x) `mt` rows of x in f16 at `x_at` and (bf16 dst) their f32 `[mt, nc]` result at
+/// `out_at`. Half the scratch goes to the weight chunk.
+struct PrefillPlan {
+    nc: usize,
+    mt: usize,
+    x_at: usize,
+    out_at: usize,
+}
+
+impl PrefillPlan {
+    fn new(bytes: usize, m: usize, n: usize, k: usize, wes: usize, convert: bool, epilogue: bool) -> Option<Self> {
+        let share = if convert { bytes / 2 } else { bytes };
+        let nc = (share.saturating_sub(ALIGN) / (k * wes)).min(n);
+        if nc == 0 {
+            return None;
+        }
+        let x_at = align(nc * k * wes);
+        if !convert {
+            return Some(PrefillPlan { nc, mt: m, x_at, out_at: x_at });
+        }
+        let per_row = k * 2 + if epilogue { nc * 4 } else { 0 };
+        let mt = (bytes.saturating_sub(x_at + 2 * ALIGN) / per_row).min(m);
+        if mt == 0 {
+            return None;
+        }
+        Some(PrefillPlan { nc, mt, x_at, out_at: x_at + align(mt * k * 2) })
     }
 }

@@ -1,6 +1,7 @@
 //! `encore bench`: decode-step benchmark on CUDA, per mode (eager, graph x upload | cached |
-//! inline), on random weights created on the device from a preset shape or on a model
-//! folder. Per row: ms per step, tokens/s, % of the HBM floor (weight bytes over the
+//! inline), on random weights created on the device from a preset shape or a model
+//! folder's config, or on the weights of a model file (`weights`: a GGUF keeps its
+//! quantized blocks, so quantized models are measured as they run). Per row: ms per step, tokens/s, % of the HBM floor (weight bytes over the
 //! device-to-device copy bandwidth measured in the same run), kernels per step, graph nodes
 //! by type, capture ms, graph memory, host microseconds per step; plus prefill tokens/s.
 //!
@@ -66,6 +67,12 @@ pub struct BenchConfig {
     pub ordinal: usize,
     /// Also capture every bucket up to the largest batch (inline), as serving does at load.
     pub capture_all: bool,
+    /// Load the weights of this model file (e.g. a `.gguf`) instead of random ones; its
+    /// config must be `model`.
+    pub weights: Option<std::path::PathBuf>,
+    /// Random weights as random blocks of this type (`Llama::random_blocks`) instead of
+    /// floats: the quantized kernels at a preset's shape, without a file.
+    pub quant: Option<encore_tensor::QuantType>,
 }
 
 /// Capture of every decode bucket up to the largest batch, as at engine start.
@@ -164,7 +171,16 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
             cfg.prefill_depth, cfg.prefill_tokens, cfg.ctx
         )));
     }
-    let model = Llama::random(&b, cfg.model.clone(), cfg.dtype, cfg.ctx, 1234)?;
+    let model = match &cfg.weights {
+        Some(path) => {
+            let files = encore_models::hub::open_model(path)?;
+            Llama::load(&b, files.config.clone(), files.weights.as_ref(), cfg.dtype, cfg.ctx)?
+        }
+        None => match cfg.quant {
+            Some(qt) => Llama::random_blocks(&b, cfg.model.clone(), cfg.dtype, cfg.ctx, 1234, qt)?,
+            None => Llama::random(&b, cfg.model.clone(), cfg.dtype, cfg.ctx, 1234)?,
+        },
+    };
     let weight_bytes = model.weight_bytes();
     let block_size = 16;
     let rc = RunnerConfig {

@@ -250,15 +250,49 @@ impl<B: Backend> Llama<B> {
         seed: u64,
         qtype: QuantType,
     ) -> Result<Self, ModelError> {
-        let (c, h, hkv, d, i) = dims(&cfg);
         let mut rng = encore_tensor::testing::Rng::seeded(seed);
-        let mut weight = |name: &str, rows: usize, cols: usize, scale: f32| -> Result<HostWeight, ModelError> {
+        let weight = move |name: &str, rows: usize, cols: usize, scale: f32| -> Result<HostWeight, ModelError> {
             let values = rng.vec(rows * cols, -scale, scale);
             Ok(match crate::quantize::type_for(qtype, cols) {
                 Some(t) => HostWeight::Quant(crate::quantize::quantize(name, t, &values, rows, cols)?),
                 None => HostWeight::Dense(HostTensor::from_f32_as(&[rows, cols], &values, dtype)),
             })
         };
+        Self::random_from(b, cfg, dtype, max_ctx, weight)
+    }
+
+    /// Random blocks of `qtype` for every weight whose rows are whole blocks (random bytes,
+    /// drawn scales: `encore_tensor::quant::random_blocks`; the rest in float): no host
+    /// quantization, so an 8B shape takes seconds, for benches of the quantized kernels.
+    pub fn random_blocks(
+        b: &B,
+        cfg: ModelConfig,
+        dtype: DType,
+        max_ctx: usize,
+        seed: u64,
+        qtype: QuantType,
+    ) -> Result<Self, ModelError> {
+        let mut rng = encore_tensor::testing::Rng::seeded(seed);
+        let weight = move |_: &str, rows: usize, cols: usize, scale: f32| -> Result<HostWeight, ModelError> {
+            Ok(if cols % qtype.block_len() == 0 {
+                HostWeight::Quant(encore_tensor::quant::random_blocks(&mut rng, qtype, rows, cols))
+            } else {
+                HostWeight::Dense(HostTensor::from_f32_as(&[rows, cols], &rng.vec(rows * cols, -scale, scale), dtype))
+            })
+        };
+        Self::random_from(b, cfg, dtype, max_ctx, weight)
+    }
+
+    /// The random models' layout: `weight(name, rows, cols, scale)` makes each projection
+    /// (and the embedding) of values within +-scale.
+    fn random_from(
+        b: &B,
+        cfg: ModelConfig,
+        dtype: DType,
+        max_ctx: usize,
+        mut weight: impl FnMut(&str, usize, usize, f32) -> Result<HostWeight, ModelError>,
+    ) -> Result<Self, ModelError> {
+        let (c, h, hkv, d, i) = dims(&cfg);
         let w = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
         let shared = Shared::new(b, &cfg, dtype, max_ctx)?;
         let embed = weight("embed", cfg.vocab_size, c, 1.0)?.upload_embedding(b)?;

@@ -373,8 +373,8 @@ pub fn random_blocks(rng: &mut crate::testing::Rng, qtype: QuantType, rows: usiz
     let bb = qtype.block_bytes();
     let mut data = vec![0u8; n_blocks * bb];
     for blk in data.chunks_exact_mut(bb) {
-        for byte in blk.iter_mut() {
-            *byte = rng.next_u64() as u8;
+        for bytes in blk.chunks_mut(8) {
+            bytes.copy_from_slice(&rng.next_u64().to_le_bytes()[..bytes.len()]);
         }
         // scales of magnitude ~1/64 keep a K-quant block's values O(1)
         let mut scale = |lo: f32, hi: f32, signed: bool| {
