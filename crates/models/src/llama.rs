@@ -6,7 +6,7 @@
 //! the first step, so a decode step allocates nothing and can be captured as is.
 //!
 //! q/k/v and gate/up are fused into one matmul each at load; the halves are strided views
-//! of the fused output (rope, kv_write and silu_mul read them through launch metadata).
+//! of the fused output (rope_kv_write and silu_mul read them in place).
 //! Projections are [`Linear`]s: dense, or quantized blocks as the file stores them (GGUF)
 //! or as `--quantize` made them; the forward pass is the same either way.
 
@@ -48,8 +48,7 @@ pub struct RunState<B: Backend> {
     x: Tensor<B>,          // [T, C] residual stream
     xn: Tensor<B>,         // [T, C] normed input of a block
     qkv: Tensor<B>,        // [T, (H + 2 Hkv) D]
-    q: Tensor<B>,          // [T, H, D] after rope
-    k: Tensor<B>,          // [T, Hkv, D] after rope
+    q: Tensor<B>,          // [T, H, D] after rope (k goes from qkv into the cache, rotated)
     attn: Tensor<B>,       // [T, H, D]
     gate_up: Tensor<B>,    // [T, 2 I]
     act: Tensor<B>,        // [T, I]
@@ -268,7 +267,7 @@ impl<B: Backend> Llama<B> {
     /// Bytes [`Llama::new_state`] allocates.
     pub fn state_bytes(&self, max_tokens: usize, max_logit_rows: usize) -> usize {
         let (c, h, hkv, d, i) = dims(&self.cfg);
-        let per_token = 2 * c + (h + 2 * hkv) * d + h * d + hkv * d + h * d + 2 * i + i;
+        let per_token = 2 * c + (h + 2 * hkv) * d + h * d + h * d + 2 * i + i;
         let e = self.dtype.size_in_bytes();
         max_tokens * per_token * e + max_logit_rows * (c * e + self.cfg.vocab_size * 4 + 4)
     }
@@ -283,7 +282,6 @@ impl<B: Backend> Llama<B> {
             xn: b.zeros(dt, &[t, c])?,
             qkv: b.zeros(dt, &[t, (h + 2 * hkv) * d])?,
             q: b.zeros(dt, &[t, h, d])?,
-            k: b.zeros(dt, &[t, hkv, d])?,
             attn: b.zeros(dt, &[t, h, d])?,
             gate_up: b.zeros(dt, &[t, 2 * i])?,
             act: b.zeros(dt, &[t, i])?,
@@ -333,7 +331,7 @@ impl<B: Backend> Llama<B> {
         let (_, h, hkv, d, i) = dims(&self.cfg);
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
         let (x, xn) = (rows(&st.x)?, rows(&st.xn)?);
-        let (qkv, q, k, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.k)?, rows(&st.attn)?);
+        let (qkv, q, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.attn)?);
         let (gate_up, act) = (rows(&st.gate_up)?, rows(&st.act)?);
         let positions = inp.positions(t)?;
         let (row_seq, slots, tables) = (inp.row_seq(t)?, inp.slot_mapping(t)?, inp.block_tables()?);
@@ -356,9 +354,18 @@ impl<B: Backend> Llama<B> {
             let q_raw = qkv.narrow(1, 0, h * d)?.reshape(&[t, h, d])?;
             let k_raw = qkv.narrow(1, h * d, hkv * d)?.reshape(&[t, hkv, d])?;
             let v_raw = qkv.narrow(1, (h + hkv) * d, hkv * d)?.reshape(&[t, hkv, d])?;
-            b.rope(&q_raw, &self.cos, &self.sin, &positions, &q)?;
-            b.rope(&k_raw, &self.cos, &self.sin, &positions, &k)?;
-            b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
+            b.rope_kv_write(
+                &q_raw,
+                &k_raw,
+                &v_raw,
+                &self.cos,
+                &self.sin,
+                &positions,
+                &slots,
+                &q,
+                &cache.k[l],
+                &cache.v[l],
+            )?;
             b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
             layer.o_proj.forward_add(b, &attn.reshape(&[t, h * d])?, &x)?;
             // MLP block: x += down(silu(gate) * up)
