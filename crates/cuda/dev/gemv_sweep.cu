@@ -64,8 +64,9 @@ static const Variant VARIANTS[] = {
      {gemv_bf16_f32_m1, gemv_bf16_f32_m2, gemv_bf16_f32_m4, gemv_bf16_f32_m8}},
     TIERS(1, 4), TIERS(1, 8), TIERS(2, 2), TIERS(2, 4), TIERS(4, 1), TIERS(4, 2),
 };
-// the shipped R per tier (gemv.cu's instantiation lines)
-static const int SHIPPED_R[4] = {2, 2, 2, 2};
+// the shipped R per tier (gemv.cu's instantiation lines): same-dtype, f32 output
+static const int SHIPPED_R[4] = {1, 1, 4, 4};
+static const int SHIPPED_R_F32[4] = {2, 4, 4, 4};
 static const int TIER_M[4] = {1, 2, 4, 8};
 
 struct Shape {
@@ -200,7 +201,7 @@ int main(int argc, char** argv) {
             double best_us = 1e30;
             std::string best_name;
             for (const Variant& v : VARIANTS) {
-                const int r = v.r ? v.r : SHIPPED_R[tier];
+                const int r = v.r ? v.r : (s.f32_out ? SHIPPED_R_F32 : SHIPPED_R)[tier];
                 const int rows_a_block = r * gemv_cu::WARPS;
                 const unsigned grid = (s.n + rows_a_block - 1) / rows_a_block;
                 auto launch = [&](int i, uint32_t acc) {

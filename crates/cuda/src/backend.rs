@@ -277,10 +277,10 @@ impl Cuda {
         blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
         blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
         self.in_bounds(OP, &[lhs, rhs, dst])?;
-        // gemv.cu serves the decode-shaped matmuls (M <= 8 rows against a [N, K] weight), with
-        // the residual add as its epilogue: it streams W at near the copy bandwidth where
-        // cuBLAS reaches 29-64% (issue 10) and adds no memset nodes to captured graphs.
-        if let Some(g) = gemv_shape(&dims, lhs, rhs) {
+        // gemv.cu serves the decode-shaped matmuls (M <= 2 rows against a [N, K] weight, or
+        // M <= 8 for f32 logits), with the residual add as its epilogue: it streams W at up to
+        // the copy bandwidth where cuBLAS reaches 29-81%, and adds no memset nodes to graphs.
+        if let Some(g) = gemv_shape(&dims, lhs, rhs, dst) {
             return self.gemv(g, lhs, rhs, dst, accumulate);
         }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
@@ -317,7 +317,7 @@ impl Cuda {
             Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
             Arg::U32(accumulate as u32),
         ];
-        let rows_a_block = GEMV_WARPS * GEMV_ROWS_PER_WARP[tier];
+        let rows_a_block = GEMV_WARPS * GEMV_ROWS_PER_WARP[(row >= 3) as usize][tier];
         let grid = u32_of(OP, "gemv blocks", g.n.div_ceil(rows_a_block))?;
         self.launch(&self.dev.kernels().gemv[row][tier], (grid, 1, 1), GEMV_WARPS as u32 * 32, &args, None)
     }
@@ -525,12 +525,18 @@ fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
     Arg::Ptr(t.storage().ptr() + (offset * t.dtype().size_in_bytes()) as u64)
 }
 
-/// gemv.cu's `WARPS` (a block) and, per tier of [`GEMV_TIERS`], its `R` (rows of W a warp):
-/// the instantiation lines at the end of gemv.cu.
+/// gemv.cu's `WARPS` (a block) and, per tier of [`GEMV_TIERS`], its `R` (rows of W a warp)
+/// for the same-dtype kernels `[0]` and the f32-output ones `[1]`: the instantiation lines at
+/// the end of gemv.cu.
 const GEMV_WARPS: usize = 4;
-const GEMV_ROWS_PER_WARP: [usize; 4] = [2, 2, 2, 2];
+const GEMV_ROWS_PER_WARP: [[usize; 4]; 2] = [[1, 1, 4, 4], [2, 4, 4, 4]];
+/// Rows of x up to which gemv.cu serves same-dtype projections (above, cuBLAS is faster:
+/// gemv.cu is FMA-bound from M = 4, crates/cuda/dev/NOTES.md); f32 logits from bf16/f16
+/// take it up to the last tier (cuBLAS would add a memset node for its split-K LM head).
+const GEMV_MAX_M_SAME_DTYPE: usize = 2;
 
-/// The decode-step shape gemv.cu serves: `x [M <= 8, K] @ W^T` with `W [N, K]` stored in
+/// The decode-step shape gemv.cu serves: `x [M, K] @ W^T` (M <= 2, or <= 8 for f32 logits
+/// from bf16/f16) with `W [N, K]` stored in
 /// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector, the
 /// output rows unit-stride (the kernel's preconditions).
 #[derive(Clone, Copy, Debug)]
@@ -542,12 +548,14 @@ struct GemvShape {
     ldy: usize,
 }
 
-fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>) -> Option<GemvShape> {
+fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Option<GemvShape> {
     let es = lhs.dtype().size_in_bytes();
+    let logits = dst.dtype() == DType::F32 && lhs.dtype() != DType::F32;
+    let max_m = if logits { GEMV_TIERS[GEMV_TIERS.len() - 1] } else { GEMV_MAX_M_SAME_DTYPE };
     let vec = 16 / es;
     let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
     let ok = d.batch == 1
-        && (1..=GEMV_TIERS[GEMV_TIERS.len() - 1]).contains(&d.m)
+        && (1..=max_m).contains(&d.m)
         && d.n < i32::MAX as usize
         && d.k % vec == 0
         && d.lhs.col_stride == 1
