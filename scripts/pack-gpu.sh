@@ -74,7 +74,7 @@ done
 
 # The scripts a GPU run needs: the PyTorch anchor, the random-model writer, the HF reference.
 mkdir -p "$OUT/shared"
-cp tools/torch_decode.py tools/gen_random_hf.py tools/hf_reference.py "$OUT/shared/"
+cp tools/torch_decode.py tools/gen_random_hf.py tools/hf_reference.py tools/ncu_step_table.py "$OUT/shared/"
 # llama.cpp as a second anchor, when a copy of it is given (LLAMACPP_DIR: a folder with
 # llamacpp.sh and llamacpp-src.tar.xz; it travels separately: it is 7 MB)
 if [[ -n "${LLAMACPP_DIR:-}" && -f "$LLAMACPP_DIR/llamacpp.sh" ]]; then
@@ -125,8 +125,9 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 fi
 
-# Phases: `run.sh [tests] [bench] [generate]` (default: all). Env: PRESETS (bench presets,
-# default all six), BATCHES (default 1,8), SMOL_GGUF (path of the SmolLM2 GGUF, if carried).
+# Phases: `run.sh [tests] [bench] [generate] [profile]` (default: the first three). Env:
+# PRESETS (bench presets, default all six), BATCHES (default 1,8), SMOL_GGUF (path of the
+# SmolLM2 GGUF, if carried), PROFILE ("preset:batch ...", default "llama-3.2-1b:1").
 PHASES="${*:-tests bench generate}"
 BENCH="$LOGS/bench-launch.txt"
 want() { [[ " $PHASES " == *" $1 "* ]]; }
@@ -197,6 +198,27 @@ for preset in ${PRESETS:-smollm2-135m qwen2.5-0.5b llama-3.2-1b qwen2.5-1.5b qwe
         done
     fi
 done
+fi
+
+if want profile; then
+# 5. Per-kernel profile of one graphed decode step: Nsight Compute on graph kernel nodes
+# (clocks left as they run), a window of launches well past the weight fill, prefill and
+# eager steps (24 + 2 * 20 graph replays follow them), tabulated by ncu_step_table.py.
+if NCU="$(find_tool ncu)"; then
+    for pb in ${PROFILE:-llama-3.2-1b:1}; do
+        p="${pb%%:*}"; bt="${pb##*:}"
+        rep="$LOGS/ncu-$p-b$bt"
+        step "profile.$p.b$bt" bash -o pipefail -c "'$NCU' --clock-control none --graph-profiling node \
+            --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+            --launch-skip ${PROFILE_SKIP:-4000} --launch-count ${PROFILE_COUNT:-1000} -f -o '$rep' \
+            ./encore bench --preset $p --batch $bt --modes graph-inline --steps 20 --prefill 16 >/dev/null \
+            && '$NCU' --import '$rep.ncu-rep' --csv --page raw --print-units base > '$rep.csv' \
+            && python3 shared/ncu_step_table.py '$rep.csv' --copy-gbps ${COPY_GBPS:-4274} \
+                --label '$p batch $bt (graph-inline, ctx 1024, pos 300)' --json '$rep.json' | tee '$rep.md'"
+    done
+else
+    skip "profile" "ncu not found"
+fi
 fi
 
 if want generate; then

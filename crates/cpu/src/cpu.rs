@@ -151,6 +151,27 @@ impl Backend for Cpu {
         ops::index::kv_write(k, v, k_cache, v_cache, slot_mapping)
     }
 
+    /// The reference composition: rope of q, rope of k into a temporary, kv_write.
+    fn rope_kv_write(
+        &self,
+        q: &Tensor<Cpu>,
+        k: &Tensor<Cpu>,
+        v: &Tensor<Cpu>,
+        cos: &Tensor<Cpu>,
+        sin: &Tensor<Cpu>,
+        positions: &Tensor<Cpu>,
+        slot_mapping: &Tensor<Cpu>,
+        q_dst: &Tensor<Cpu>,
+        k_cache: &Tensor<Cpu>,
+        v_cache: &Tensor<Cpu>,
+    ) -> Result<()> {
+        check::rope_kv_write(q, k, v, cos, sin, positions, slot_mapping, q_dst, k_cache, v_cache)?;
+        ops::rope::rope(q, cos, sin, positions, q_dst)?;
+        let k_rot = self.zeros(k.dtype(), k.dims())?; // [T, Hkv, D]
+        ops::rope::rope(k, cos, sin, positions, &k_rot)?;
+        ops::index::kv_write(&k_rot, v, k_cache, v_cache, slot_mapping)
+    }
+
     fn attention(
         &self,
         q: &Tensor<Cpu>,

@@ -27,7 +27,7 @@ pub use index::{embedding_cases, kv_write_cases};
 pub use inputs::{input, output, Input, Output, View};
 pub use matmul::matmul_cases;
 pub use qmatmul::{act_block, qembedding_cases, qmatmul_cases, random_qtensor};
-pub use rope::rope_cases;
+pub use rope::{rope_cases, rope_kv_write_cases};
 pub use rows::{argmax_cases, rms_norm_cases, softmax_cases};
 pub use sample::sample_cases;
 
@@ -49,6 +49,7 @@ pub fn run_all<B: Backend>(b: &B) {
     run_quant_cases(b);
     rope_cases(b);
     kv_write_cases(b);
+    rope_kv_write_cases(b);
     attention_cases(b);
     unary_cases(b);
     binary_cases(b);

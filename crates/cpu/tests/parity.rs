@@ -68,6 +68,11 @@ fn kv_write() {
 }
 
 #[test]
+fn rope_kv_write() {
+    parity::rope_kv_write_cases(&Cpu);
+}
+
+#[test]
 fn attention() {
     parity::attention_cases(&Cpu);
 }

@@ -1,90 +1,165 @@
-// gemv.cu: y[m, n] = sum_k x[m, k] * w[n, k] for a few rows m (decode steps). Used for the
-// LM head's f32 logits (M <= 8): there cuBLAS picks a split-K kernel whose memset would be a
-// non-kernel node of every captured decode graph. (For the bf16 projections cuBLAS measured
-// faster than this kernel on an H200, so Cuda::matmul keeps them on cuBLAS.)
+// gemv.cu: y[m, n] (+)= sum_k x[m, k] * w[n, k] for M <= 8 rows m (decode steps): the dense
+// projections of decode steps of M <= 2 rows and the LM head's f32 logits up to M = 8 (the
+// launcher's rule, backend.rs gemv_shape). cuBLAS reads the weights of these skinny shapes
+// at 29-81% of the HBM bandwidth on an H200 (BENCHMARKS.md, issue 10 profile) and picks
+// split-K kernels whose memsets are non-kernel nodes of captured graphs; this kernel streams
+// W once, at up to the copy bandwidth for M = 1 (crates/cuda/dev/gemv_sweep.cu). It is
+// FMA-bound from M = 4 on (8 FMAs a weight element a row of x): there cuBLAS's tensor cores
+// win on the projections, which is why they stay on cuBLAS above M = 2.
 //
 // x: [M, K] rows of stride ldx; w: [N, K] contiguous rows (a Hugging Face Linear weight);
-// y: [M, N] rows of stride ldy, of type O (the input type, or f32 for f32 logits).
-// Preconditions (checked by the launcher, Cuda::matmul): M <= 8, K a multiple of a 16-byte
-// vector, x rows and w 16-byte aligned.
-// Thread mapping: one 256-thread block computes R = 4 consecutive outputs n for all M rows.
-// The threads split K: each streams 16-byte slices of the R weight rows (R loads in flight),
-// multiplies them by the same slice of every x row (L1/L2-resident), accumulates in f32;
-// warps reduce with shuffles, then the block through shared memory. W is read once.
+// y: [M, N] rows of stride ldy, of type O (the input type, or f32 for f32 logits). With
+// `accumulate` y = y + x w^T (the residual add, one rounding, as cuBLAS's beta = 1).
+// Preconditions (checked by the launcher, backend.rs `gemv_shape`): M <= MT, K a multiple of
+// a 16-byte vector, x rows and w 16-byte aligned, N < 2^31.
+// Thread mapping: a block is WARPS warps; each warp owns R consecutive rows n and all M rows
+// of x. Its lanes stride over the 16-byte chunks of those rows, U chunks a row per step with
+// all R * U weight loads issued first (streaming loads, evict-first: W is read once), each
+// x chunk (L1-resident) reused for the R rows. One warp reduction per output; no shared
+// memory, no atomics (deterministic: graph replays are bit-identical to eager).
 #include "common.cuh"
 
 namespace gemv_cu {
 
-constexpr int R = 4;
-constexpr int MAX_M = 8;
-constexpr int THREADS = 256;
+constexpr int WARPS = 4;
 
-template <typename T, typename O>
-__device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y,
-                                          uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy) {
+// 8 bf16 / 8 f16 / 4 f32 of a 16-byte chunk as floats.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& v, float (&out)[Vec16<T>::N]);
+template <>
+__device__ __forceinline__ void unpack16<float>(const uint4& v, float (&out)[4]) {
+    out[0] = __uint_as_float(v.x);
+    out[1] = __uint_as_float(v.y);
+    out[2] = __uint_as_float(v.z);
+    out[3] = __uint_as_float(v.w);
+}
+template <>
+__device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& v, float (&out)[8]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+template <>
+__device__ __forceinline__ void unpack16<__half>(const uint4& v, float (&out)[8]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        __half2 h;
+        memcpy(&h, &w[i], sizeof(h));
+        const float2 f = __half22float2(h);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+// acc[m][r] += x[m, chunk] . w[r][chunk] for the U chunks `c + 32 u` (u < UA) of this lane.
+template <typename T, int MT, int R, int UA>
+__device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ldx, uint32_t M,
+                                            const uint4* const (&wr)[R], uint32_t c, float (&acc)[MT][R]) {
     constexpr int V = Vec16<T>::N;
-    constexpr int WARPS = THREADS / 32;
-    __shared__ float partial[WARPS][MAX_M * R];
-    const uint32_t n0 = blockIdx.x * R;
-    float acc[MAX_M][R];
+    uint4 wv[UA][R];
 #pragma unroll
-    for (int m = 0; m < MAX_M; ++m)
+    for (int u = 0; u < UA; ++u)
 #pragma unroll
-        for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
-    const T* wr[R];
+        for (int r = 0; r < R; ++r) wv[u][r] = __ldcs(wr[r] + c + 32 * u);
 #pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = w + static_cast<size_t>(min(n0 + r, N - 1)) * K;
-
-    for (uint32_t k = threadIdx.x * V; k < K; k += THREADS * V) {
-        float wv[R][V];
+    for (int u = 0; u < UA; ++u) {
+        float xv[MT][V];
 #pragma unroll
-        for (int r = 0; r < R; ++r) load16_f32(wr[r] + k, wv[r]);
-#pragma unroll
-        for (int m = 0; m < MAX_M; ++m) {
+        for (int m = 0; m < MT; ++m) {
             if (m < static_cast<int>(M)) {
-                float xv[V];
-                load16_f32(x + static_cast<size_t>(m) * ldx + k, xv);
+                load16_f32(x + static_cast<size_t>(m) * ldx + static_cast<size_t>(c + 32 * u) * V, xv[m]);
+            }
+        }
 #pragma unroll
-                for (int r = 0; r < R; ++r)
+        for (int r = 0; r < R; ++r) {
+            float wf[V];
+            unpack16<T>(wv[u][r], wf);
 #pragma unroll
-                    for (int j = 0; j < V; ++j) acc[m][r] = fmaf(xv[j], wv[r][j], acc[m][r]);
+            for (int m = 0; m < MT; ++m) {
+                if (m < static_cast<int>(M)) {
+#pragma unroll
+                    for (int j = 0; j < V; ++j) acc[m][r] = fmaf(xv[m][j], wf[j], acc[m][r]);
+                }
             }
         }
     }
-    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+}
+
+template <typename T, typename O, int MT, int R, int U>
+__device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y,
+                                          uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
+                                          uint32_t accumulate) {
+    constexpr int V = Vec16<T>::N;
+    const uint32_t lane = threadIdx.x & 31;
+    const uint32_t n0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
+    if (n0 >= N) return;  // the whole warp: nothing below synchronises the block
+    const uint32_t chunks = K / V;
+    const uint4* wr[R];
 #pragma unroll
-    for (int m = 0; m < MAX_M; ++m) {
+    for (int r = 0; r < R; ++r) {
+        // rows past N re-read row N - 1 (in bounds) and store nothing
+        wr[r] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(n0 + r, N - 1)) * K);
+    }
+    float acc[MT][R];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
+    uint32_t c = lane;
+    for (; c + 32 * (U - 1) < chunks; c += 32 * U) gemv_chunks<T, MT, R, U>(x, ldx, M, wr, c, acc);
+    for (; c < chunks; c += 32) gemv_chunks<T, MT, R, 1>(x, ldx, M, wr, c, acc);
+    // every lane gets every sum; output i = m * R + r is stored by lane i % 32
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
         if (m < static_cast<int>(M)) {
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 const float s = warp_sum(acc[m][r]);
-                if (lane == 0) partial[warp][m * R + r] = s;
+                const uint32_t n = n0 + r;
+                if (lane == static_cast<uint32_t>((m * R + r) % 32) && n < N) {
+                    O* p = y + static_cast<size_t>(m) * ldy + n;
+                    store_f32(p, accumulate ? load_f32(p) + s : s);
+                }
             }
         }
-    }
-    __syncthreads();
-    // thread i < M * R owns output (m, r) = (i / R, i % R)
-    const uint32_t i = threadIdx.x;
-    if (i < M * R) {
-        float s = 0.f;
-#pragma unroll
-        for (int wi = 0; wi < WARPS; ++wi) s += partial[wi][i];
-        const uint32_t m = i / R, n = n0 + i % R;
-        if (n < N) store_f32(y + static_cast<size_t>(m) * ldy + n, s);
     }
 }
 
 }  // namespace gemv_cu
 
-#define GEMV(NAME, T, O)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(gemv_cu::THREADS, 2) NAME(const T* __restrict__ x,           \
+// NAME, input T, output O, MT (max rows of x), R (rows of W a warp), U (chunks a row a step)
+#define GEMV(NAME, T, O, MT, R, U)                                                                          \
+    extern "C" __global__ void __launch_bounds__(gemv_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
         const T* __restrict__ w, O* __restrict__ y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,       \
-        uint32_t ldy) {                                                                                     \
-        gemv_cu::gemv_impl<T, O>(x, w, y, M, N, K, ldx, ldy);                                              \
+        uint32_t ldy, uint32_t accumulate) {                                                                \
+        gemv_cu::gemv_impl<T, O, MT, R, U>(x, w, y, M, N, K, ldx, ldy, accumulate);                         \
     }
-GEMV(gemv_f32, float, float)
-GEMV(gemv_bf16, __nv_bfloat16, __nv_bfloat16)
-GEMV(gemv_f16, __half, __half)
-GEMV(gemv_bf16_f32, __nv_bfloat16, float)
-GEMV(gemv_f16_f32, __half, float)
+// Tiers M <= 1, 2, 4, 8 (kernels.rs GEMV_TIERS). R and U per tier are the sweep's winners
+// (crates/cuda/dev/gemv_sweep.cu, NOTES.md): summed over the projection shapes of the six
+// presets for the same-dtype kernels, over the LM heads for the f32-output ones; backend.rs
+// GEMV_ROWS_PER_WARP mirrors the R column.
+GEMV(gemv_f32_m1, float, float, 1, 1, 4)
+GEMV(gemv_f32_m2, float, float, 2, 1, 8)
+GEMV(gemv_f32_m4, float, float, 4, 4, 1)
+GEMV(gemv_f32_m8, float, float, 8, 4, 1)
+GEMV(gemv_bf16_m1, __nv_bfloat16, __nv_bfloat16, 1, 1, 4)
+GEMV(gemv_bf16_m2, __nv_bfloat16, __nv_bfloat16, 2, 1, 8)
+GEMV(gemv_bf16_m4, __nv_bfloat16, __nv_bfloat16, 4, 4, 1)
+GEMV(gemv_bf16_m8, __nv_bfloat16, __nv_bfloat16, 8, 4, 1)
+GEMV(gemv_f16_m1, __half, __half, 1, 1, 4)
+GEMV(gemv_f16_m2, __half, __half, 2, 1, 8)
+GEMV(gemv_f16_m4, __half, __half, 4, 4, 1)
+GEMV(gemv_f16_m8, __half, __half, 8, 4, 1)
+GEMV(gemv_bf16_f32_m1, __nv_bfloat16, float, 1, 2, 2)
+GEMV(gemv_bf16_f32_m2, __nv_bfloat16, float, 2, 4, 1)
+GEMV(gemv_bf16_f32_m4, __nv_bfloat16, float, 4, 4, 1)
+GEMV(gemv_bf16_f32_m8, __nv_bfloat16, float, 8, 4, 1)
+GEMV(gemv_f16_f32_m1, __half, float, 1, 2, 2)
+GEMV(gemv_f16_f32_m2, __half, float, 2, 4, 1)
+GEMV(gemv_f16_f32_m4, __half, float, 4, 4, 1)
+GEMV(gemv_f16_f32_m8, __half, float, 8, 4, 1)
 #undef GEMV

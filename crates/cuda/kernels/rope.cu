@@ -11,9 +11,34 @@
 // strided view, e.g. q narrowed out of a fused qkv); check::rope makes D even.
 // dst may alias x exactly: one thread reads both elements of a pair before writing them.
 // Thread mapping: one thread per (t, h, i < D/2), grid-stride loop over T*H*D/2.
+//
+// rope_kv_write_<dtype>: a layer's attention prologue in one launch (Backend::rope_kv_write):
+// q_dst = rope(q); for rows with 0 <= slot < S, k_cache[slot] = rope(k), v_cache[slot] = v
+// (kv_write.cu's rule: other slots write nothing). q, k, v are [T, H|Hkv, D] views with any
+// strides (3 per operand, passed as 12 u32 arguments: no launch metadata; e.g. narrowed out
+// of a fused qkv; the launcher checks every view fits 32-bit offsets), q_dst
+// likewise; caches contiguous [S, Hkv, D]. The rotation is rope_pair, shared with rope_impl,
+// so the cache holds exactly the bits of rope + kv_write. One thread per (t, head of
+// H + 2 Hkv, i < D/2): a pair of q, a pair of k, or two elements of v.
 #include "common.cuh"
 
 namespace rope_cu {
+
+// The rotated pair (i, i + D/2), or the pair unchanged when p is padding or off the table.
+__device__ __forceinline__ void rope_pair(float a, float b, int32_t p, uint32_t i, uint32_t half, uint32_t max_pos,
+                                          const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+                                          float& o0, float& o1) {
+    if (p < 0 || static_cast<uint32_t>(p) >= max_pos) {
+        o0 = a;
+        o1 = b;
+        return;
+    }
+    const size_t ti = static_cast<size_t>(p) * half + i;
+    const float c = cos_table[ti];
+    const float s = sin_table[ti];
+    o0 = a * c - b * s;
+    o1 = b * c + a * s;
+}
 
 template <typename T>
 __device__ __forceinline__ void rope_impl(const T* x, T* dst, const float* __restrict__ cos_table,
@@ -31,18 +56,60 @@ __device__ __forceinline__ void rope_impl(const T* x, T* dst, const float* __res
         const uint32_t xo2 = xo + half * sx.s2;
         const uint32_t o = meta.offsets[0] + t * sd.s0 + h * sd.s1 + i * sd.s2;
         const uint32_t o2 = o + half * sd.s2;
-        const float a = load_f32(x + xo);
-        const float b = load_f32(x + xo2);
-        const int32_t p = positions[t];
-        if (p < 0 || static_cast<uint32_t>(p) >= max_pos) {
-            store_f32(dst + o, a);
-            store_f32(dst + o2, b);
+        float o0, o1;
+        rope_pair(load_f32(x + xo), load_f32(x + xo2), positions[t], i, half, max_pos, cos_table, sin_table, o0, o1);
+        store_f32(dst + o, o0);
+        store_f32(dst + o2, o1);
+    }
+}
+
+// Strides (elements) of a [T, heads, D] view.
+struct View3 {
+    uint32_t s0, s1, s2;
+};
+
+template <typename T>
+__device__ __forceinline__ void rope_kv_write_impl(const T* __restrict__ q, const T* __restrict__ k,
+                                                   const T* __restrict__ v, T* __restrict__ q_dst,
+                                                   T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                                   const float* __restrict__ cos_table,
+                                                   const float* __restrict__ sin_table,
+                                                   const int32_t* __restrict__ positions,
+                                                   const int32_t* __restrict__ slots, uint32_t tokens, uint32_t heads,
+                                                   uint32_t heads_kv, uint32_t half, uint32_t max_pos,
+                                                   uint32_t num_slots, View3 sq, View3 sk, View3 sv, View3 sd) {
+    const uint32_t all_heads = heads + 2 * heads_kv;
+    const uint32_t work = tokens * all_heads * half;
+    for (uint32_t g = blockIdx.x * blockDim.x + threadIdx.x; g < work; g += gridDim.x * blockDim.x) {
+        const uint32_t i = g % half;
+        const uint32_t th = g / half;
+        const uint32_t j = th % all_heads;
+        const uint32_t t = th / all_heads;
+        if (j < heads) {
+            const T* x = q + static_cast<size_t>(t) * sq.s0 + static_cast<size_t>(j) * sq.s1;
+            float o0, o1;
+            rope_pair(load_f32(x + static_cast<size_t>(i) * sq.s2), load_f32(x + static_cast<size_t>(i + half) * sq.s2),
+                      positions[t], i, half, max_pos, cos_table, sin_table, o0, o1);
+            T* o = q_dst + static_cast<size_t>(t) * sd.s0 + static_cast<size_t>(j) * sd.s1;
+            store_f32(o + static_cast<size_t>(i) * sd.s2, o0);
+            store_f32(o + static_cast<size_t>(i + half) * sd.s2, o1);
+            continue;
+        }
+        const int32_t slot = slots[t];
+        if (slot < 0 || static_cast<uint32_t>(slot) >= num_slots) continue;
+        const uint32_t hk = j < heads + heads_kv ? j - heads : j - heads - heads_kv;
+        const size_t c = (static_cast<size_t>(slot) * heads_kv + hk) * (2 * half);
+        if (j < heads + heads_kv) {
+            const T* x = k + static_cast<size_t>(t) * sk.s0 + static_cast<size_t>(hk) * sk.s1;
+            float o0, o1;
+            rope_pair(load_f32(x + static_cast<size_t>(i) * sk.s2), load_f32(x + static_cast<size_t>(i + half) * sk.s2),
+                      positions[t], i, half, max_pos, cos_table, sin_table, o0, o1);
+            store_f32(k_cache + c + i, o0);
+            store_f32(k_cache + c + i + half, o1);
         } else {
-            const size_t ti = static_cast<size_t>(p) * half + i;
-            const float c = cos_table[ti];
-            const float s = sin_table[ti];
-            store_f32(dst + o, a * c - b * s);
-            store_f32(dst + o2, b * c + a * s);
+            const T* x = v + static_cast<size_t>(t) * sv.s0 + static_cast<size_t>(hk) * sv.s1;
+            v_cache[c + i] = x[static_cast<size_t>(i) * sv.s2];
+            v_cache[c + i + half] = x[static_cast<size_t>(i + half) * sv.s2];
         }
     }
 }
@@ -61,3 +128,21 @@ ROPE(rope_bf16, __nv_bfloat16)
 ROPE(rope_f16, __half)
 
 #undef ROPE
+
+#define ROPE_KV_WRITE(NAME, T)                                                                                     \
+    extern "C" __global__ void NAME(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,      \
+        T* __restrict__ q_dst, T* __restrict__ k_cache, T* __restrict__ v_cache, const float* __restrict__ cos_table, \
+        const float* __restrict__ sin_table, const int32_t* __restrict__ positions, const int32_t* __restrict__ slots, \
+        uint32_t tokens, uint32_t heads, uint32_t heads_kv, uint32_t half, uint32_t max_pos, uint32_t num_slots,     \
+        uint32_t q0, uint32_t q1, uint32_t q2, uint32_t k0, uint32_t k1, uint32_t k2, uint32_t v0, uint32_t v1,    \
+        uint32_t v2, uint32_t d0, uint32_t d1, uint32_t d2) {                                                      \
+        rope_cu::rope_kv_write_impl<T>(q, k, v, q_dst, k_cache, v_cache, cos_table, sin_table, positions, slots,    \
+            tokens, heads, heads_kv, half, max_pos, num_slots, {q0, q1, q2}, {k0, k1, k2}, {v0, v1, v2},           \
+            {d0, d1, d2});                                                                                          \
+    }
+
+ROPE_KV_WRITE(rope_kv_write_f32, float)
+ROPE_KV_WRITE(rope_kv_write_bf16, __nv_bfloat16)
+ROPE_KV_WRITE(rope_kv_write_f16, __half)
+
+#undef ROPE_KV_WRITE

@@ -10,10 +10,18 @@
 // p_i = exp((l_i - max) / T) (unnormalised, max p = 1); threshold tau = max(min_p, p of the
 // k-th largest, p where the top mass reaches top_p); kept = {i : p_i >= tau}; the token is
 // the first i in id order whose running kept mass exceeds u * (kept mass).
-// Thread mapping: one block per row (blockDim a multiple of 32, <= 1024). Thresholds are
-// found by bisection over p in [0, 1] (32 steps, each a block-wide count or sum), so no
-// sort and no scratch memory; the final pick is a block-wide scan over contiguous chunks.
-// logits rows contiguous (row stride given), uniform i32 [R], out u32 [R] (check::sample).
+// Thread mapping: grid (R, S), blockDim a multiple of 32, <= 1024. A greedy row is split
+// over its S blocks, each the argmax of a 1/S slice, merged in one pass (no second kernel):
+// each block folds (value, index) into one u64 key of the row's scratch with atomicMax, and
+// the last block of the row to finish (a counter) writes the index and resets both words
+// for the next launch (the max of the keys does not depend on the order: deterministic).
+// With S = 1 (the launcher's choice when R exceeds the scratch) the block writes directly.
+// A sampling row is done by its first block alone (the others return): thresholds are found
+// by bisection over p in [0, 1] (32 steps, each a block-wide count or sum), so no sort and no
+// scratch memory; the final pick is a block-wide scan over contiguous chunks.
+// logits rows contiguous (row stride given), uniform i32 [R], out u32 [R] (check::sample);
+// scratch: keys u64 [R] then counters u32 [R], zero between launches (backend.rs
+// SAMPLE_SCRATCH_ROWS; allocated zeroed).
 #include "common.cuh"
 
 namespace sample_cu {
@@ -40,9 +48,59 @@ __device__ __forceinline__ float kept(const float* __restrict__ l, uint32_t V, f
     return block_sum(s, scratch);
 }
 
+// (value, index) as one u64 that orders like argmax_better: the float's bits made monotonic
+// in the high word, ~index in the low one (smaller index wins ties). A block with no
+// candidate (all NaN) gives index 0xffffffff: low word 0, below any real candidate.
+__device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
+    const uint32_t u = __float_as_uint(v == 0.f ? 0.f : v);  // -0 ties +0, as in argmax_better
+    const uint32_t ord = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (static_cast<unsigned long long>(ord) << 32) | static_cast<unsigned long long>(~i);
+}
+
+// Block blockIdx.y of gridDim.y of one greedy row `l` (V values).
+__device__ __forceinline__ void argmax_split(const float* __restrict__ l, uint32_t V,
+                                             unsigned long long* __restrict__ ws, uint32_t* __restrict__ out) {
+    __shared__ float svals[32];
+    __shared__ uint32_t sidx[32];
+    const uint32_t per = (V + gridDim.y - 1) / gridDim.y;
+    const uint32_t begin = min(V, blockIdx.y * per), end = min(V, begin + per);
+    float best = -INFINITY;
+    uint32_t best_i = 0xffffffffu;
+#pragma unroll 4
+    for (uint32_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
+        const float v = l[c];
+        if (argmax_cu::argmax_better(v, c, best, best_i)) {
+            best = v;
+            best_i = c;
+        }
+    }
+    argmax_cu::argmax_warp(best, best_i);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (lane == 0) {
+        svals[warp] = best;
+        sidx[warp] = best_i;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    best = lane < nwarps ? svals[lane] : -INFINITY;
+    best_i = lane < nwarps ? sidx[lane] : 0xffffffffu;
+    argmax_cu::argmax_warp(best, best_i);
+    if (lane != 0) return;
+    unsigned long long* key = ws + blockIdx.x;
+    uint32_t* counter = reinterpret_cast<uint32_t*>(ws + gridDim.x) + blockIdx.x;
+    atomicMax(key, argmax_key(best, best_i));
+    __threadfence();
+    if (atomicAdd(counter, 1u) == gridDim.y - 1) {  // the row's last block: every key is in
+        const unsigned long long k = atomicExch(key, 0ull);
+        *counter = 0u;
+        const uint32_t low = static_cast<uint32_t>(k);
+        out[blockIdx.x] = low == 0u ? 0u : ~low;
+    }
+}
+
 __device__ __forceinline__ void sample_impl(const float* __restrict__ logits, uint32_t V, uint32_t row_stride,
                                             const int32_t* __restrict__ uniform, const int32_t* __restrict__ params,
-                                            uint32_t* __restrict__ out) {
+                                            uint32_t* __restrict__ out, unsigned long long* __restrict__ scratch_ws) {
     const int32_t* w = params + static_cast<size_t>(blockIdx.x) * 4;
     SampleParams sp;
     sp.temperature = __int_as_float(w[0]);
@@ -50,9 +108,14 @@ __device__ __forceinline__ void sample_impl(const float* __restrict__ logits, ui
     sp.top_p = __int_as_float(w[2]);
     sp.min_p = __int_as_float(w[3]);
     if (!(sp.temperature > 0.f)) {  // greedy row (uniform across the block: no divergence)
-        argmax_cu::argmax_impl<float>(logits, out, V, row_stride);
+        if (gridDim.y == 1) {
+            argmax_cu::argmax_impl<float>(logits, out, V, row_stride);
+        } else {
+            argmax_split(logits + static_cast<size_t>(blockIdx.x) * row_stride, V, scratch_ws, out);
+        }
         return;
     }
+    if (blockIdx.y != 0) return;
     __shared__ float scratch[32];
     __shared__ float chunk_prefix[1024];
     __shared__ uint32_t picked;
@@ -135,6 +198,6 @@ __device__ __forceinline__ void sample_impl(const float* __restrict__ logits, ui
 
 extern "C" __global__ void sample_f32(const float* __restrict__ logits, uint32_t V, uint32_t row_stride,
                                       const int32_t* __restrict__ uniform, const int32_t* __restrict__ params,
-                                      uint32_t* __restrict__ out) {
-    sample_cu::sample_impl(logits, V, row_stride, uniform, params, out);
+                                      uint32_t* __restrict__ out, unsigned long long* __restrict__ scratch) {
+    sample_cu::sample_impl(logits, V, row_stride, uniform, params, out, scratch);
 }

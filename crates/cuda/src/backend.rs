@@ -22,7 +22,7 @@ use encore_tensor::{
 
 use crate::device::{CudaDevice, DeviceBuffer};
 use crate::error::drv;
-use crate::kernels::{binary_index, float_index, unary_index, Kernel};
+use crate::kernels::{binary_index, float_index, unary_index, Kernel, GEMV_TIERS};
 use crate::CudaError;
 
 /// Threads per block of the elementwise kernels (grid-stride loops).
@@ -91,6 +91,24 @@ pub struct Cuda {
     /// The scratch of quantized matmuls (q8_1 activations, prefill chunks; qmatmul.rs),
     /// sized by `upload_quant`.
     pub(crate) quant: Arc<crate::qmatmul::QuantScratch>,
+    /// sample.cu's split-argmax scratch: u64 keys then u32 counters, [`SAMPLE_SCRATCH_ROWS`]
+    /// each, zero between launches (the kernel resets what it used).
+    sample_scratch: Arc<DeviceBuffer>,
+}
+
+/// Rows whose greedy argmax sample.cu can split over several blocks (larger launches, e.g.
+/// a prefill's every-row logits, take one block a row).
+const SAMPLE_SCRATCH_ROWS: usize = 1024;
+/// Logits a split-argmax block scans (at most SAMPLE_MAX_SPLITS blocks a row).
+const SAMPLE_SPLIT_COLS: usize = 4096;
+const SAMPLE_MAX_SPLITS: usize = 64;
+
+/// Blocks a row of `cols` logits for `rows` rows (1: the one-block path).
+fn sample_splits(rows: usize, cols: usize) -> usize {
+    if rows > SAMPLE_SCRATCH_ROWS {
+        return 1;
+    }
+    cols.div_ceil(SAMPLE_SPLIT_COLS).clamp(1, SAMPLE_MAX_SPLITS)
 }
 
 /// Scratch of attention, [`ATTENTION_WS_BYTES`]: either split-K partials, `[T*H, nsplit, 2]`
@@ -188,7 +206,8 @@ impl Cuda {
         }
         let buf = dev.alloc(ATTENTION_WS_BYTES.max(4 * sm_count * (ATTENTION_MAX_D + 2) * 4))?;
         let ws = AttentionWorkspace { buf, sm_count, tc_decode, tc_prefill, tc_decode_slots };
-        Ok(Cuda { dev, attn: Arc::new(ws), quant: Arc::default() })
+        let sample_scratch = Arc::new(dev.alloc_zeroed(SAMPLE_SCRATCH_ROWS * (8 + 4))?);
+        Ok(Cuda { dev, attn: Arc::new(ws), quant: Arc::default(), sample_scratch })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -259,29 +278,34 @@ impl Cuda {
         blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
         blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
         self.in_bounds(OP, &[lhs, rhs, dst])?;
-        // gemv.cu serves only the f32-output (LM head) decode matmuls: for them cuBLAS picks
-        // a split-K kernel that adds a memset node to a captured graph. For bf16 projections
-        // cuBLAS measured faster than gemv.cu (BENCHMARKS.md), so they stay on cuBLAS.
-        if !accumulate && dst.dtype() == DType::F32 && lhs.dtype() != DType::F32 {
-            if let Some(g) = gemv_shape(&dims, lhs, rhs) {
-                return self.gemv(g, lhs, rhs, dst);
-            }
+        // gemv.cu serves the decode-shaped matmuls (M <= 2 rows against a [N, K] weight, or
+        // M <= 8 for f32 logits), with the residual add as its epilogue: it streams W at up to
+        // the copy bandwidth where cuBLAS reaches 29-81%, and adds no memset nodes to graphs.
+        if let Some(g) = gemv_shape(&dims, lhs, rhs, dst) {
+            return self.gemv(g, lhs, rhs, dst, accumulate);
         }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
         Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, accumulate)?)
     }
 
-    /// gemv.cu for decode-shaped matmuls (see `gemv_shape`).
-    fn gemv(&self, g: GemvShape, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+    /// gemv.cu for decode-shaped matmuls (see `gemv_shape`); `dst += lhs rhs` when `accumulate`.
+    fn gemv(
+        &self,
+        g: GemvShape,
+        lhs: &Tensor<Cuda>,
+        rhs: &Tensor<Cuda>,
+        dst: &Tensor<Cuda>,
+        accumulate: bool,
+    ) -> Result<()> {
         const OP: &str = "matmul";
         if g.n == 0 {
             return Ok(());
         }
-        let ks = self.dev.kernels();
-        let kernel = match (lhs.dtype(), dst.dtype()) {
-            (DType::BF16, DType::F32) => &ks.gemv_to_f32[0],
-            (DType::F16, DType::F32) => &ks.gemv_to_f32[1],
-            (dt, _) => &ks.gemv[float_ix(OP, dt)?],
+        let tier = GEMV_TIERS.iter().position(|&t| g.m <= t).expect("gemv_shape keeps M <= 8");
+        let row = match (lhs.dtype(), dst.dtype()) {
+            (DType::BF16, DType::F32) => 3,
+            (DType::F16, DType::F32) => 4,
+            (dt, _) => float_ix(OP, dt)?,
         };
         let args = [
             Arg::Ptr(at(lhs)),
@@ -292,9 +316,11 @@ impl Cuda {
             Arg::U32(u32_of(OP, "inner dim", g.k)?),
             Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
             Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
+            Arg::U32(accumulate as u32),
         ];
-        // gemv.cu: GEMV_THREADS threads and GEMV_ROWS outputs a block
-        self.launch(kernel, (g.n.div_ceil(GEMV_ROWS) as u32, 1, 1), GEMV_THREADS, &args, None)
+        let rows_a_block = GEMV_WARPS * GEMV_ROWS_PER_WARP[(row >= 3) as usize][tier];
+        let grid = u32_of(OP, "gemv blocks", g.n.div_ceil(rows_a_block))?;
+        self.launch(&self.dev.kernels().gemv[row][tier], (grid, 1, 1), GEMV_WARPS as u32 * 32, &args, None)
     }
 
     pub(crate) fn in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
@@ -463,7 +489,7 @@ struct AttnArgs {
 }
 
 /// Most arguments of any kernel (attention has 17).
-const MAX_ARGS: usize = 20;
+const MAX_ARGS: usize = 32;
 
 /// One scalar kernel argument, stored by value so that its address can go to cuLaunchKernel.
 #[derive(Clone, Copy)]
@@ -500,12 +526,20 @@ fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
     Arg::Ptr(t.storage().ptr() + (offset * t.dtype().size_in_bytes()) as u64)
 }
 
-/// gemv.cu's `THREADS` and `R`: the block size and outputs a block.
-const GEMV_THREADS: u32 = 256;
-const GEMV_ROWS: usize = 4;
+/// gemv.cu's `WARPS` (a block) and, per tier of [`GEMV_TIERS`], its `R` (rows of W a warp)
+/// for the same-dtype kernels `[0]` and the f32-output ones `[1]`: the instantiation lines at
+/// the end of gemv.cu.
+const GEMV_WARPS: usize = 4;
+const GEMV_ROWS_PER_WARP: [[usize; 4]; 2] = [[1, 1, 4, 4], [2, 4, 4, 4]];
+/// Rows of x up to which gemv.cu serves same-dtype projections (above, cuBLAS is faster:
+/// gemv.cu is FMA-bound from M = 4, crates/cuda/dev/NOTES.md); f32 logits from bf16/f16
+/// take it up to the last tier (cuBLAS would add a memset node for its split-K LM head).
+const GEMV_MAX_M_SAME_DTYPE: usize = 2;
 
-/// The decode-step shape gemv.cu serves: `x [M <= 8, K] @ W^T` with `W [N, K]` stored in
-/// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector.
+/// The decode-step shape gemv.cu serves: `x [M, K] @ W^T` (M <= 2, or <= 8 for f32 logits
+/// from bf16/f16) with `W [N, K]` stored in
+/// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector, the
+/// output rows unit-stride (the kernel's preconditions).
 #[derive(Clone, Copy, Debug)]
 struct GemvShape {
     m: usize,
@@ -515,12 +549,15 @@ struct GemvShape {
     ldy: usize,
 }
 
-fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>) -> Option<GemvShape> {
+fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Option<GemvShape> {
     let es = lhs.dtype().size_in_bytes();
+    let logits = dst.dtype() == DType::F32 && lhs.dtype() != DType::F32;
+    let max_m = if logits { GEMV_TIERS[GEMV_TIERS.len() - 1] } else { GEMV_MAX_M_SAME_DTYPE };
     let vec = 16 / es;
     let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
     let ok = d.batch == 1
-        && (1..=8).contains(&d.m)
+        && (1..=max_m).contains(&d.m)
+        && d.n < i32::MAX as usize
         && d.k % vec == 0
         && d.lhs.col_stride == 1
         && (d.m == 1 || (d.lhs.row_stride * es) % 16 == 0)
@@ -826,6 +863,62 @@ impl Backend for Cuda {
         self.launch_strided(kernel, meta, meta.numel as usize, &args)
     }
 
+    /// rope.cu `rope_kv_write`: the three launches of rope, rope, kv_write in one.
+    fn rope_kv_write(
+        &self,
+        q: &Tensor<Cuda>,
+        k: &Tensor<Cuda>,
+        v: &Tensor<Cuda>,
+        cos: &Tensor<Cuda>,
+        sin: &Tensor<Cuda>,
+        positions: &Tensor<Cuda>,
+        slot_mapping: &Tensor<Cuda>,
+        q_dst: &Tensor<Cuda>,
+        k_cache: &Tensor<Cuda>,
+        v_cache: &Tensor<Cuda>,
+    ) -> Result<()> {
+        const OP: &str = "rope_kv_write";
+        let (t, h, hkv, d, s) =
+            check::rope_kv_write(q, k, v, cos, sin, positions, slot_mapping, q_dst, k_cache, v_cache)?;
+        self.in_bounds(OP, &[q, k, v, cos, sin, positions, slot_mapping, q_dst, k_cache, v_cache])?;
+        let work = t * (h + 2 * hkv) * (d / 2);
+        if work == 0 {
+            return Ok(());
+        }
+        u32_of(OP, "threads", work)?;
+        // [T, heads, D] strides of q, k, v, q_dst: offsets from each view's start are
+        // computed in 64 bits from these u32 strides
+        let mut strides = [Arg::U32(0); 12];
+        for (i, view) in [q, k, v, q_dst].into_iter().enumerate() {
+            for (j, &stride) in view.layout().strides().iter().enumerate() {
+                strides[3 * i + j] = Arg::U32(u32_of(OP, "stride", stride)?);
+            }
+        }
+        let head = [
+            Arg::Ptr(at(q)),
+            Arg::Ptr(at(k)),
+            Arg::Ptr(at(v)),
+            Arg::Ptr(at(q_dst)),
+            Arg::Ptr(at(k_cache)),
+            Arg::Ptr(at(v_cache)),
+            Arg::Ptr(at(cos)),
+            Arg::Ptr(at(sin)),
+            Arg::Ptr(at(positions)),
+            Arg::Ptr(at(slot_mapping)),
+            Arg::U32(t as u32),
+            Arg::U32(h as u32),
+            Arg::U32(hkv as u32),
+            Arg::U32((d / 2) as u32),
+            Arg::U32(u32_of(OP, "table rows", cos.dims()[0])?),
+            Arg::U32(u32_of(OP, "slots", s)?),
+        ];
+        let mut args = [Arg::U32(0); 28];
+        args[..16].copy_from_slice(&head);
+        args[16..].copy_from_slice(&strides);
+        let kernel = &self.dev.kernels().rope_kv_write[float_ix(OP, q.dtype())?];
+        self.launch(kernel, (elementwise_grid(work), 1, 1), ELEMENTWISE_BLOCK, &args, None)
+    }
+
     fn attention(
         &self,
         q: &Tensor<Cuda>,
@@ -892,8 +985,10 @@ impl Backend for Cuda {
             Arg::Ptr(at(uniform)),
             Arg::Ptr(at(params)),
             Arg::Ptr(at(dst)),
+            Arg::Ptr(self.sample_scratch.ptr()),
         ];
-        self.launch(&self.dev.kernels().sample, (row_grid(OP, rows)?, 1, 1), 1024, &args, None)
+        let splits = sample_splits(rows, cols) as u32;
+        self.launch(&self.dev.kernels().sample, (row_grid(OP, rows)?, splits, 1), 1024, &args, None)
     }
 
     fn argmax(&self, x: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
@@ -925,6 +1020,15 @@ mod tests {
             assert!(b % 32 == 0 && (32..=1024).contains(&b), "{cols} -> {b}");
         }
         assert_eq!(row_block(576), 256);
+    }
+
+    #[test]
+    fn sample_splits_cover_the_vocab_within_the_scratch() {
+        assert_eq!(sample_splits(1, 128_256), 32);
+        assert_eq!(sample_splits(8, 151_936), 38);
+        assert_eq!(sample_splits(1, 100), 1);
+        assert_eq!(sample_splits(1, 1 << 30), SAMPLE_MAX_SPLITS);
+        assert_eq!(sample_splits(SAMPLE_SCRATCH_ROWS + 1, 128_256), 1, "past the scratch: one block a row");
     }
 
     #[test]

@@ -59,6 +59,23 @@ macro_rules! per_dtype {
 /// qmatmul.cu's GEMV tiers: kernels for at most 1, 4 and 16 rows of x.
 pub const QGEMV_TIERS: [usize; 3] = [1, 4, 16];
 
+/// gemv.cu's tiers: kernels for at most 1, 2, 4 and 8 rows of x.
+pub const GEMV_TIERS: [usize; 4] = [1, 2, 4, 8];
+
+/// gemv.cu `gemv_<in>[_f32]_m<tier>`: `[f32, bf16, f16, bf16 -> f32, f16 -> f32][tier]`.
+macro_rules! gemv_tiers {
+    ($p:literal) => {
+        [concat!($p, "_m1"), concat!($p, "_m2"), concat!($p, "_m4"), concat!($p, "_m8")]
+    };
+}
+const GEMV: [[&str; 4]; 5] = [
+    gemv_tiers!("gemv_f32"),
+    gemv_tiers!("gemv_bf16"),
+    gemv_tiers!("gemv_f16"),
+    gemv_tiers!("gemv_bf16_f32"),
+    gemv_tiers!("gemv_f16_f32"),
+];
+
 /// `[dtype][tier]` names of one block type's GEMV kernels.
 macro_rules! qgemv_names {
     ($ty:literal) => {
@@ -147,11 +164,13 @@ pub struct Kernels {
     pub softmax: [Kernel; 3],
     pub argmax: [Kernel; 3],
     pub rope: [Kernel; 3],
+    /// rope.cu `rope_kv_write_<dtype>`: rope of q and k, k and v into the cache, one launch.
+    pub rope_kv_write: [Kernel; 3],
     pub embedding: [Kernel; 3],
-    /// gemv.cu `gemv_<dtype>`: decode-shaped x @ W^T (M <= 8).
-    pub gemv: [Kernel; 3],
-    /// gemv.cu `gemv_bf16_f32`, `gemv_f16_f32`: f32 outputs (logits) from bf16/f16 inputs.
-    pub gemv_to_f32: [Kernel; 2],
+    /// gemv.cu `gemv_<dtype>_m<tier>`: decode-shaped x @ W^T (M <= 8), `[dtype][tier]`
+    /// (tiers in [`GEMV_TIERS`]), and `gemv_<bf16|f16>_f32_m<tier>` at dtype index 3, 4: f32
+    /// outputs (logits) from bf16/f16 inputs.
+    pub gemv: [[Kernel; 4]; 5],
     /// sample.cu `sample_f32`: top-k / top-p / min-p sampling of f32 logits.
     pub sample: Kernel,
     /// fill.cu `fill_uniform_<dtype>`: random benchmark weights made on the device.
@@ -218,10 +237,18 @@ impl Kernels {
             softmax: three(per_dtype!("softmax"))?,
             argmax: three(per_dtype!("argmax"))?,
             rope: three(per_dtype!("rope"))?,
+            rope_kv_write: three(per_dtype!("rope_kv_write"))?,
             embedding: three(per_dtype!("embedding"))?,
             fill_uniform: three(per_dtype!("fill_uniform"))?,
-            gemv: three(per_dtype!("gemv"))?,
-            gemv_to_f32: [one("gemv_bf16_f32")?, one("gemv_f16_f32")?],
+            gemv: GEMV
+                .iter()
+                .map(|t| {
+                    let [a, b, c, d] = *t;
+                    Ok([get(module, a)?, get(module, b)?, get(module, c)?, get(module, d)?])
+                })
+                .collect::<Result<Vec<_>, CudaError>>()?
+                .try_into()
+                .unwrap_or_else(|_| panic!("five gemv dtypes")),
             sample: one("sample_f32")?,
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
@@ -247,7 +274,7 @@ impl Kernels {
     pub fn all(&self) -> Vec<&Kernel> {
         let mut v: Vec<&Kernel> = self.copy.iter().flatten().collect();
         v.extend([&self.copy_u32, &self.copy_i32]);
-        v.extend(self.gemv_to_f32.iter());
+        v.extend(self.gemv.iter().flatten());
         v.push(&self.sample);
         v.push(&self.attention_plan);
         v.extend(self.attention_decode.iter().chain(&self.attention_prefill).flatten());
@@ -260,9 +287,9 @@ impl Kernels {
             &self.softmax,
             &self.argmax,
             &self.rope,
+            &self.rope_kv_write,
             &self.embedding,
             &self.fill_uniform,
-            &self.gemv,
             &self.kv_write,
             &self.attention,
             &self.attention_scalar,
@@ -383,7 +410,8 @@ mod tests {
         let mut table: Vec<String> =
             COPY.iter().chain(&UNARY).chain(&BINARY).chain(&QDEQUANT).flatten().map(|s| s.to_string()).collect();
         table.extend(QGEMV.iter().flatten().flatten().map(|s| s.to_string()));
-        table.extend(["copy_u32_u32", "copy_i32_i32", "gemv_bf16_f32", "gemv_f16_f32", "sample_f32"].map(String::from));
+        table.extend(GEMV.iter().flatten().map(|s| s.to_string()));
+        table.extend(["copy_u32_u32", "copy_i32_i32", "sample_f32"].map(String::from));
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
         for op in [
             "silu_mul",
@@ -392,9 +420,9 @@ mod tests {
             "softmax",
             "argmax",
             "rope",
+            "rope_kv_write",
             "embedding",
             "fill_uniform",
-            "gemv",
             "kv_write",
             "attention",
             "attention_scalar",

@@ -9,7 +9,7 @@
 //! the first step, so a decode step allocates nothing and can be captured as is.
 //!
 //! q/k/v and gate/up are fused into one matmul each at load; the halves are strided views
-//! of the fused output (rope, kv_write and silu_mul read them through launch metadata).
+//! of the fused output (rope_kv_write and silu_mul read them in place).
 //! Projections are [`Linear`]s: dense, or quantized blocks as the file stores them (GGUF)
 //! or as `--quantize` made them; the forward pass is the same either way.
 
@@ -79,8 +79,8 @@ pub struct RunState<B: Backend> {
     x: Tensor<B>,          // [T, C] residual stream
     xn: Tensor<B>,         // [T, C] normed input of a block
     qkv: Tensor<B>,        // [T, (H + 2 Hkv) D]
-    q: Tensor<B>,          // [T, H, D] after rope
-    k: Tensor<B>,          // [T, Hkv, D] after rope
+    q: Tensor<B>,          // [T, H, D] after rope (k goes from qkv into the cache, rotated)
+    k: Tensor<B>,          // [T, Hkv, D] k after its norm and rope (q/k-norm models only)
     attn: Tensor<B>,       // [T, H, D]
     gate_up: Tensor<B>,    // [T, 2 I]
     act: Tensor<B>,        // [T, I]
@@ -467,13 +467,22 @@ impl<B: Backend> Llama<B> {
                         b.rms_norm(dst, w, eps, dst)?;
                         b.rope(dst, cos, sin, &positions, dst)?;
                     }
+                    b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
                 }
-                None => {
-                    b.rope(&q_raw, cos, sin, &positions, &q)?;
-                    b.rope(&k_raw, cos, sin, &positions, &k)?;
-                }
+                // RoPE of q and k and the K/V write in one launch
+                None => b.rope_kv_write(
+                    &q_raw,
+                    &k_raw,
+                    &v_raw,
+                    cos,
+                    sin,
+                    &positions,
+                    &slots,
+                    &q,
+                    &cache.k[l],
+                    &cache.v[l],
+                )?,
             }
-            b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
             let params = AttentionParams { scale, sliding_window: layer.window, block_size: cache.block_size as u32 };
             b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
             residual_add(b, &layer.o_proj, &attn.reshape(&[t, h * d])?, layer.post_attn_norm.as_ref(), eps, &xn, &x)?;

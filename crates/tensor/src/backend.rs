@@ -297,6 +297,27 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
         v_cache: &Tensor<Self>,
         slot_mapping: &Tensor<Self>,
     ) -> Result<()>;
+    /// The attention prologue of a layer in one op: `q_dst = rope(q)`, and for each row `t`
+    /// with `slot_mapping[t] >= 0`, `k_cache[slot] = rope(k[t])`, `v_cache[slot] = v[t]`;
+    /// exactly [`Backend::rope`] of q and of k followed by [`Backend::kv_write`] (same
+    /// padding rules: a negative position leaves its row unrotated, a negative slot writes
+    /// nothing). `q, q_dst: [T, H, D]`, `k, v: [T, Hkv, D]` (q, k, v may be strided views
+    /// of a fused qkv), caches `[S, Hkv, D]`, `cos, sin: [P, D/2]` f32, `positions`,
+    /// `slot_mapping: [T]` i32.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_write(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        cos: &Tensor<Self>,
+        sin: &Tensor<Self>,
+        positions: &Tensor<Self>,
+        slot_mapping: &Tensor<Self>,
+        q_dst: &Tensor<Self>,
+        k_cache: &Tensor<Self>,
+        v_cache: &Tensor<Self>,
+    ) -> Result<()>;
     /// Causal attention over a paged cache. `q, dst: [T, H, D]`; caches `[N * bs, Hkv, D]`
     /// (`bs = params.block_size`); `block_tables: [R, MB]` i32, row `r` the blocks of one
     /// sequence in order; `row_seq: [T]` i32, the block-table row of each query;

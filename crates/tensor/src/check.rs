@@ -296,6 +296,28 @@ pub fn kv_write<B: Backend>(
     Ok((t, hkv, d, kc.dims()[0]))
 }
 
+/// [`Backend::rope_kv_write`]: the checks of rope (q and k) and kv_write. Returns
+/// (T, H, Hkv, D, S).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_write<B: Backend>(
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    cos: &Tensor<B>,
+    sin: &Tensor<B>,
+    positions: &Tensor<B>,
+    slots: &Tensor<B>,
+    q_dst: &Tensor<B>,
+    kc: &Tensor<B>,
+    vc: &Tensor<B>,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    let (t, h, d) = rope(q, cos, sin, positions, q_dst)?;
+    same_dtype("rope_kv_write", q, k)?;
+    rope(k, cos, sin, positions, k)?;
+    let (_, hkv, _, s) = kv_write(k, v, kc, vc, slots)?;
+    Ok((t, h, hkv, d, s))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionDims {
     /// query rows

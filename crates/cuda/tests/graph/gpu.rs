@@ -711,8 +711,8 @@ fn launch_bench_full() {
 
 /// cuBLAS GEMMs at Llama-3.2-1B decode shapes (x @ W^T, bf16), captured one by one: none
 /// may touch the host (no memcpy, alloc or free node). cuBLAS does add a memset node for
-/// its split-K LM-head kernel (N = 128256), which is why decode steps of M <= 8 rows use
-/// gemv.cu instead; the memset shapes are printed.
+/// its split-K LM-head kernel (N = 128256), which is why decode steps of M <= 8 rows take
+/// gemv.cu for the LM head (and for the projections at M <= 2); the memset shapes are printed.
 #[test]
 fn decode_shaped_cublas_gemms_capture_without_host_nodes() {
     let dev = device();

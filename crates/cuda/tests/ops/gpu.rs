@@ -60,6 +60,7 @@ parity!(silu_mul, parity::silu_mul_cases, true);
 parity!(gelu_mul, parity::gelu_mul_cases, true);
 parity!(rope, parity::rope_cases, true);
 parity!(kv_write, parity::kv_write_cases, true);
+parity!(rope_kv_write, parity::rope_kv_write_cases, false);
 parity!(embedding, parity::embedding_cases, false);
 parity!(rms_norm, parity::rms_norm_cases, false);
 parity!(softmax, parity::softmax_cases, false);
@@ -390,9 +391,10 @@ fn fill_uniform_on_the_device_is_uniform_in_range_and_seeded() {
     }
 }
 
-/// Decode-shaped matmuls (x [M, K] @ W^T, W [N, K] rows), bf16/f16 -> f32 ones by gemv.cu
-/// for M <= 8, the rest by cuBLAS: every M, an N
-/// that is not a multiple of the 4 outputs per warp, and x rows with a stride and an offset.
+/// Decode-shaped matmuls (x [M, K] @ W^T, W [N, K] rows) and their residual form
+/// (`matmul_add`: dst += x W^T), by gemv.cu for M <= 2 in every float dtype and for f32
+/// logits from bf16/f16 up to M = 8, by cuBLAS otherwise: every M, an N that is not a multiple of a block's rows, x rows with a stride
+/// and an offset, a random destination to accumulate onto.
 #[test]
 fn decode_shaped_matmul_gemv_matches_cpu() {
     let mut rng = Rng::fresh("decode_shaped_matmul_gemv_matches_cpu");
@@ -400,30 +402,38 @@ fn decode_shaped_matmul_gemv_matches_cpu() {
     let (n, k) = (301, 512);
     let cases = DType::FLOATS.map(|d| (d, d)).into_iter().chain([(DType::BF16, DType::F32), (DType::F16, DType::F32)]);
     for (dt, out) in cases {
-        for m in [1, 2, 3, 4, 5, 6, 7, 8, 16] {
+        for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16] {
             // x is a [m, k] view at offset 2k of a [m + 3, k + 16] buffer: row stride k + 16
             let xbuf = random(&mut rng, dt, &[m + 3, k + 16], -1.0, 1.0);
             let w = random(&mut rng, dt, &[n, k], -1.0, 1.0);
+            let y0 = random(&mut rng, out, &[m, n], -4.0, 4.0);
             let (gx, cx) = both(&gpu, &xbuf);
             let (gw, cw) = both(&gpu, &w);
             let view = |t: &Tensor<Cuda>| t.narrow(0, 2, m).unwrap().narrow(1, 0, k).unwrap();
             let cview = |t: &Tensor<Cpu>| t.narrow(0, 2, m).unwrap().narrow(1, 0, k).unwrap();
-            let (go, co) = (gpu.zeros(out, &[m, n]).unwrap(), Cpu.zeros(out, &[m, n]).unwrap());
-            let s0 = gpu.device().launch_stats();
-            gpu.matmul(&view(&gx), &gw.transpose(0, 1).unwrap(), &go).unwrap();
-            // f32 outputs from bf16/f16 with M <= 8 take gemv.cu (one launch of ours); the rest
-            // cuBLAS (none of ours)
-            let ours = gpu.device().launch_stats().since(&s0).kernels;
-            let gemv = m <= 8 && out == DType::F32 && dt != DType::F32;
-            assert_eq!(ours, gemv as u64, "{dt}->{out} m={m}: gemv.cu only for mixed M <= 8");
-            Cpu.matmul(&cview(&cx), &cw.transpose(0, 1).unwrap(), &co).unwrap();
-            let got = gpu.download(&go).unwrap().to_f32();
-            let want: Vec<f64> = Cpu.download(&co).unwrap().to_f32().iter().map(|&v| v as f64).collect();
-            // sums of 512 products of values in [-1, 1): scale the per-dtype tolerance by sqrt(K)
-            let (atol, _) = encore_tensor::testing::tolerance(out);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let tol = atol * (k as f64).sqrt() * 4.0 + 2.0 * encore_tensor::testing::tolerance(out).1 * w.abs();
-                assert!((*g as f64 - w).abs() <= tol, "{dt}->{out} m={m} element {i}: {g} vs cpu {w}");
+            for accumulate in [false, true] {
+                let (go, co) = both(&gpu, &y0);
+                let s0 = gpu.device().launch_stats();
+                let (gwt, cwt) = (gw.transpose(0, 1).unwrap(), cw.transpose(0, 1).unwrap());
+                if accumulate {
+                    gpu.matmul_add(&view(&gx), &gwt, &go).unwrap();
+                    Cpu.matmul_add(&cview(&cx), &cwt, &co).unwrap();
+                } else {
+                    gpu.matmul(&view(&gx), &gwt, &go).unwrap();
+                    Cpu.matmul(&cview(&cx), &cwt, &co).unwrap();
+                }
+                // gemv.cu is one launch of ours; cuBLAS none
+                let ours = gpu.device().launch_stats().since(&s0).kernels;
+                let max_m = if out == DType::F32 && dt != DType::F32 { 8 } else { 2 };
+                assert_eq!(ours, (m <= max_m) as u64, "{dt}->{out} m={m} add={accumulate}: gemv.cu for M <= {max_m}");
+                let got = gpu.download(&go).unwrap().to_f32();
+                let want: Vec<f64> = Cpu.download(&co).unwrap().to_f32().iter().map(|&v| v as f64).collect();
+                // sums of 512 products of values in [-1, 1): scale the per-dtype tolerance by sqrt(K)
+                let (atol, rtol) = encore_tensor::testing::tolerance(out);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let tol = atol * (k as f64).sqrt() * 4.0 + 2.0 * rtol * w.abs();
+                    assert!((*g as f64 - w).abs() <= tol, "{dt}->{out} m={m} add={accumulate} element {i}: {g} vs cpu {w}");
+                }
             }
         }
     }
