@@ -57,6 +57,7 @@ TOK="$(bash "$LCPP" tok)"
 SRC=/tmp/llamacpp   # where llamacpp.sh unpacks the source
 for p in $PRESETS; do
     hf="$WORK/$p"
+    [[ -f "$WORK/$p.bf16.gguf" || -f "$WORK/$p.Q8_0.gguf" ]] && continue   # made by an earlier run
     if [[ ! -f "$hf/config.json" ]]; then
         log "writing random $p"
         python3 "$HERE/gen_random_hf.py" "$p" "$hf" --tokenizer-dir "$TOK" >"$RES/gen-$p.log" 2>&1 \

@@ -17,7 +17,8 @@ load() { # load NAME PORT
     local name=$1 port=$2 c n
     for c in $CONC; do
         n=$((c * PER)); ((n < 16)) && n=16
-        timeout 300 "$ENCORE" bench serve --url "http://127.0.0.1:$port" --concurrency "$c" --num-prompts "$n" \
+        # a seed per concurrency: one run's prompts are not in the prefix cache from another's
+        timeout 300 "$ENCORE" bench serve --url "http://127.0.0.1:$port" --concurrency "$c" --num-prompts "$n" --seed "$c" \
             --input-len 256 --output-len 128 --json "$OUT_DIR/serve-$name-c$c.json" > "$OUT_DIR/serve-$name-c$c.txt" 2>&1
         echo "serve-$name-c$c rc=$? $(grep -E 'Output token throughput|P99 TPOT' "$OUT_DIR/serve-$name-c$c.txt" | awk '{print $NF}' | tr '\n' ' ')"
     done

@@ -411,7 +411,7 @@ mod tests {
             COPY.iter().chain(&UNARY).chain(&BINARY).chain(&QDEQUANT).flatten().map(|s| s.to_string()).collect();
         table.extend(QGEMV.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(GEMV.iter().flatten().map(|s| s.to_string()));
-        table.extend(["copy_u32_u32", "copy_i32_i32", "sample_f32"].map(String::from));
+        table.extend(["copy_u32_u32", "copy_i32_i32", "sample_f32", "qcvt_bf16_f16", "qepi_bf16"].map(String::from));
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
         for op in [
             "silu_mul",
@@ -427,6 +427,7 @@ mod tests {
             "attention",
             "attention_scalar",
             "attention_merge",
+            "qquant_x",
         ] {
             table.extend(DType::FLOATS.map(|dt| format!("{op}_{dt}")));
         }

@@ -470,18 +470,9 @@ impl<B: Backend> Llama<B> {
                     b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
                 }
                 // RoPE of q and k and the K/V write in one launch
-                None => b.rope_kv_write(
-                    &q_raw,
-                    &k_raw,
-                    &v_raw,
-                    cos,
-                    sin,
-                    &positions,
-                    &slots,
-                    &q,
-                    &cache.k[l],
-                    &cache.v[l],
-                )?,
+                None => {
+                    b.rope_kv_write(&q_raw, &k_raw, &v_raw, cos, sin, &positions, &slots, &q, &cache.k[l], &cache.v[l])?
+                }
             }
             let params = AttentionParams { scale, sliding_window: layer.window, block_size: cache.block_size as u32 };
             b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
