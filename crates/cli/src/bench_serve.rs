@@ -64,16 +64,28 @@ pub fn run(a: BenchServeArgs) -> Result<()> {
         timeout: Duration::from_secs(a.timeout.max(1)),
     };
     let report = bench_serve::run(cfg)?;
-    print!("{}", report.table());
-    for e in &report.errors {
-        eprintln!("failed request: {e}");
-    }
-    if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
-    }
+    print_report(&report.table(), &report.errors, &serde_json::to_value(&report)?, a.json.as_deref())?;
     if report.completed == 0 {
         bail!("every request failed ({} of {})", report.failed, report.num_prompts);
+    }
+    Ok(())
+}
+
+/// The table on stdout, the failed requests' messages on stderr, the report as JSON to
+/// `--json` (shared with `bench soak`).
+pub fn print_report(
+    table: &str,
+    errors: &[String],
+    report: &serde_json::Value,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    print!("{table}");
+    for e in errors {
+        eprintln!("failed request: {e}");
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
     }
     Ok(())
 }

@@ -76,14 +76,12 @@ pub fn run(a: BenchSoakArgs) -> Result<()> {
         max_growth: a.max_growth_pct / 100.0,
     };
     let report = soak::run(cfg)?;
-    print!("{}", report.table());
-    for e in &report.errors {
-        eprintln!("failed request: {e}");
-    }
-    if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("--json {}", path.display()))?;
-    }
+    crate::bench_serve::print_report(
+        &report.table(),
+        &report.errors,
+        &serde_json::to_value(&report)?,
+        a.json.as_deref(),
+    )?;
     if !report.problems.is_empty() {
         bail!("soak failed: {}", report.problems.join("; "));
     }
