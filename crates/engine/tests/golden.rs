@@ -63,27 +63,31 @@ fn tiny_models_match_transformers_logits() {
     }
 }
 
+/// `n` greedy tokens of each prompt, batched through the engine on the CPU (EOS is not
+/// special in the golden runs: exactly `n` tokens each).
+fn greedy_on_cpu(model: Llama<Cpu>, prompts: &[Vec<u32>], n: usize, max_len: usize) -> Vec<Vec<u32>> {
+    let rc = RunnerConfig {
+        block_size: 16,
+        num_blocks: max_len.div_ceil(16) * prompts.len(),
+        max_num_seqs: prompts.len(),
+        max_num_batched_tokens: 64,
+        max_model_len: max_len,
+    };
+    let runner = ModelRunner::new(Cpu, model, rc).unwrap();
+    let mut engine = LlmEngine::new(runner, Box::new(Eager), vec![]);
+    let params = SamplingParams { max_tokens: n, ..Default::default() };
+    generate(&mut engine, prompts, &params, |_, _| Flow::Continue).unwrap().tokens
+}
+
 #[test]
 fn smollm2_greedy_tokens_match_transformers() {
     let golden = GreedyGolden::load(&golden_dir().join("smollm2.json")).unwrap();
     let files = open_model(&default_model_path().expect("fetching the default model")).unwrap();
     let prompts: Vec<Vec<u32>> = golden.cases.iter().map(|c| c.prompt_ids.clone()).collect();
     let n = golden.cases[0].generated_ids.len();
-    let b = Cpu;
-    let model = Llama::load(&b, files.config.clone(), files.weights.as_ref(), DType::F32, 256).unwrap();
-    let rc = RunnerConfig {
-        block_size: 16,
-        num_blocks: 16 * prompts.len(),
-        max_num_seqs: prompts.len(),
-        max_num_batched_tokens: 64,
-        max_model_len: 256,
-    };
-    let runner = ModelRunner::new(b, model, rc).unwrap();
-    // EOS is not special in the golden run: generate exactly n tokens
-    let mut engine = LlmEngine::new(runner, Box::new(Eager), vec![]);
-    let params = SamplingParams { max_tokens: n, ..Default::default() };
-    let out = generate(&mut engine, &prompts, &params, |_, _| Flow::Continue).unwrap();
-    for (c, got) in golden.cases.iter().zip(&out.tokens) {
+    let model = Llama::load(&Cpu, files.config.clone(), files.weights.as_ref(), DType::F32, 256).unwrap();
+    let out = greedy_on_cpu(model, &prompts, n, 256);
+    for (c, got) in golden.cases.iter().zip(&out) {
         assert_eq!(
             got,
             &c.generated_ids,
@@ -109,23 +113,12 @@ fn gemma3_270m_greedy_tokens_match_transformers() {
     assert!(matches!(&warnings[..], [w] if w.contains("Q5_0 tensors are expanded")), "{warnings:?}");
     let prompts: Vec<Vec<u32>> = golden.cases.iter().map(|c| c.prompt_ids.clone()).collect();
     let n = golden.cases[0].generated_ids.len();
-    let b = Cpu;
-    let model = Llama::load(&b, cfg, &src, DType::F32, 64).unwrap();
+    let model = Llama::load(&Cpu, cfg, &src, DType::F32, 64).unwrap();
     let kinds = model.weight_kinds();
     eprintln!("Gemma 3 270M weights: {kinds}");
     assert!(["Q4_K", "Q6_K", "Q8_0"].iter().all(|k| kinds.contains(k)), "blocks kept as stored: {kinds}");
-    let rc = RunnerConfig {
-        block_size: 16,
-        num_blocks: 4 * prompts.len(),
-        max_num_seqs: prompts.len(),
-        max_num_batched_tokens: 64,
-        max_model_len: 64,
-    };
-    let runner = ModelRunner::new(b, model, rc).unwrap();
-    let mut engine = LlmEngine::new(runner, Box::new(Eager), vec![]);
-    let params = SamplingParams { max_tokens: n, ..Default::default() };
-    let out = generate(&mut engine, &prompts, &params, |_, _| Flow::Continue).unwrap();
-    for (c, got) in golden.cases.iter().zip(&out.tokens) {
+    let out = greedy_on_cpu(model, &prompts, n, 64);
+    for (c, got) in golden.cases.iter().zip(&out) {
         assert_eq!(
             got,
             &c.generated_ids,
