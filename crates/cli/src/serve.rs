@@ -53,9 +53,8 @@ fn config(a: ServeArgs) -> Result<ServerConfig> {
     if a.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
         bail!("--api-key must not be empty");
     }
-    let device: Device = a.engine.device.parse().map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
-    let default_seqs = if device == Device::Cpu { 8 } else { 64 };
-    let engine = a.engine.engine_config(a.max_num_seqs.unwrap_or(default_seqs))?;
+    let mut engine = a.engine.engine_config(0)?;
+    engine.max_num_seqs = a.max_num_seqs.unwrap_or(if engine.device == Device::Cpu { 8 } else { 64 });
     Ok(ServerConfig {
         host: a.host,
         port: a.port,
