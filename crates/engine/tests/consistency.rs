@@ -191,7 +191,7 @@ fn concurrent_greedy_requests_equal_each_request_alone() {
     let params = SamplingParams { max_tokens: 12, ..Default::default() };
     let mut rng = Rng::fresh("concurrent requests");
     let mut prompts: Vec<Vec<u32>> =
-        (0..8).map(|_| (0..3 + rng.below(30)).map(|_| 3 + rng.below(90) as u32).collect()).collect();
+        (0..8).map(|_| (0..20 + rng.below(13)).map(|_| 3 + rng.below(90) as u32).collect()).collect();
     prompts.push(prompts[2].clone()); // an exact repeat: prefix-cache hit
     let alone: Vec<Vec<u32>> = prompts
         .iter()
@@ -200,7 +200,9 @@ fn concurrent_greedy_requests_equal_each_request_alone() {
             generate(&mut e, std::slice::from_ref(p), &params, |_, _| Flow::Continue).unwrap().tokens.remove(0)
         })
         .collect();
-    // 24 blocks of 4 hold 96 tokens: nine sequences of up to 44 cannot all run at once
+    // 24 blocks of 4 hold 96 tokens. Every sequence grows to 32..44 tokens (8..11 blocks) and
+    // a request arrives every second step, so at least three run at once: the cache must
+    // preempt whatever the random lengths are.
     let mut e = engine(6, 24);
     let mut ids = Vec::new();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
