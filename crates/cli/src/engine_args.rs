@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use encore_engine::{Device, EngineConfig};
+use encore_models::chat_worker::Isolation;
 use encore_models::hub::{self, ModelFiles};
 use encore_models::quantize::QUANTIZE_TYPES;
 use encore_tensor::{DType, QuantType};
@@ -113,7 +114,9 @@ impl EngineArgs {
             Some(m) => hub::resolve_model(m)?,
             None => hub::default_model_path()?,
         };
-        let files = hub::open_model(&path)?;
+        let mut files = hub::open_model(&path)?;
+        let iso = Isolation::this_exe().context("finding this executable (it renders chat templates)")?;
+        files.chat_template = files.chat_template.map(|t| t.isolated(iso));
         Ok((path, files))
     }
 }

@@ -41,6 +41,10 @@ enum Command {
 }
 
 fn main() {
+    // this binary also renders chat templates for itself, in a capped child process
+    if std::env::args_os().nth(1).is_some_and(|a| a == encore_models::chat_worker::WORKER_ARG) {
+        std::process::exit(encore_models::chat_worker::worker_main());
+    }
     // `encore bench serve ...` is `encore bench-serve ...` (bench's own flags are others)
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() > 2 && args[1] == "bench" && (args[2] == "serve" || args[2] == "soak") {

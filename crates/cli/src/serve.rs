@@ -4,9 +4,10 @@
 //! the port is bound before the model loads, and requests get 503 until it is ready.
 
 use crate::engine_args::EngineArgs;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use encore_engine::{Device, QueueLimits};
+use encore_models::chat_worker::Isolation;
 use encore_server::ServerConfig;
 
 #[derive(Args, Debug)]
@@ -64,5 +65,6 @@ fn config(a: ServeArgs) -> Result<ServerConfig> {
         max_body_bytes: a.max_body_bytes,
         limits: QueueLimits { max_concurrent: a.max_concurrent, max_queue: a.max_queue },
         engine,
+        template_worker: Some(Isolation::this_exe().context("finding this executable (it renders chat templates)")?),
     })
 }

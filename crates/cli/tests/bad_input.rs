@@ -202,6 +202,15 @@ fn setup_flooding_template(dir: &Path) {
     gguf(dir, tiny_llama_model_gguf(true).kv_str("tokenizer.chat_template", t));
 }
 
+/// A string that doubles 40 times (a terabyte) without ever being printed: neither fuel nor
+/// the output limit sees it; the worker's memory cap does.
+const DOUBLING_TEMPLATE: &str =
+    "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+
+fn setup_doubling_template(dir: &Path) {
+    gguf(dir, tiny_llama_model_gguf(true).kv_str("tokenizer.chat_template", DOUBLING_TEMPLATE));
+}
+
 fn setup_fifo(dir: &Path) {
     let ok = Command::new("mkfifo").arg(dir.join("model.gguf")).status().map(|s| s.success()).unwrap_or(false);
     assert!(ok, "mkfifo");
@@ -529,6 +538,13 @@ const CASES: &[Case] = &[
         needles: &["chat template", "output passed the limit"],
         once: None,
     },
+    Case {
+        name: "chat template that builds a huge string",
+        args: &["generate", P, "ab", "--chat", "--model", "{dir}/m.gguf"],
+        setup: setup_doubling_template,
+        needles: &["chat template", "m.gguf", "memory limit"],
+        once: None,
+    },
 ];
 
 #[test]
@@ -556,7 +572,7 @@ fn cuda_device_without_the_cuda_build_says_how_to_get_it() {
 /// model generates (exit 0).
 #[test]
 fn a_broken_chat_template_does_not_make_the_model_unusable_without_chat() {
-    for setup in [setup_looping_template as fn(&Path), setup_flooding_template] {
+    for setup in [setup_looping_template as fn(&Path), setup_flooding_template, setup_doubling_template] {
         let dir = tempfile::tempdir().unwrap();
         setup(dir.path());
         let m = dir.path().join("m.gguf").display().to_string();

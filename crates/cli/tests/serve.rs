@@ -8,6 +8,9 @@
 //! `encore bench soak` against it, and a graceful SIGTERM. A second server
 //! (the tiny golden model, no API key) shows the key is optional.
 
+#[path = "../../models/tests/common/mod.rs"]
+mod common;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -330,6 +333,32 @@ fn serve_without_an_api_key_and_a_model_without_tokenizer() {
     let (code, body) = s.curl(&["/v1/completions", "-d", r#"{"prompt": "text"}"#]);
     assert!(code == 400 && body.contains("token ids"), "{body}");
     assert!(s.sigterm_and_wait().success());
+}
+
+/// A request whose template render runs out of memory gets a 400 naming the limit (the
+/// template worker dies, not the server), and the next request is served by a fresh worker.
+#[test]
+fn a_template_that_exhausts_memory_fails_its_request_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "{% if messages[0].content == 'boom' %}{% set ns = namespace(s='ab') %}\
+        {% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}{% endif %}\
+        {% for m in messages %}{{ m.content }}{% endfor %}";
+    let m = dir.path().join("m.gguf");
+    std::fs::write(&m, common::tiny_llama_model_gguf(true).kv_str("tokenizer.chat_template", template).build())
+        .unwrap();
+    let s = Server::start(&["--model", m.to_str().unwrap(), "--max-ctx", "64", "--kv-blocks", "8"]);
+    assert!(s.log().contains("render in a worker process capped at 512.0 MiB"), "{}", s.log());
+    let chat = |content: &str| {
+        let body = format!(r#"{{"messages": [{{"role": "user", "content": "{content}"}}], "max_tokens": 2}}"#);
+        s.curl(&["/v1/chat/completions", "-H", "Content-Type: application/json", "-d", &body])
+    };
+    for _ in 0..2 {
+        let (code, body) = chat("boom");
+        assert!(code == 400 && body.contains("memory limit") && body.contains("m.gguf"), "{code} {body}");
+        let (code, body) = chat("ab");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert_eq!((code, v["usage"]["prompt_tokens"].as_u64().is_some()), (200, true), "{body}");
+    }
 }
 
 /// The last stderr line of `encore serve ARGS`, which must fail without a panic.

@@ -4,6 +4,7 @@
 //! Python string/dict methods (`.strip()`, `.items()`, ...), `raise_exception`,
 //! `strftime_now`, and a `tojson` that prints like Python's `json.dumps`.
 
+use crate::chat_worker::{IsolatedRenderer, Isolation};
 use crate::error::{ModelError, Result};
 use crate::weights::read_text;
 use minijinja::value::{Kwargs, Value as JValue};
@@ -53,6 +54,10 @@ pub struct ChatTemplate {
     bos_token: String,
     eos_token: String,
     limits: TemplateLimits,
+    /// The template text (a worker compiles it again).
+    source: String,
+    /// Some: renders run in a worker process ([`crate::chat_worker`]).
+    isolated: Option<IsolatedRenderer>,
 }
 
 impl ChatTemplate {
@@ -87,7 +92,38 @@ impl ChatTemplate {
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
             limits,
+            source: source.to_string(),
+            isolated: None,
         }
+    }
+
+    /// Renders from now on in a worker process with a memory cap (see
+    /// [`crate::chat_worker`]); the binaries do this, library callers may.
+    pub fn isolated(mut self, iso: Isolation) -> Self {
+        self.isolated = Some(IsolatedRenderer::new(iso));
+        self
+    }
+
+    /// Where renders run, if not in this process.
+    pub fn isolation(&self) -> Option<&Isolation> {
+        self.isolated.as_ref().map(IsolatedRenderer::isolation)
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn limits(&self) -> TemplateLimits {
+        self.limits
+    }
+
+    /// The `bos_token` and `eos_token` strings the template sees.
+    pub fn special_tokens(&self) -> (&str, &str) {
+        (&self.bos_token, &self.eos_token)
     }
 
     /// Replaces the default [`TemplateLimits`].
@@ -105,9 +141,17 @@ impl ChatTemplate {
         }
     }
 
-    fn error(&self, msg: &str) -> ModelError {
-        let msg = if self.origin.is_empty() { msg.to_string() } else { format!("{}: {msg}", self.origin) };
-        ModelError::ChatTemplate { msg }
+    pub(crate) fn error(&self, msg: &str) -> ModelError {
+        ModelError::ChatTemplate { msg: self.prefixed(msg) }
+    }
+
+    /// `msg` after the template's origin.
+    pub(crate) fn prefixed(&self, msg: &str) -> String {
+        if self.origin.is_empty() {
+            msg.to_string()
+        } else {
+            format!("{}: {msg}", self.origin)
+        }
     }
 
     /// The template of a `tokenizer_config.json` (`chat_template` as a string, or a list of
@@ -140,9 +184,18 @@ impl ChatTemplate {
     }
 
     /// Renders the conversation, within the [`TemplateLimits`]: running out of fuel or
-    /// printing past the output limit is an error that says which.
+    /// printing past the output limit is an error that says which (and, isolated, running
+    /// out of memory or time).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         self.check()?;
+        match &self.isolated {
+            Some(worker) => worker.render(self, messages, add_generation_prompt),
+            None => self.render_here(messages, add_generation_prompt),
+        }
+    }
+
+    /// [`ChatTemplate::render`] in this process.
+    fn render_here(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").map_err(|e| self.error(&one_line(&e)))?;
         let ctx = minijinja::context! {
             messages => messages,

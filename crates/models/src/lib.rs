@@ -3,6 +3,7 @@
 //! not copies).
 
 pub mod chat;
+pub mod chat_worker;
 pub mod config;
 pub mod dequant;
 pub mod error;

@@ -6,6 +6,7 @@ use crate::error::ServerError;
 use crate::routes::{self, AppState};
 use axum::serve::ListenerExt;
 use encore_engine::{worker, EngineConfig, QueueLimits};
+use encore_models::chat_worker::Isolation;
 use encore_models::hub;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub limits: QueueLimits,
     pub engine: EngineConfig,
+    /// Some: chat templates render in a capped worker process (the `encore` binary sets
+    /// this); None: in this process.
+    pub template_worker: Option<Isolation>,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +40,7 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             limits: QueueLimits::default(),
             engine: EngineConfig::default(),
+            template_worker: None,
         }
     }
 }
@@ -69,12 +74,21 @@ pub async fn serve(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send 
     let local = listener.local_addr()?;
     eprintln!("encore: listening on http://{local} (503 until the model is loaded)");
     let spec = cfg.model.clone();
+    let iso = cfg.template_worker.clone();
+    match &iso {
+        Some(iso) => eprintln!("encore: {}", iso.describe()),
+        None => eprintln!("encore: chat templates render in this process (no memory cap)"),
+    }
     let engine = worker::spawn(cfg.engine.clone(), cfg.limits, move || {
         let path = match &spec {
             Some(m) => hub::resolve_model(m)?,
             None => hub::default_model_path()?,
         };
-        Ok(hub::open_model(&path)?)
+        let mut files = hub::open_model(&path)?;
+        if let Some(iso) = iso {
+            files.chat_template = files.chat_template.map(|t| t.isolated(iso));
+        }
+        Ok(files)
     });
     let mut state = AppState::new(engine.clone(), cfg.model.clone(), cfg.served_model_name.clone());
     state.api_key = cfg.api_key.clone();
