@@ -18,7 +18,7 @@ TARGETS=("$@")
 if [[ -n "${LIBFUZZER:-}" ]]; then
     command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is not installed (cargo install cargo-fuzz)"; exit 2; }
     cargo run -q -p encore-fuzz -- --write-seeds fuzz/libfuzzer/corpus
-    [[ "${TARGETS[*]}" == all ]] && TARGETS=(gguf safetensors safetensors_index config_json tokenizer_json chat_template)
+    [[ "${TARGETS[*]}" == all ]] && TARGETS=(gguf safetensors safetensors_index config_json tokenizer_json chat_template openai_request)
     for t in "${TARGETS[@]}"; do
         cargo +nightly fuzz run --fuzz-dir fuzz/libfuzzer "$t" "fuzz/libfuzzer/corpus/$t" -- \
             -rss_limit_mb=4096 -max_total_time="$SECONDS_PER_TARGET" -timeout=10

@@ -12,8 +12,19 @@
 // `accumulate` y = y + x w^T (the residual add, one rounding, as cuBLAS's beta = 1).
 // Preconditions (checked by the launcher, backend.rs `gemv_shape`): M <= MT, K a multiple of
 // a 16-byte vector, x rows and w 16-byte aligned, N < 2^31.
-// Thread mapping: a block is WARPS warps; each warp owns R consecutive rows n and all M rows
-// of x. Its lanes stride over the 16-byte chunks of those rows, U chunks a row per step with
+// Fusions (the `gemv_rms*` entries, backend.rs `matmul_fused`): what the decoder ran as
+// kernels around the projection, at M <= 2:
+// - NORM, the RMSNorm before it: x is the residual stream; each warp first sums the squares
+//   of its x rows (L1-resident, read again by the main loop), the main loop multiplies each
+//   x chunk by the norm weight `nw` [K], and the sums by 1 / rms at the end:
+//   y = (x * nw) w^T / rms(x). The normed x is not rounded to T on the way (the unfused
+//   rms_norm.cu stores it in T): the fused result is the more precise one.
+// - ACT (SILU / GELU), the gated MLP after it: `w` is the gate weight and `wu` the up weight
+//   (both [N, K]); a warp owns output columns n of both, and stores
+//   act(gate) * up with gate and up rounded to T first, as silu_mul.cu / gelu_mul.cu see
+//   them in the unfused gate_up output.
+// Thread mapping: a block is WARPS warps; each warp owns R consecutive rows n (of w, and of
+// wu with ACT) and all M rows of x. Its lanes stride over the 16-byte chunks of those rows, U chunks a row per step with
 // all R * U weight loads issued first (streaming loads, evict-first: W is read once), each
 // x chunk (L1-resident) reused for the R rows. One warp reduction per output; no shared
 // memory, no atomics (deterministic: graph replays are bit-identical to eager).
@@ -22,6 +33,9 @@
 namespace gemv_cu {
 
 constexpr int WARPS = 4;
+constexpr int ACT_NONE = 0;
+constexpr int ACT_SILU = 1;
+constexpr int ACT_GELU = 2;
 
 // 8 bf16 / 8 f16 / 4 f32 of a 16-byte chunk as floats.
 template <typename T>
@@ -55,27 +69,53 @@ __device__ __forceinline__ void unpack16<__half>(const uint4& v, float (&out)[8]
     }
 }
 
-// acc[m][r] += x[m, chunk] . w[r][chunk] for the U chunks `c + 32 u` (u < UA) of this lane.
-template <typename T, int MT, int R, int UA>
+// f rounded to T and back: the value a T buffer would hold.
+template <typename T>
+__device__ __forceinline__ float round_to(float f) {
+    return to_f32(from_f32<T>(f));
+}
+
+// The gated-MLP activations, as silu_mul.cu and gelu_mul.cu compute them.
+template <int ACT>
+__device__ __forceinline__ float act_of(float g) {
+    if constexpr (ACT == ACT_SILU) {
+        return g / (1.f + expf(-g));
+    } else {
+        const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+        return 0.5f * g * (1.f + tanhf(k * (g + 0.044715f * g * g * g)));
+    }
+}
+
+// acc[m][r] += x[m, chunk] (* nw[chunk] with NORM) . w[r][chunk] for the U chunks
+// `c + 32 u` (u < UA) of this lane, over the RR weight rows `wr`.
+template <typename T, int MT, int RR, int UA, bool NORM>
 __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ldx, uint32_t M,
-                                            const uint4* const (&wr)[R], uint32_t c, float (&acc)[MT][R]) {
+                                            const uint4* const (&wr)[RR], const T* __restrict__ nw, uint32_t c,
+                                            float (&acc)[MT][RR]) {
     constexpr int V = Vec16<T>::N;
-    uint4 wv[UA][R];
+    uint4 wv[UA][RR];
 #pragma unroll
     for (int u = 0; u < UA; ++u)
 #pragma unroll
-        for (int r = 0; r < R; ++r) wv[u][r] = __ldcs(wr[r] + c + 32 * u);
+        for (int r = 0; r < RR; ++r) wv[u][r] = __ldcs(wr[r] + c + 32 * u);
 #pragma unroll
     for (int u = 0; u < UA; ++u) {
+        const size_t col = static_cast<size_t>(c + 32 * u) * V;
+        float g[V];
+        if constexpr (NORM) load16_f32(nw + col, g);
         float xv[MT][V];
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
             if (m < static_cast<int>(M)) {
-                load16_f32(x + static_cast<size_t>(m) * ldx + static_cast<size_t>(c + 32 * u) * V, xv[m]);
+                load16_f32(x + static_cast<size_t>(m) * ldx + col, xv[m]);
+                if constexpr (NORM) {
+#pragma unroll
+                    for (int j = 0; j < V; ++j) xv[m][j] *= g[j];
+                }
             }
         }
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
+        for (int r = 0; r < RR; ++r) {
             float wf[V];
             unpack16<T>(wv[u][r], wf);
 #pragma unroll
@@ -89,36 +129,74 @@ __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ld
     }
 }
 
-template <typename T, typename O, int MT, int R, int U>
+// 1 / rms of each of the M rows of x, in every lane (rms_norm.cu's formula).
+template <typename T, int MT>
+__device__ __forceinline__ void inv_rms(const T* __restrict__ x, uint32_t ldx, uint32_t M, uint32_t K, float eps,
+                                        float (&inv)[MT]) {
+    constexpr int V = Vec16<T>::N;
+    const uint32_t lane = threadIdx.x & 31;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        inv[m] = 1.f;
+        if (m < static_cast<int>(M)) {
+            float ss = 0.f;
+            for (uint32_t c = lane; c < K / V; c += 32) {
+                float v[V];
+                load16_f32(x + static_cast<size_t>(m) * ldx + static_cast<size_t>(c) * V, v);
+#pragma unroll
+                for (int j = 0; j < V; ++j) ss = fmaf(v[j], v[j], ss);
+            }
+            inv[m] = 1.f / sqrtf(warp_sum(ss) / static_cast<float>(K) + eps);
+        }
+    }
+}
+
+template <typename T, typename O, int MT, int R, int U, bool NORM, int ACT>
 __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y,
                                           uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
-                                          uint32_t accumulate) {
+                                          uint32_t accumulate, const T* __restrict__ nw, float eps,
+                                          const T* __restrict__ wu) {
     constexpr int V = Vec16<T>::N;
+    constexpr int RR = ACT == ACT_NONE ? R : 2 * R;  // weight rows a warp streams
     const uint32_t lane = threadIdx.x & 31;
     const uint32_t n0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
     if (n0 >= N) return;  // the whole warp: nothing below synchronises the block
     const uint32_t chunks = K / V;
-    const uint4* wr[R];
+    const uint4* wr[RR];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        // rows past N re-read row N - 1 (in bounds) and store nothing
-        wr[r] = reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(n0 + r, N - 1)) * K);
+    for (int r = 0; r < RR; ++r) {
+        // rows past N re-read row N - 1 (in bounds) and store nothing; with ACT rows R.. are up's
+        const T* base = (ACT != ACT_NONE && r >= R) ? wu : w;
+        wr[r] = reinterpret_cast<const uint4*>(base + static_cast<size_t>(min(n0 + r % R, N - 1)) * K);
     }
-    float acc[MT][R];
+    float inv[MT];
+    if constexpr (NORM) {
+        inv_rms<T, MT>(x, ldx, M, K, eps, inv);
+    } else {
+#pragma unroll
+        for (int m = 0; m < MT; ++m) inv[m] = 1.f;
+    }
+    float acc[MT][RR];
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-        for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
+        for (int r = 0; r < RR; ++r) acc[m][r] = 0.f;
     uint32_t c = lane;
-    for (; c + 32 * (U - 1) < chunks; c += 32 * U) gemv_chunks<T, MT, R, U>(x, ldx, M, wr, c, acc);
-    for (; c < chunks; c += 32) gemv_chunks<T, MT, R, 1>(x, ldx, M, wr, c, acc);
+    for (; c + 32 * (U - 1) < chunks; c += 32 * U) gemv_chunks<T, MT, RR, U, NORM>(x, ldx, M, wr, nw, c, acc);
+    for (; c < chunks; c += 32) gemv_chunks<T, MT, RR, 1, NORM>(x, ldx, M, wr, nw, c, acc);
     // every lane gets every sum; output i = m * R + r is stored by lane i % 32
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
         if (m < static_cast<int>(M)) {
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const float s = warp_sum(acc[m][r]);
+                float s = warp_sum(acc[m][r]);
+                if constexpr (NORM) s *= inv[m];
+                if constexpr (ACT != ACT_NONE) {
+                    float up = warp_sum(acc[m][R + r]);
+                    if constexpr (NORM) up *= inv[m];
+                    s = act_of<ACT>(round_to<T>(s)) * round_to<T>(up);
+                }
                 const uint32_t n = n0 + r;
                 if (lane == static_cast<uint32_t>((m * R + r) % 32) && n < N) {
                     O* p = y + static_cast<size_t>(m) * ldy + n;
@@ -131,13 +209,17 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 
 }  // namespace gemv_cu
 
-// NAME, input T, output O, MT (max rows of x), R (rows of W a warp), U (chunks a row a step)
-#define GEMV(NAME, T, O, MT, R, U)                                                                          \
+// NAME, input T, output O, MT (max rows of x), R (rows of W a warp), U (chunks a row a step),
+// NORM, ACT (the fusions). One signature for every entry: nw, eps and wu are unused by the
+// entries without their fusion.
+#define GEMV_FUSED(NAME, T, O, MT, R, U, NORM, ACT)                                                          \
     extern "C" __global__ void __launch_bounds__(gemv_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
         const T* __restrict__ w, O* __restrict__ y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,       \
-        uint32_t ldy, uint32_t accumulate) {                                                                \
-        gemv_cu::gemv_impl<T, O, MT, R, U>(x, w, y, M, N, K, ldx, ldy, accumulate);                         \
+        uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu) {  \
+        gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu);  \
     }
+#define GEMV(NAME, T, O, MT, R, U) GEMV_FUSED(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE)
+
 // Tiers M <= 1, 2, 4, 8 (kernels.rs GEMV_TIERS). R and U per tier are the sweep's winners
 // (crates/cuda/dev/gemv_sweep.cu, NOTES.md): summed over the projection shapes of the six
 // presets for the same-dtype kernels, over the LM heads for the f32-output ones; backend.rs
@@ -162,4 +244,27 @@ GEMV(gemv_f16_f32_m1, __half, float, 1, 2, 2)
 GEMV(gemv_f16_f32_m2, __half, float, 2, 4, 1)
 GEMV(gemv_f16_f32_m4, __half, float, 4, 4, 1)
 GEMV(gemv_f16_f32_m8, __half, float, 8, 4, 1)
+// The fused decoder projections (kernels.rs GEMV_FUSED), same-dtype, M <= 1, 2:
+// `gemv_rms_<dtype>_m<tier>` (qkv: the norm before it), `gemv_rms_<silu|gelu>_<dtype>_m<tier>`
+// (gate_up: the norm before, the gated activation after). R and U keep the plain tiers' loads
+// in flight: the activation kernels stream two rows (gate, up) a warp-row.
+GEMV_FUSED(gemv_rms_f32_m1, float, float, 1, 1, 4, true, gemv_cu::ACT_NONE)
+GEMV_FUSED(gemv_rms_f32_m2, float, float, 2, 1, 8, true, gemv_cu::ACT_NONE)
+GEMV_FUSED(gemv_rms_bf16_m1, __nv_bfloat16, __nv_bfloat16, 1, 1, 4, true, gemv_cu::ACT_NONE)
+GEMV_FUSED(gemv_rms_bf16_m2, __nv_bfloat16, __nv_bfloat16, 2, 1, 8, true, gemv_cu::ACT_NONE)
+GEMV_FUSED(gemv_rms_f16_m1, __half, __half, 1, 1, 4, true, gemv_cu::ACT_NONE)
+GEMV_FUSED(gemv_rms_f16_m2, __half, __half, 2, 1, 8, true, gemv_cu::ACT_NONE)
+GEMV_FUSED(gemv_rms_silu_f32_m1, float, float, 1, 1, 2, true, gemv_cu::ACT_SILU)
+GEMV_FUSED(gemv_rms_silu_f32_m2, float, float, 2, 1, 4, true, gemv_cu::ACT_SILU)
+GEMV_FUSED(gemv_rms_silu_bf16_m1, __nv_bfloat16, __nv_bfloat16, 1, 1, 2, true, gemv_cu::ACT_SILU)
+GEMV_FUSED(gemv_rms_silu_bf16_m2, __nv_bfloat16, __nv_bfloat16, 2, 1, 4, true, gemv_cu::ACT_SILU)
+GEMV_FUSED(gemv_rms_silu_f16_m1, __half, __half, 1, 1, 2, true, gemv_cu::ACT_SILU)
+GEMV_FUSED(gemv_rms_silu_f16_m2, __half, __half, 2, 1, 4, true, gemv_cu::ACT_SILU)
+GEMV_FUSED(gemv_rms_gelu_f32_m1, float, float, 1, 1, 2, true, gemv_cu::ACT_GELU)
+GEMV_FUSED(gemv_rms_gelu_f32_m2, float, float, 2, 1, 4, true, gemv_cu::ACT_GELU)
+GEMV_FUSED(gemv_rms_gelu_bf16_m1, __nv_bfloat16, __nv_bfloat16, 1, 1, 2, true, gemv_cu::ACT_GELU)
+GEMV_FUSED(gemv_rms_gelu_bf16_m2, __nv_bfloat16, __nv_bfloat16, 2, 1, 4, true, gemv_cu::ACT_GELU)
+GEMV_FUSED(gemv_rms_gelu_f16_m1, __half, __half, 1, 1, 2, true, gemv_cu::ACT_GELU)
+GEMV_FUSED(gemv_rms_gelu_f16_m2, __half, __half, 2, 1, 4, true, gemv_cu::ACT_GELU)
 #undef GEMV
+#undef GEMV_FUSED

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use encore_tensor::check::{self, AttentionDims, MatOperand, Rows};
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, Error, HostQTensor, HostTensor, QTensor, Result, StridedMeta, Tensor,
-    UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, Error, FusedMatmul, GluActivation, HostQTensor, HostTensor, QTensor,
+    Result, StridedMeta, Tensor, UnaryOp,
 };
 
 use crate::device::{CudaDevice, DeviceBuffer};
@@ -307,20 +307,94 @@ impl Cuda {
             (DType::F16, DType::F32) => 4,
             (dt, _) => float_ix(OP, dt)?,
         };
+        self.launch_gemv(GemvCall {
+            kernel: &self.dev.kernels().gemv[row][tier],
+            rows_per_warp: GEMV_ROWS_PER_WARP[(row >= 3) as usize][tier],
+            g,
+            x: at(lhs),
+            w: at(rhs),
+            y: at(dst),
+            accumulate,
+            norm: 0,
+            eps: 0.0,
+            up: 0,
+        })
+    }
+
+    /// One gemv.cu launch (every entry of gemv.cu takes the same parameters).
+    fn launch_gemv(&self, c: GemvCall<'_>) -> Result<()> {
+        const OP: &str = "matmul";
+        let g = c.g;
         let args = [
-            Arg::Ptr(at(lhs)),
-            Arg::Ptr(at(rhs)),
-            Arg::Ptr(at(dst)),
+            Arg::Ptr(c.x),
+            Arg::Ptr(c.w),
+            Arg::Ptr(c.y),
             Arg::U32(g.m as u32),
             Arg::U32(u32_of(OP, "rows of W", g.n)?),
             Arg::U32(u32_of(OP, "inner dim", g.k)?),
             Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
             Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
-            Arg::U32(accumulate as u32),
+            Arg::U32(c.accumulate as u32),
+            Arg::Ptr(c.norm),
+            Arg::F32(c.eps),
+            Arg::Ptr(c.up),
         ];
-        let rows_a_block = GEMV_WARPS * GEMV_ROWS_PER_WARP[(row >= 3) as usize][tier];
-        let grid = u32_of(OP, "gemv blocks", g.n.div_ceil(rows_a_block))?;
-        self.launch(&self.dev.kernels().gemv[row][tier], (grid, 1, 1), GEMV_WARPS as u32 * 32, &args, None)
+        let grid = u32_of(OP, "gemv blocks", g.n.div_ceil(GEMV_WARPS * c.rows_per_warp))?;
+        self.launch(c.kernel, (grid, 1, 1), GEMV_WARPS as u32 * 32, &args, None)
+    }
+
+    /// gemv.cu's fused kernels (`Backend::matmul_fused`): decode rows (the same-dtype gemv
+    /// shape, M <= 2) with the RMSNorm done on x as the kernel loads it, and the gated
+    /// activation on the gate and up sums as it stores them. Other shapes: `Ok(false)`.
+    fn gemv_fused(&self, op: &FusedMatmul<'_, Cuda>) -> Result<bool> {
+        const OP: &str = "matmul_fused";
+        let (x, (nw, eps), dst) = (op.x, op.norm, op.dst);
+        let k = op.w_t.dims().first().copied().unwrap_or(0);
+        if nw.dims() != [k] || nw.dtype() != x.dtype() || !nw.is_contiguous() {
+            let msg = format!("norm weight {:?} {} for K = {k} and x {}", nw.dims(), nw.dtype(), x.dtype());
+            return Err(Error::InvalidArgument { op: OP, msg });
+        }
+        if op.glu.is_some() && op.accumulate {
+            return Err(Error::InvalidArgument { op: OP, msg: "a gated projection does not accumulate".into() });
+        }
+        let dims = if op.accumulate { check::matmul_add(x, op.w_t, dst)? } else { check::matmul(x, op.w_t, dst)? };
+        blas_compatible(OP, "lhs", x, &dims.lhs, dims.m, dims.k)?;
+        blas_compatible(OP, "rhs", op.w_t, &dims.rhs, dims.k, dims.n)?;
+        self.in_bounds(OP, &[x, op.w_t, dst, nw])?;
+        let Some(g) = gemv_shape(&dims, x, op.w_t, dst) else { return Ok(false) };
+        // the norm weight is read in 16-byte vectors; the up weight like the gate's
+        let mut aligned = at(nw) % 16 == 0;
+        let (fusion, up) = match op.glu {
+            None => (0, 0),
+            Some((act, up)) => {
+                if up.dims() != op.w_t.dims() || up.dtype() != op.w_t.dtype() {
+                    let msg = format!("up weight {:?} for a gate weight {:?}", up.dims(), op.w_t.dims());
+                    return Err(Error::InvalidArgument { op: OP, msg });
+                }
+                self.in_bounds(OP, &[up])?;
+                // the same [K, N] view of [N, K] rows as the gate's, at an aligned address
+                aligned &= at(up) % 16 == 0 && up.layout().strides() == op.w_t.layout().strides();
+                (1 + (act == GluActivation::GeluTanh) as usize, at(up))
+            }
+        };
+        if dst.dtype() != x.dtype() || g.m > GEMV_MAX_M_SAME_DTYPE || !aligned {
+            return Ok(false);
+        }
+        if g.n > 0 {
+            self.launch_gemv(GemvCall {
+                kernel: &self.dev.kernels().gemv_fused[fusion][float_ix(OP, x.dtype())?][g.m - 1],
+                rows_per_warp: GEMV_ROWS_PER_WARP[0][g.m - 1],
+                g,
+                x: at(x),
+                w: at(op.w_t),
+                y: at(dst),
+                accumulate: op.accumulate,
+                norm: at(nw),
+                eps,
+                up,
+            })?;
+        }
+        Ok(true)
     }
 
     pub(crate) fn in_bounds(&self, op: &'static str, tensors: &[&Tensor<Cuda>]) -> Result<()> {
@@ -536,6 +610,21 @@ const GEMV_ROWS_PER_WARP: [[usize; 4]; 2] = [[1, 1, 4, 4], [2, 4, 4, 4]];
 /// take it up to the last tier (cuBLAS would add a memset node for its split-K LM head).
 const GEMV_MAX_M_SAME_DTYPE: usize = 2;
 
+/// One gemv.cu launch: the kernel, its rows of W a warp (`R`), the shape, device addresses,
+/// and the fusions' operands: the norm weight and epsilon, the up weight (0 where unused).
+struct GemvCall<'a> {
+    kernel: &'a Kernel,
+    rows_per_warp: usize,
+    g: GemvShape,
+    x: u64,
+    w: u64,
+    y: u64,
+    accumulate: bool,
+    norm: u64,
+    eps: f32,
+    up: u64,
+}
+
 /// The decode-step shape gemv.cu serves: `x [M, K] @ W^T` (M <= 2, or <= 8 for f32 logits
 /// from bf16/f16) with `W [N, K]` stored in
 /// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector, the
@@ -704,6 +793,10 @@ impl Backend for Cuda {
 
     fn matmul(&self, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         self.gemm(lhs, rhs, dst, false)
+    }
+
+    fn matmul_fused(&self, op: &FusedMatmul<'_, Cuda>) -> Result<bool> {
+        self.gemv_fused(op)
     }
 
     /// qmatmul.rs: GEMV on the blocks for M <= 16, dequantize + cuBLAS above.

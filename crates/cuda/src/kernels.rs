@@ -76,6 +76,20 @@ const GEMV: [[&str; 4]; 5] = [
     gemv_tiers!("gemv_f16_f32"),
 ];
 
+/// gemv.cu `gemv_<fusion>_<dtype>_m<1|2>`: the fused decoder projections,
+/// `[rms, rms_silu, rms_gelu][dtype][M <= 1, 2]` (backend.rs `gemv_fused`).
+macro_rules! gemv_fused_names {
+    ($p:literal) => {
+        [
+            [concat!("gemv_", $p, "_f32_m1"), concat!("gemv_", $p, "_f32_m2")],
+            [concat!("gemv_", $p, "_bf16_m1"), concat!("gemv_", $p, "_bf16_m2")],
+            [concat!("gemv_", $p, "_f16_m1"), concat!("gemv_", $p, "_f16_m2")],
+        ]
+    };
+}
+const GEMV_FUSED: [[[&str; 2]; 3]; 3] =
+    [gemv_fused_names!("rms"), gemv_fused_names!("rms_silu"), gemv_fused_names!("rms_gelu")];
+
 /// `[dtype][tier]` names of one block type's GEMV kernels.
 macro_rules! qgemv_names {
     ($ty:literal) => {
@@ -171,6 +185,10 @@ pub struct Kernels {
     /// (tiers in [`GEMV_TIERS`]), and `gemv_<bf16|f16>_f32_m<tier>` at dtype index 3, 4: f32
     /// outputs (logits) from bf16/f16 inputs.
     pub gemv: [[Kernel; 4]; 5],
+    /// gemv.cu `gemv_<rms|rms_silu|rms_gelu>_<dtype>_m<1|2>`: `[fusion][dtype][tier]`, the
+    /// projection with the RMSNorm before it (and the gated activation after it) fused in,
+    /// M <= 2.
+    pub gemv_fused: [[[Kernel; 2]; 3]; 3],
     /// sample.cu `sample_f32`: top-k / top-p / min-p sampling of f32 logits.
     pub sample: Kernel,
     /// fill.cu `fill_uniform_<dtype>`: random benchmark weights made on the device.
@@ -219,7 +237,8 @@ impl Kernels {
         let table = |names: &[[&'static str; 3]]| -> Result<Vec<[Kernel; 3]>, CudaError> {
             names.iter().map(|n| three(*n)).collect()
         };
-        let tc = |names: &[[&'static str; 2]; 3]| -> Result<[[Kernel; 2]; 3], CudaError> {
+        // three rows of two kernels: the tensor-core attention and the fused GEMV tables
+        let pairs = |names: &[[&'static str; 2]; 3]| -> Result<[[Kernel; 2]; 3], CudaError> {
             let two = |[a, b]: [&'static str; 2]| -> Result<[Kernel; 2], CudaError> {
                 Ok([get(module, a)?, get(module, b)?])
             };
@@ -249,13 +268,14 @@ impl Kernels {
                 .collect::<Result<Vec<_>, CudaError>>()?
                 .try_into()
                 .unwrap_or_else(|_| panic!("five gemv dtypes")),
+            gemv_fused: [pairs(&GEMV_FUSED[0])?, pairs(&GEMV_FUSED[1])?, pairs(&GEMV_FUSED[2])?],
             sample: one("sample_f32")?,
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
             attention_merge: three(per_dtype!("attention_merge"))?,
-            attention_decode: tc(&ATTENTION_TC[0])?,
-            attention_prefill: tc(&ATTENTION_TC[1])?,
+            attention_decode: pairs(&ATTENTION_TC[0])?,
+            attention_prefill: pairs(&ATTENTION_TC[1])?,
             attention_plan: one("attention_plan")?,
             qgemv: QGEMV
                 .iter()
@@ -275,6 +295,7 @@ impl Kernels {
         let mut v: Vec<&Kernel> = self.copy.iter().flatten().collect();
         v.extend([&self.copy_u32, &self.copy_i32]);
         v.extend(self.gemv.iter().flatten());
+        v.extend(self.gemv_fused.iter().flatten().flatten());
         v.push(&self.sample);
         v.push(&self.attention_plan);
         v.extend(self.attention_decode.iter().chain(&self.attention_prefill).flatten());
@@ -411,6 +432,7 @@ mod tests {
             COPY.iter().chain(&UNARY).chain(&BINARY).chain(&QDEQUANT).flatten().map(|s| s.to_string()).collect();
         table.extend(QGEMV.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(GEMV.iter().flatten().map(|s| s.to_string()));
+        table.extend(GEMV_FUSED.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(["copy_u32_u32", "copy_i32_i32", "sample_f32", "qcvt_bf16_f16", "qepi_bf16"].map(String::from));
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
         for op in [

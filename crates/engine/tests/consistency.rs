@@ -6,7 +6,7 @@ use encore_cpu::Cpu;
 use encore_engine::{
     generate, Eager, EngineError, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams, SeqChunk,
 };
-use encore_models::config::{Activation, Arch, ArchFlags, ModelConfig};
+use encore_models::config::{Arch, ArchFlags, GluActivation, ModelConfig};
 use encore_models::Llama;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::testing::Rng;
@@ -107,7 +107,7 @@ fn qwen3_and_gemma3_decode_after_prefill_matches_longer_prefill() {
             norm_plus_one: true,
             scale_embeddings: true,
             sandwich_norms: true,
-            activation: Activation::GeluTanh,
+            activation: GluActivation::GeluTanh,
             query_pre_attn_scalar: Some(12.0),
             sliding_layers: vec![true, false, true],
             rope_local_theta: Some(100.0),

@@ -8,6 +8,8 @@ use crate::error::{ModelError, Result};
 use crate::limits;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::DType;
+/// The MLP activation is the backend's (fused projections take it).
+pub use encore_tensor::GluActivation;
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -69,16 +71,6 @@ pub struct ModelConfig {
     pub flags: ArchFlags,
 }
 
-/// The MLP's gate activation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Activation {
-    /// SwiGLU (Llama, Mistral, Qwen).
-    #[default]
-    Silu,
-    /// GELU, tanh approximation (`gelu_pytorch_tanh`, Gemma).
-    GeluTanh,
-}
-
 /// The decoder switches beyond Llama's, set from the architecture and its config fields.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ArchFlags {
@@ -91,7 +83,7 @@ pub struct ArchFlags {
     /// Gemma's sandwich norms: `post_attention_layernorm` on the attention output,
     /// `pre_feedforward_layernorm` before the MLP, `post_feedforward_layernorm` after it.
     pub sandwich_norms: bool,
-    pub activation: Activation,
+    pub activation: GluActivation,
     /// q.k is scaled by `query_pre_attn_scalar^-1/2` (Gemma); `None`: `head_dim^-1/2`.
     pub query_pre_attn_scalar: Option<f32>,
     /// Per layer, whether it attends through `sliding_window` (Gemma 3's `layer_types`);
@@ -653,16 +645,16 @@ impl Fields<'_> {
     }
 
     /// The MLP activation from `hidden_activation` (Gemma) or `hidden_act`.
-    fn activation(&self, arch: Arch) -> Result<Activation> {
+    fn activation(&self, arch: Arch) -> Result<GluActivation> {
         let (field, name) = match (self.opt_str("hidden_activation")?, self.opt_str("hidden_act")?) {
             (Some(a), _) => ("hidden_activation", a),
             (None, Some(a)) => ("hidden_act", a),
-            (None, None) if arch == Arch::Gemma3 => return Ok(Activation::GeluTanh),
-            (None, None) => return Ok(Activation::Silu),
+            (None, None) if arch == Arch::Gemma3 => return Ok(GluActivation::GeluTanh),
+            (None, None) => return Ok(GluActivation::Silu),
         };
         match name {
-            "silu" => Ok(Activation::Silu),
-            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "silu" => Ok(GluActivation::Silu),
+            "gelu_pytorch_tanh" => Ok(GluActivation::GeluTanh),
             other => Err(self.err(field, format!("`{other}` is not supported (silu or gelu_pytorch_tanh)"))),
         }
     }

@@ -5,7 +5,7 @@
 //! `rope_freqs.weight` tensor (per-frequency divisors) and becomes [`RopeScaling::Factors`].
 //! Not here: tensor names (`gguf.rs`) and the tokenizer (`tokenizer.rs`).
 
-use crate::config::{Activation, Arch, ArchFlags, ModelConfig};
+use crate::config::{Arch, ArchFlags, GluActivation, ModelConfig};
 use crate::dequant::GgmlType;
 use crate::error::{escaped, Result};
 use crate::gguf::{GgufFile, GgufValue};
@@ -262,7 +262,7 @@ impl GgufFile {
             norm_plus_one: true,
             scale_embeddings: true,
             sandwich_norms: true,
-            activation: Activation::GeluTanh,
+            activation: GluActivation::GeluTanh,
             query_pre_attn_scalar: Some(scalar as f32),
             sliding_layers: (0..layers).map(|l| (l + 1) % pattern != 0).collect(),
             rope_local_theta: Some(self.opt_f64(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0) as f32),

@@ -11,7 +11,9 @@
 use crate::error::Result;
 use crate::quantize::{quantize, type_for};
 use crate::weights::{expect_shape, WeightSource};
-use encore_tensor::{Backend, DType, HostQTensor, HostTensor, QTensor, QuantType, Result as TResult, Tensor};
+use encore_tensor::{
+    Backend, DType, FusedMatmul, GluActivation, HostQTensor, HostTensor, QTensor, QuantType, Result as TResult, Tensor,
+};
 
 /// A projection weight `[N, K]`: `forward` computes `x W^T` for `x: [T, K]`.
 pub enum Linear<B: Backend> {
@@ -79,7 +81,60 @@ impl<B: Backend> Linear<B> {
         self.run(b, x, dst, true)
     }
 
-    fn run(&self, b: &B, x: &Tensor<B>, dst: &Tensor<B>, accumulate: bool) -> TResult<()> {
+    /// `dst = rms_norm(x, norm) W^T`: one kernel where the backend fuses the norm into the
+    /// projection (CUDA decode rows, dense weights), else the norm into `xn` (`[T, K]`, like
+    /// x; not written when fused) and the projection.
+    pub fn forward_normed(
+        &self,
+        b: &B,
+        x: &Tensor<B>,
+        norm: (&Tensor<B>, f32),
+        xn: &Tensor<B>,
+        dst: &Tensor<B>,
+    ) -> TResult<()> {
+        if let Linear::Dense(w) = self {
+            let op = FusedMatmul { x, norm, w_t: &w.transpose(0, 1)?, glu: None, dst, accumulate: false };
+            if b.matmul_fused(&op)? {
+                return Ok(());
+            }
+        }
+        b.rms_norm(x, norm.0, norm.1, xn)?;
+        self.forward(b, xn, dst)
+    }
+
+    /// The gated MLP's first half with this weight as the fused `[gate; up]` (`[2I, K]`):
+    /// `dst = act(n W_gate^T) * (n W_up^T)` for `n = rms_norm(x, norm)`, `dst: [T, I]`. One
+    /// kernel where the backend fuses both (CUDA decode rows, dense weights), else the norm
+    /// into `xn` (`[T, K]`), the projection into `gate_up` (`[T, 2I]`) and the activation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_gated(
+        &self,
+        b: &B,
+        x: &Tensor<B>,
+        norm: (&Tensor<B>, f32),
+        act: GluActivation,
+        xn: &Tensor<B>,
+        gate_up: &Tensor<B>,
+        dst: &Tensor<B>,
+    ) -> TResult<()> {
+        let i = self.rows() / 2;
+        if let Linear::Dense(w) = self {
+            let (gate, up) = (w.narrow(0, 0, i)?.transpose(0, 1)?, w.narrow(0, i, i)?.transpose(0, 1)?);
+            let op = FusedMatmul { x, norm, w_t: &gate, glu: Some((act, &up)), dst, accumulate: false };
+            if b.matmul_fused(&op)? {
+                return Ok(());
+            }
+        }
+        self.forward_normed(b, x, norm, xn, gate_up)?;
+        let (gate, up) = (gate_up.narrow(1, 0, i)?, gate_up.narrow(1, i, i)?);
+        match act {
+            GluActivation::Silu => b.silu_mul(&gate, &up, dst),
+            GluActivation::GeluTanh => b.gelu_mul(&gate, &up, dst),
+        }
+    }
+
+    /// `dst = x W^T`, or `dst += x W^T` when `accumulate`.
+    pub fn run(&self, b: &B, x: &Tensor<B>, dst: &Tensor<B>, accumulate: bool) -> TResult<()> {
         match self {
             Linear::Dense(w) if accumulate => b.matmul_add(x, &w.transpose(0, 1)?, dst),
             Linear::Dense(w) => b.matmul(x, &w.transpose(0, 1)?, dst),

@@ -13,7 +13,7 @@
 //! Projections are [`Linear`]s: dense, or quantized blocks as the file stores them (GGUF)
 //! or as `--quantize` made them; the forward pass is the same either way.
 
-use crate::config::{Activation, ArchFlags, ModelConfig};
+use crate::config::{ArchFlags, ModelConfig};
 use crate::kv_cache::KvCache;
 use crate::linear::{concat_rows, fuse, Embedding, HostWeight, Linear, LoadOptions};
 use crate::step_inputs::StepInputs;
@@ -432,7 +432,7 @@ impl<B: Backend> Llama<B> {
         t: usize,
         n_logits: usize,
     ) -> TResult<()> {
-        let (_, h, hkv, d, i) = dims(&self.cfg);
+        let (_, h, hkv, d, _) = dims(&self.cfg);
         let scale = self.cfg.attention_scale();
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
         let (x, xn) = (rows(&st.x)?, rows(&st.xn)?);
@@ -450,8 +450,7 @@ impl<B: Backend> Llama<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             // attention block: x += o_proj(attn(rope(q), rope(k), v)), the add fused into the
             // GEMM (Gemma: x += norm(o_proj(...)))
-            b.rms_norm(&x, &layer.attn_norm, eps, &xn)?;
-            layer.qkv.forward(b, &xn, &qkv)?;
+            layer.qkv.forward_normed(b, &x, (&layer.attn_norm, eps), &xn, &qkv)?;
             if let Some(bias) = &layer.qkv_bias {
                 b.binary(BinaryOp::Add, &qkv, bias, &qkv)?;
             }
@@ -476,16 +475,14 @@ impl<B: Backend> Llama<B> {
             }
             let params = AttentionParams { scale, sliding_window: layer.window, block_size: cache.block_size as u32 };
             b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
-            residual_add(b, &layer.o_proj, &attn.reshape(&[t, h * d])?, layer.post_attn_norm.as_ref(), eps, &xn, &x)?;
+            let attn = attn.reshape(&[t, h * d])?;
+            residual_add(b, layer.post_attn_norm.as_ref(), eps, &xn, &x, |dst, add| {
+                layer.o_proj.run(b, &attn, dst, add)
+            })?;
             // MLP block: x += down(act(gate) * up) (Gemma: x += norm(down(...)))
-            b.rms_norm(&x, &layer.mlp_norm, eps, &xn)?;
-            layer.gate_up.forward(b, &xn, &gate_up)?;
-            let (gate, up) = (gate_up.narrow(1, 0, i)?, gate_up.narrow(1, i, i)?);
-            match self.cfg.flags.activation {
-                Activation::Silu => b.silu_mul(&gate, &up, &act)?,
-                Activation::GeluTanh => b.gelu_mul(&gate, &up, &act)?,
-            }
-            residual_add(b, &layer.down, &act, layer.post_mlp_norm.as_ref(), eps, &xn, &x)?;
+            let activation = self.cfg.flags.activation;
+            layer.gate_up.forward_gated(b, &x, (&layer.mlp_norm, eps), activation, &xn, &gate_up, &act)?;
+            residual_add(b, layer.post_mlp_norm.as_ref(), eps, &xn, &x, |dst, add| layer.down.run(b, &act, dst, add))?;
         }
         // head: gather the rows whose logits are wanted (into xn, free now), norm, LM head,
         // then the next token of each
@@ -516,21 +513,21 @@ fn ones<B: Backend>(b: &B, dtype: DType, n: usize) -> TResult<Tensor<B>> {
     b.tensor(&HostTensor::from_f32_as(&[n], &vec![1.0; n], dtype))
 }
 
-/// `x += proj(inp)`, the add fused into the GEMM; with a post-norm (Gemma's sandwich),
-/// `x += norm(proj(inp))` through `scratch` (`[T, C]`, like `x`).
+/// `x += proj`, the add fused into the GEMM (`proj(dst, accumulate)` computes into dst);
+/// with a post-norm (Gemma's sandwich), `x += norm(proj)` through `scratch` (`[T, C]`, like
+/// `x`).
 fn residual_add<B: Backend>(
     b: &B,
-    proj: &Linear<B>,
-    inp: &Tensor<B>,
     post_norm: Option<&Tensor<B>>,
     eps: f32,
     scratch: &Tensor<B>,
     x: &Tensor<B>,
+    proj: impl FnOnce(&Tensor<B>, bool) -> TResult<()>,
 ) -> TResult<()> {
     match post_norm {
-        None => proj.forward_add(b, inp, x),
+        None => proj(x, true),
         Some(w) => {
-            proj.forward(b, inp, scratch)?;
+            proj(scratch, false)?;
             b.rms_norm(scratch, w, eps, scratch)?;
             b.binary(BinaryOp::Add, x, scratch, x)
         }

@@ -1,7 +1,7 @@
 //! config.json parsing: both spellings (hub and transformers 5), every supported option, and
 //! a clear one-line error for each unsupported or inconsistent one.
 
-use encore_models::config::{Activation, Arch, ModelConfig};
+use encore_models::config::{Arch, GluActivation, ModelConfig};
 use encore_models::golden::golden_dir;
 use encore_tensor::rope::RopeScaling;
 use encore_tensor::DType;
@@ -301,7 +301,7 @@ fn hub_gemma3_config_sets_every_gemma_switch() {
     assert_eq!(c.arch, Arch::Gemma3);
     let f = &c.flags;
     assert!(f.qk_norm && f.norm_plus_one && f.scale_embeddings && f.sandwich_norms);
-    assert_eq!(f.activation, Activation::GeluTanh);
+    assert_eq!(f.activation, GluActivation::GeluTanh);
     assert_eq!(f.sliding_layers, vec![true, true, true, true, true, false]);
     assert_eq!((c.layer_window(0), c.layer_window(5)), (Some(512), None));
     assert!(c.layer_uses_local_rope(0) && !c.layer_uses_local_rope(5));

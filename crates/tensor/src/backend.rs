@@ -8,6 +8,34 @@
 use crate::{DType, HostQTensor, HostTensor, Layout, QTensor, Result};
 use std::sync::Arc;
 
+/// A decoder projection with the ops around it fused in ([`Backend::matmul_fused`]):
+/// `dst (+)= rms_norm(x) W^T`, or for a gated MLP `dst = act(rms_norm(x) W_gate^T) *
+/// (rms_norm(x) W_up^T)`.
+pub struct FusedMatmul<'a, B: Backend> {
+    /// `[M, K]` rows: the residual stream.
+    pub x: &'a Tensor<B>,
+    /// The norm weight `[K]` (x's dtype) and epsilon.
+    pub norm: (&'a Tensor<B>, f32),
+    /// `[K, N]`: the transposed weight (of the gate, with `glu`).
+    pub w_t: &'a Tensor<B>,
+    /// The gated MLP: its activation and the transposed up weight `[K, N]`.
+    pub glu: Option<(GluActivation, &'a Tensor<B>)>,
+    /// `[M, N]` in x's dtype.
+    pub dst: &'a Tensor<B>,
+    /// `dst +=` (not with `glu`).
+    pub accumulate: bool,
+}
+
+/// The activation of a gated MLP: SwiGLU (Llama, Qwen, Mistral) or GeGLU (Gemma).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GluActivation {
+    /// SwiGLU (Llama, Mistral, Qwen).
+    #[default]
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`, Gemma): [`UnaryOp::Gelu`].
+    GeluTanh,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
     Neg,
@@ -252,6 +280,14 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     /// `dst += lhs x rhs` (the residual add fused into the projection: one kernel, one
     /// rounding). Same shapes and dtypes as [`Backend::matmul`]; `dst` may not overlap an input.
     fn matmul_add(&self, lhs: &Tensor<Self>, rhs: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// [`FusedMatmul`] in one kernel where this backend has one for the shape (`Ok(true)`);
+    /// `Ok(false)` where it has not, and the caller runs the ops apart ([`Backend::rms_norm`],
+    /// [`Backend::matmul`], [`Backend::silu_mul`] / [`Backend::gelu_mul`]). The fused result
+    /// is the ops' up to rounding: the normed x is not rounded to the dtype on the way.
+    fn matmul_fused(&self, op: &FusedMatmul<'_, Self>) -> Result<bool> {
+        let _ = op;
+        Ok(false)
+    }
     /// Quantized matmul: `dst = x w^T`, or `dst += x w^T` when `accumulate` (the residual
     /// add fused into the projection). `x: [M, K]` float rows, `w` quantized `[N, K]` (a HF
     /// Linear weight), `dst: [M, N]` rows in x's dtype or f32. Backends read the blocks as

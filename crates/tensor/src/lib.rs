@@ -15,7 +15,9 @@ pub mod quant;
 pub mod rope;
 pub mod testing;
 
-pub use backend::{AttentionParams, Backend, BinaryOp, SampleParams, Tensor, UnaryOp, SAMPLE_UNIFORM_SCALE};
+pub use backend::{
+    AttentionParams, Backend, BinaryOp, FusedMatmul, GluActivation, SampleParams, Tensor, UnaryOp, SAMPLE_UNIFORM_SCALE,
+};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use host::HostTensor;

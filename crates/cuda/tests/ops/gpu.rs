@@ -439,6 +439,84 @@ fn decode_shaped_matmul_gemv_matches_cpu() {
     }
 }
 
+/// The fused decoder projections (`matmul_fused`: gemv.cu's `gemv_rms*`) against the ops
+/// they replace, run on the CPU: `rms_norm` then the projection (plain and residual), and
+/// `rms_norm`, the `[gate; up]` projection, `silu_mul` / `gelu_mul`; every float dtype,
+/// M = 1, 2 fused in one launch and M = 3 refused (the caller runs the ops), x rows with a
+/// stride and an offset, N not a multiple of a block's rows, gate and up as the two halves
+/// of one fused weight, fresh random inputs.
+#[test]
+fn fused_norm_and_gated_projections_match_the_unfused_ops_on_cpu() {
+    use encore_tensor::{FusedMatmul, GluActivation};
+    let mut rng = Rng::fresh("fused_norm_and_gated_projections_match_the_unfused_ops_on_cpu");
+    let gpu = cuda(LaunchParamMode::Inline);
+    let (n, k, eps) = (301, 512, 1e-5);
+    for dt in DType::FLOATS {
+        for m in [1, 2, 3] {
+            for glu in [None, Some(GluActivation::Silu), Some(GluActivation::GeluTanh)] {
+                // x: [m, k] at row 2 of a [m + 3, k + 16] buffer; w: [n, k], or [2n, k] = [gate; up]
+                let xbuf = random(&mut rng, dt, &[m + 3, k + 16], -2.0, 2.0);
+                let rows = if glu.is_some() { 2 * n } else { n };
+                let w = random(&mut rng, dt, &[rows, k], -0.2, 0.2);
+                let norm = random(&mut rng, dt, &[k], 0.5, 1.5);
+                let y0 = random(&mut rng, dt, &[m, n], -4.0, 4.0);
+                let ((gx, cx), (gw, cw), (gn, cn)) = (both(&gpu, &xbuf), both(&gpu, &w), both(&gpu, &norm));
+                let gview = gx.narrow(0, 2, m).unwrap().narrow(1, 0, k).unwrap();
+                let cview = cx.narrow(0, 2, m).unwrap().narrow(1, 0, k).unwrap();
+                let adds: &[bool] = if glu.is_some() { &[false] } else { &[false, true] };
+                for &accumulate in adds {
+                    let what = format!("{dt} m={m} glu={glu:?} add={accumulate}");
+                    let (go, co) = both(&gpu, &y0);
+                    let gate = gw.narrow(0, 0, n).unwrap().transpose(0, 1).unwrap();
+                    let up = gw.narrow(0, rows - n, n).unwrap().transpose(0, 1).unwrap();
+                    let op = FusedMatmul {
+                        x: &gview,
+                        norm: (&gn, eps),
+                        w_t: &gate,
+                        glu: glu.map(|a| (a, &up)),
+                        dst: &go,
+                        accumulate,
+                    };
+                    let s0 = gpu.device().launch_stats();
+                    let fused = gpu.matmul_fused(&op).unwrap();
+                    assert_eq!(fused, m <= 2, "{what}: fused for M <= 2 only");
+                    if !fused {
+                        continue;
+                    }
+                    assert_eq!(gpu.device().launch_stats().since(&s0).kernels, 1, "{what}: one launch");
+                    // the CPU runs the ops apart
+                    let xn = Cpu.zeros(dt, &[m, k]).unwrap();
+                    Cpu.rms_norm(&cview, &cn, eps, &xn).unwrap();
+                    let cwt = cw.transpose(0, 1).unwrap();
+                    match glu {
+                        None if accumulate => Cpu.matmul_add(&xn, &cwt, &co).unwrap(),
+                        None => Cpu.matmul(&xn, &cwt, &co).unwrap(),
+                        Some(act) => {
+                            let gate_up = Cpu.zeros(dt, &[m, 2 * n]).unwrap();
+                            Cpu.matmul(&xn, &cwt, &gate_up).unwrap();
+                            let (g, u) = (gate_up.narrow(1, 0, n).unwrap(), gate_up.narrow(1, n, n).unwrap());
+                            match act {
+                                GluActivation::Silu => Cpu.silu_mul(&g, &u, &co).unwrap(),
+                                GluActivation::GeluTanh => Cpu.gelu_mul(&g, &u, &co).unwrap(),
+                            }
+                        }
+                    }
+                    let got = gpu.download(&go).unwrap().to_f32();
+                    let want = Cpu.download(&co).unwrap().to_f32();
+                    // sums of 512 products of normed x (|x| <~ 3) and w in [-0.2, 0.2), and
+                    // products of two such sums with GLU
+                    let (atol, rtol) = encore_tensor::testing::tolerance(dt);
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let (g, w) = (*g as f64, *w as f64);
+                        let tol = atol * (k as f64).sqrt() * 4.0 + 4.0 * rtol * w.abs();
+                        assert!((g - w).abs() <= tol, "{what} element {i}: {g} vs cpu {w}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Quantized GEMV and the prefill path at model shapes, against the dequantized weights in
 /// f64 on the host (sampled columns): every block type, bf16 activations (the CUDA compute
 /// dtype) with bf16 and f32 outputs, M from 1 to the GEMV limit and past it, K = 2048. The

@@ -5,7 +5,7 @@ use encore_cpu::Cpu;
 use encore_cuda::{Cuda, LaunchParamMode};
 use encore_engine::graph_runner::{FailCapture, GraphDecoder};
 use encore_engine::{generate, DecodeRow, Eager, Flow, LlmEngine, ModelRunner, RunnerConfig, SamplingParams};
-use encore_models::config::{Activation, Arch, ArchFlags, ModelConfig};
+use encore_models::config::{GluActivation, Arch, ArchFlags, ModelConfig};
 use encore_models::golden::{golden_dir, LogitsGolden};
 use encore_models::hub::open_model;
 use encore_models::Llama;
@@ -67,7 +67,7 @@ fn small_gemma3(vocab: usize) -> ModelConfig {
         norm_plus_one: true,
         scale_embeddings: true,
         sandwich_norms: true,
-        activation: Activation::GeluTanh,
+        activation: GluActivation::GeluTanh,
         query_pre_attn_scalar: Some(24.0),
         sliding_layers: vec![true, false, true],
         rope_local_theta: Some(10000.0),
