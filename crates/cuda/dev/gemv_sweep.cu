@@ -11,6 +11,11 @@
 // launches in one CUDA graph, median of 5 replays; GB/s on the weight bytes, % of a
 // device-to-device copy measured in the same run.
 //
+// A second table times the fused decoder projections (gemv.cu `gemv_rms_bf16_m*`,
+// `gemv_rms_silu_bf16_m*`) against the kernels they replace in the same graph (rms_norm.cu +
+// the shipped GEMV, + silu_mul.cu for gate_up) at the qkv and gate_up shapes, M = 1, 2,
+// checked against an f64 reference of norm -> projection (-> silu(gate) * up).
+//
 // Usage: gemv_sweep [quick]   (quick: 1B and 8B only). A best-variant table comes last.
 #include <cuda_runtime.h>
 
@@ -24,6 +29,8 @@
 #include <vector>
 
 #include "../kernels/gemv.cu"
+#include "../kernels/rms_norm.cu"
+#include "../kernels/silu_mul.cu"
 
 #define CK(x)                                                                                  \
     do {                                                                                       \
@@ -38,13 +45,17 @@ typedef __nv_bfloat16 bf16;
 
 template <typename O, int MT, int R, int U>
 __global__ void __launch_bounds__(gemv_cu::WARPS * 32)
-    gemv_var(const bf16* x, const bf16* w, O* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
-             uint32_t acc) {
-    gemv_cu::gemv_impl<bf16, O, MT, R, U>(x, w, y, M, N, K, ldx, ldy, acc);
+    gemv_var(const bf16* x, const bf16* w, O* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,
+                   uint32_t ldy, uint32_t acc, const bf16*, float, const bf16*) {
+    gemv_cu::gemv_impl<bf16, O, MT, R, U, false, gemv_cu::ACT_NONE>(x, w, y, M, N, K, ldx, ldy, acc, nullptr, 0.f,
+                                                                    nullptr);
 }
 
-typedef void (*KernBf16)(const bf16*, const bf16*, bf16*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
-typedef void (*KernF32)(const bf16*, const bf16*, float*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
+// every gemv.cu entry: (x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu)
+typedef void (*KernBf16)(const bf16*, const bf16*, bf16*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t,
+                         const bf16*, float, const bf16*);
+typedef void (*KernF32)(const bf16*, const bf16*, float*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t,
+                        const bf16*, float, const bf16*);
 
 struct Variant {
     const char* name;
@@ -55,9 +66,11 @@ struct Variant {
 
 #define TIERS(R, U)                                                                                             \
     {                                                                                                            \
-        "R" #R "U" #U, R, {gemv_var<bf16, 1, R, U>, gemv_var<bf16, 2, R, U>, gemv_var<bf16, 4, R, U>,            \
-                           gemv_var<bf16, 8, R, U>},                                                             \
-            {gemv_var<float, 1, R, U>, gemv_var<float, 2, R, U>, gemv_var<float, 4, R, U>, gemv_var<float, 8, R, U>} \
+        "R" #R "U" #U, R,                                                                                        \
+            {gemv_var<bf16, 1, R, U>, gemv_var<bf16, 2, R, U>, gemv_var<bf16, 4, R, U>,          \
+             gemv_var<bf16, 8, R, U>},                                                                     \
+            {gemv_var<float, 1, R, U>, gemv_var<float, 2, R, U>, gemv_var<float, 4, R, U>,       \
+             gemv_var<float, 8, R, U>}                                                                     \
     }
 static const Variant VARIANTS[] = {
     {"shipped", 0, {gemv_bf16_m1, gemv_bf16_m2, gemv_bf16_m4, gemv_bf16_m8},
@@ -148,6 +161,129 @@ static float host_bf16(bf16 v) {
     return f;
 }
 
+// ---- fused decoder projections against the kernels they replace ---------------------------
+
+// An f64 reference of one output column: the norm, the projection by the gate (or only)
+// row, and with an up row silu(gate) * up.
+static double fused_ref(const std::vector<float>& xr, const std::vector<float>& nw, const std::vector<float>& wg,
+                        const std::vector<float>* wu, float eps) {
+    const size_t k = xr.size();
+    double ss = 0;
+    for (float v : xr) ss += (double)v * v;
+    const double inv = 1.0 / sqrt(ss / k + eps);
+    double g = 0, u = 0;
+    for (size_t j = 0; j < k; ++j) {
+        const double xn = xr[j] * inv * nw[j];
+        g += xn * wg[j];
+        if (wu) u += xn * (*wu)[j];
+    }
+    if (!wu) return g;
+    return g / (1 + exp(-g)) * u;
+}
+
+static bool fused_table(bool quick, double copy_gbs) {
+    bool all_ok = true;
+    printf("\nfused projections (norm before, silu(gate) * up after) against the kernels they replace\n");
+    printf("| preset | op | N | K | M | unfused us | fused us | fused %% copy | check |\n|---|---|---|---|---|---|---|---|---|\n");
+    const float eps = 1e-5f;
+    for (const Shape& s : shapes(quick)) {
+        const bool gated = strcmp(s.op, "gate_up") == 0;
+        if (!gated && strcmp(s.op, "qkv") != 0) continue;
+        const int n_out = gated ? s.n / 2 : s.n;  // gate_up: s.n = 2I rows [gate; up], I outputs
+        const size_t wn = (size_t)s.n * s.k, wbytes = wn * 2;
+        const int copies = (int)std::max<size_t>(1, std::min<size_t>(20, ((512ull << 20) + wbytes - 1) / wbytes));
+        bf16 *w, *x, *nw, *xn, *gu, *y;
+        CK(cudaMalloc(&w, wbytes * copies));
+        CK(cudaMalloc(&x, (size_t)2 * s.k * 2));
+        CK(cudaMalloc(&nw, (size_t)s.k * 2));
+        CK(cudaMalloc(&xn, (size_t)2 * s.k * 2));
+        CK(cudaMalloc(&gu, (size_t)2 * s.n * 2));
+        CK(cudaMalloc(&y, (size_t)2 * n_out * 2));
+        fill_bf16<<<1024, 256, 0, g_stream>>>(w, wn * copies, 23u, 1.f / sqrtf((float)s.k));
+        fill_bf16<<<64, 256, 0, g_stream>>>(x, (size_t)2 * s.k, 5u, 2.f);
+        fill_bf16<<<64, 256, 0, g_stream>>>(nw, (size_t)s.k, 7u, 1.f);
+        CK(cudaStreamSynchronize(g_stream));
+        std::vector<bf16> hx((size_t)2 * s.k), hn(s.k);
+        CK(cudaMemcpy(hx.data(), x, hx.size() * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hn.data(), nw, hn.size() * 2, cudaMemcpyDeviceToHost));
+        std::vector<float> hnf(s.k);
+        for (int j = 0; j < s.k; ++j) hnf[j] = host_bf16(hn[j]);
+        std::mt19937 rng(s.n * 7 + s.k);
+        for (int m = 1; m <= 2; ++m) {
+            const unsigned rn_block = std::min(1024u, std::max(32u, (unsigned)(s.k / 4)));
+            const unsigned grid_plain = (s.n + gemv_cu::WARPS - 1) / gemv_cu::WARPS;  // R = 1 at M <= 2
+            const unsigned grid_fused = (n_out + gemv_cu::WARPS - 1) / gemv_cu::WARPS;
+            // silu_mul's operands as the decoder passes them: dst [m, I], gate and up [m, I] views
+            // of the [m, 2I] projection (contiguous at m = 1)
+            StridedMeta meta{};
+            meta.num_operands = 3;
+            if (m == 1) {
+                meta.rank = 1;
+                meta.numel = n_out;
+                meta.flags = ENCORE_META_ALL_CONTIGUOUS;
+                meta.dims[0] = n_out;
+                for (int o = 0; o < 3; ++o) meta.strides[o][0] = 1;
+            } else {
+                meta.rank = 2;
+                meta.numel = 2 * n_out;
+                meta.dims[0] = 2;
+                meta.dims[1] = n_out;
+                meta.strides[0][0] = n_out;
+                meta.strides[1][0] = meta.strides[2][0] = s.n;
+                for (int o = 0; o < 3; ++o) meta.strides[o][1] = 1;
+            }
+            KernBf16 plain = m == 1 ? gemv_bf16_m1 : gemv_bf16_m2;
+            KernBf16 fused = gated ? (m == 1 ? gemv_rms_silu_bf16_m1 : gemv_rms_silu_bf16_m2)
+                                   : (m == 1 ? gemv_rms_bf16_m1 : gemv_rms_bf16_m2);
+            auto unfused = [&](int i) {
+                const bf16* wi = w + (size_t)(i % copies) * wn;
+                rms_norm_bf16<<<m, rn_block, 0, g_stream>>>(x, nw, xn, s.k, s.k, s.k, eps);
+                bf16* out = gated ? gu : y;
+                plain<<<grid_plain, gemv_cu::WARPS * 32, 0, g_stream>>>(xn, wi, out, m, s.n, s.k, s.k, s.n, 0, nullptr,
+                                                                        0.f, nullptr);
+                if (gated) silu_mul_bf16<<<(m * n_out + 255) / 256, 256, 0, g_stream>>>(gu, gu + n_out, y, meta);
+            };
+            auto fused_launch = [&](int i) {
+                const bf16* wi = w + (size_t)(i % copies) * wn;
+                fused<<<grid_fused, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, y, m, n_out, s.k, s.k, n_out, 0, nw, eps,
+                                                                        gated ? wi + (size_t)n_out * s.k : nullptr);
+            };
+            // the fused output (copy 0) on 32 sampled columns against the f64 reference
+            fused_launch(0);
+            CK(cudaStreamSynchronize(g_stream));
+            CK(cudaGetLastError());
+            std::vector<bf16> hy((size_t)m * n_out);
+            CK(cudaMemcpy(hy.data(), y, hy.size() * 2, cudaMemcpyDeviceToHost));
+            double worst = 0;
+            for (int mm = 0; mm < m; ++mm) {
+                std::vector<float> xr(s.k);
+                for (int j = 0; j < s.k; ++j) xr[j] = host_bf16(hx[(size_t)mm * s.k + j]);
+                for (int t = 0; t < 32; ++t) {
+                    const int n = t == 0 ? n_out - 1 : (int)(rng() % n_out);
+                    std::vector<bf16> tg(s.k), tu(s.k);
+                    CK(cudaMemcpy(tg.data(), w + (size_t)n * s.k, s.k * 2, cudaMemcpyDeviceToHost));
+                    std::vector<float> wg(s.k), wu(s.k);
+                    for (int j = 0; j < s.k; ++j) wg[j] = host_bf16(tg[j]);
+                    if (gated) {
+                        CK(cudaMemcpy(tu.data(), w + (size_t)(n_out + n) * s.k, s.k * 2, cudaMemcpyDeviceToHost));
+                        for (int j = 0; j < s.k; ++j) wu[j] = host_bf16(tu[j]);
+                    }
+                    const double ref = fused_ref(xr, hnf, wg, gated ? &wu : nullptr, eps);
+                    const double got = host_bf16(hy[(size_t)mm * n_out + n]);
+                    worst = std::max(worst, fabs(got - ref) / (fabs(ref) + 1e-2));
+                }
+            }
+            const bool ok = worst <= 1.0 / 32;  // bf16 rounding of gate, up and the output
+            all_ok &= ok;
+            const double us_unfused = time_graph(unfused), us_fused = time_graph(fused_launch);
+            printf("| %s | %s | %d | %d | %d | %.2f | %.2f | %.0f | %s %.1e |\n", s.preset, s.op, n_out, s.k, m,
+                   us_unfused, us_fused, 100 * (wbytes / us_fused / 1e3) / copy_gbs, ok ? "ok" : "FAIL", worst);
+        }
+        for (void* p : {(void*)w, (void*)x, (void*)nw, (void*)xn, (void*)gu, (void*)y}) CK(cudaFree(p));
+    }
+    return all_ok;
+}
+
 int main(int argc, char** argv) {
     const bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     CK(cudaStreamCreate(&g_stream));
@@ -207,9 +343,11 @@ int main(int argc, char** argv) {
                 auto launch = [&](int i, uint32_t acc) {
                     const bf16* wi = w + (size_t)(i % copies) * wn;
                     if (s.f32_out)
-                        v.kf[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, (float*)y, m, s.n, s.k, s.k, s.n, acc);
+                        v.kf[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, (float*)y, m, s.n, s.k, s.k, s.n,
+                                                                               acc, nullptr, 0.f, nullptr);
                     else
-                        v.k[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n, acc);
+                        v.k[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n,
+                                                                              acc, nullptr, 0.f, nullptr);
                 };
                 // check (copy 0)
                 CK(cudaMemsetAsync(y, 0, (size_t)8 * s.n * es, g_stream));
@@ -270,6 +408,7 @@ int main(int argc, char** argv) {
     printf("\nbest variant per problem (%% of copy bandwidth %.0f GB/s)\n", copy_gbs);
     printf("| preset | op | N | K | M | best | us | %% copy |\n|---|---|---|---|---|---|---|---|\n");
     for (auto& l : best_lines) printf("%s\n", l.c_str());
+    all_ok &= fused_table(quick, copy_gbs);
     printf("\nchecks: %s\n", all_ok ? "all ok" : "SOME FAILED");
     return all_ok ? 0 : 1;
 }
