@@ -16,6 +16,9 @@
 // the shipped GEMV, + silu_mul.cu for gate_up) at the qkv and gate_up shapes, M = 1, 2,
 // checked against an f64 reference of norm -> projection (-> silu(gate) * up).
 //
+// A third table times the tensor-core skinny GEMM (tc_gemv.cuh, scratch) at M = 3, 4, 8, 16
+// against the shipped CUDA-core tier, with the same check.
+//
 // Usage: gemv_sweep [quick]   (quick: 1B and 8B only). A best-variant table comes last.
 #include <cuda_runtime.h>
 
@@ -31,6 +34,7 @@
 #include "../kernels/gemv.cu"
 #include "../kernels/rms_norm.cu"
 #include "../kernels/silu_mul.cu"
+#include "tc_gemv.cuh"
 
 #define CK(x)                                                                                  \
     do {                                                                                       \
@@ -284,6 +288,120 @@ static bool fused_table(bool quick, double copy_gbs) {
     return all_ok;
 }
 
+// ---- tensor-core skinny GEMM (tc_gemv.cuh) against the CUDA-core GEMV -----------------------
+
+template <typename O, int NT, int KW, int U>
+__global__ void __launch_bounds__(KW * 32)
+    tc_var(const bf16* x, const bf16* w, O* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
+           uint32_t acc) {
+    tc_gemv::tc_gemv_impl<bf16, O, NT, KW, U>(x, w, y, M, N, K, ldx, ldy, acc);
+}
+typedef void (*TcBf16)(const bf16*, const bf16*, bf16*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
+typedef void (*TcF32)(const bf16*, const bf16*, float*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
+struct TcVariant {
+    const char* name;
+    int kw;
+    TcBf16 k[2];  // NT = 1 (M <= 8), 2 (M <= 16)
+    TcF32 kf[2];
+};
+#define TC(KW, U) \
+    {"tcK" #KW "U" #U, KW, {tc_var<bf16, 1, KW, U>, tc_var<bf16, 2, KW, U>}, {tc_var<float, 1, KW, U>, tc_var<float, 2, KW, U>}}
+static const TcVariant TC_VARIANTS[] = {TC(2, 2), TC(2, 4), TC(4, 2), TC(4, 4), TC(8, 2), TC(8, 4)};
+
+static bool tc_table(bool quick, double copy_gbs) {
+    printf("\ntensor-core skinny GEMM (tc_gemv.cuh) against the shipped CUDA-core GEMV tier\n");
+    printf("| preset | op | N | K | M | variant | us | %% copy | check |\n|---|---|---|---|---|---|---|---|---|\n");
+    bool all_ok = true;
+    const int MS[] = {3, 4, 8, 16};
+    for (const Shape& s : shapes(quick)) {
+        const size_t wn = (size_t)s.n * s.k, wbytes = wn * 2, es = s.f32_out ? 4 : 2;
+        const int copies = (int)std::max<size_t>(1, std::min<size_t>(20, ((512ull << 20) + wbytes - 1) / wbytes));
+        bf16 *w, *x;
+        void* y;
+        CK(cudaMalloc(&w, wbytes * copies));
+        CK(cudaMalloc(&x, (size_t)16 * s.k * 2));
+        CK(cudaMalloc(&y, (size_t)16 * s.n * es));
+        fill_bf16<<<1024, 256, 0, g_stream>>>(w, wn * copies, 29u, 1.f / sqrtf((float)s.k));
+        fill_bf16<<<256, 256, 0, g_stream>>>(x, (size_t)16 * s.k, 31u, 1.f);
+        std::vector<bf16> hx((size_t)16 * s.k);
+        CK(cudaMemcpy(hx.data(), x, hx.size() * 2, cudaMemcpyDeviceToHost));
+        std::mt19937 rng(s.n * 13 + s.k);
+        std::vector<int> rows(48);
+        for (int& r : rows) r = rng() % s.n;
+        rows[0] = s.n - 1;
+        std::vector<std::vector<float>> hw(rows.size(), std::vector<float>(s.k));
+        for (size_t i = 0; i < rows.size(); ++i) {
+            std::vector<bf16> tmp(s.k);
+            CK(cudaMemcpy(tmp.data(), w + (size_t)rows[i] * s.k, s.k * 2, cudaMemcpyDeviceToHost));
+            for (int j = 0; j < s.k; ++j) hw[i][j] = host_bf16(tmp[j]);
+        }
+        for (int m : MS) {
+            // the check: 48 sampled columns of every row of x against f64, relative to the absolute sum
+            auto check = [&](auto launch0) {
+                CK(cudaMemsetAsync(y, 0, (size_t)16 * s.n * es, g_stream));
+                launch0();
+                CK(cudaStreamSynchronize(g_stream));
+                CK(cudaGetLastError());
+                std::vector<char> hy((size_t)m * s.n * es);
+                CK(cudaMemcpy(hy.data(), y, hy.size(), cudaMemcpyDeviceToHost));
+                double worst = 0;
+                for (int mm = 0; mm < m; ++mm)
+                    for (size_t i = 0; i < rows.size(); ++i) {
+                        double ref = 0, mag = 0;
+                        for (int j = 0; j < s.k; ++j) {
+                            const double p = (double)host_bf16(hx[(size_t)mm * s.k + j]) * hw[i][j];
+                            ref += p;
+                            mag += fabs(p);
+                        }
+                        const size_t o = (size_t)mm * s.n + rows[i];
+                        const double got = s.f32_out ? ((float*)hy.data())[o] : host_bf16(((bf16*)hy.data())[o]);
+                        worst = std::max(worst, fabs(got - ref) / (mag + 1e-30));
+                    }
+                return worst;
+            };
+            auto report = [&](const char* name, double us, double worst) {
+                const bool ok = worst <= 1.0 / 128;
+                all_ok &= ok;
+                printf("| %s | %s | %d | %d | %d | %s | %.2f | %.0f | %s %.1e |\n", s.preset, s.op, s.n, s.k, m, name, us,
+                       100 * (wbytes / us / 1e3) / copy_gbs, ok ? "ok" : "FAIL", worst);
+            };
+            if (m <= 8) {  // the shipped CUDA-core tier
+                const int tier = m <= 4 ? 2 : 3;
+                const int r = (s.f32_out ? SHIPPED_R_F32 : SHIPPED_R)[tier];
+                const unsigned grid = (s.n + r * gemv_cu::WARPS - 1) / (r * gemv_cu::WARPS);
+                auto launch = [&](int i) {
+                    const bf16* wi = w + (size_t)(i % copies) * wn;
+                    if (s.f32_out)
+                        VARIANTS[0].kf[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(
+                            x, wi, (float*)y, m, s.n, s.k, s.k, s.n, 0, nullptr, 0.f, nullptr);
+                    else
+                        VARIANTS[0].k[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(
+                            x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n, 0, nullptr, 0.f, nullptr);
+                };
+                const double worst = check([&] { launch(0); });
+                report("gemv.cu", time_graph(launch), worst);
+            }
+            for (const TcVariant& v : TC_VARIANTS) {
+                const int nt = m <= 8 ? 0 : 1;
+                const unsigned grid = (s.n + 15) / 16;
+                auto launch = [&](int i) {
+                    const bf16* wi = w + (size_t)(i % copies) * wn;
+                    if (s.f32_out)
+                        v.kf[nt]<<<grid, v.kw * 32, 0, g_stream>>>(x, wi, (float*)y, m, s.n, s.k, s.k, s.n, 0);
+                    else
+                        v.k[nt]<<<grid, v.kw * 32, 0, g_stream>>>(x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n, 0);
+                };
+                const double worst = check([&] { launch(0); });
+                report(v.name, time_graph(launch), worst);
+            }
+        }
+        CK(cudaFree(w));
+        CK(cudaFree(x));
+        CK(cudaFree(y));
+    }
+    return all_ok;
+}
+
 int main(int argc, char** argv) {
     const bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     CK(cudaStreamCreate(&g_stream));
@@ -409,6 +527,7 @@ int main(int argc, char** argv) {
     printf("| preset | op | N | K | M | best | us | %% copy |\n|---|---|---|---|---|---|---|---|\n");
     for (auto& l : best_lines) printf("%s\n", l.c_str());
     all_ok &= fused_table(quick, copy_gbs);
+    all_ok &= tc_table(quick, copy_gbs);
     printf("\nchecks: %s\n", all_ok ? "all ok" : "SOME FAILED");
     return all_ok ? 0 : 1;
 }
