@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// instead of floats: the quantized kernels at a preset's shape, without a file.
     #[arg(long)]
     quantize: Option<String>,
+    /// Launch kernels with programmatic dependent launch (Hopper and newer): run the bench
+    /// with and without it in one call to measure its effect.
+    #[arg(long)]
+    pdl: bool,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -136,6 +140,9 @@ fn check(a: &BenchArgs) -> Result<Checked> {
     if launch {
         if a.ops == 0 {
             bail!("--ops: must be at least 1");
+        }
+        if a.pdl {
+            bail!("--pdl: `bench launch` measures the launch-metadata modes; --pdl is a flag of the model bench");
         }
         return Ok(Checked {
             dtype,
@@ -220,8 +227,8 @@ fn bench_cpu(a: &BenchArgs, dtype: encore_tensor::DType) -> Result<()> {
     if a.preset.is_some() {
         bail!("--preset: presets are random-weight CUDA shapes; on --device cpu give a model file with --model");
     }
-    if a.capture_all || a.modes.is_some() {
-        bail!("--device cpu runs eagerly: --modes and --capture-all are CUDA flags");
+    if a.capture_all || a.modes.is_some() || a.pdl {
+        bail!("--device cpu runs eagerly: --modes, --capture-all and --pdl are CUDA flags");
     }
     if a.quantize.is_some() {
         bail!("--quantize: random blocks are a CUDA bench of presets; on --device cpu give a model file with --model");
@@ -269,9 +276,10 @@ fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
     let mut reports = Vec::new();
     for (name, model) in models {
         let cfg = BenchConfig {
-            name: match quant {
-                Some(q) => format!("{name} ({q} random blocks)"),
-                None => name,
+            name: match (quant, a.pdl) {
+                (Some(q), _) => format!("{name} ({q} random blocks{})", if a.pdl { ", pdl" } else { "" }),
+                (None, true) => format!("{name} (pdl)"),
+                (None, false) => name,
             },
             model,
             batches: batches.clone(),
@@ -286,6 +294,7 @@ fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
             capture_all: a.capture_all,
             weights: weights.clone(),
             quant,
+            pdl: a.pdl,
         };
         let r = run_bench(&cfg)?;
         println!("{}", r.to_table());

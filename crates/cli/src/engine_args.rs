@@ -52,6 +52,10 @@ pub struct EngineArgs {
     /// How kernels get their layout metadata: inline, cached or upload.
     #[arg(long, default_value = "inline")]
     pub launch_params: String,
+    /// CUDA (Hopper and newer): launch kernels with programmatic dependent launch, so each
+    /// kernel is scheduled while the one before it drains.
+    #[arg(long)]
+    pub pdl: bool,
     /// CPU threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -82,6 +86,9 @@ impl EngineArgs {
             },
             None => None,
         };
+        if self.pdl && device == Device::Cpu {
+            bail!("--pdl needs --device cuda (programmatic dependent launch is a CUDA feature)");
+        }
         if !(self.kv_cache_gib > 0.0 && self.kv_cache_gib.is_finite()) {
             bail!("--kv-cache-gib must be a positive number of GiB, got {}", self.kv_cache_gib);
         }
@@ -99,6 +106,7 @@ impl EngineArgs {
             graphs: !self.no_graphs,
             graph_max_tokens: self.graph_max_tokens,
             launch_params,
+            pdl: self.pdl,
             block_size: self.block_size,
             kv_blocks: self.kv_blocks,
             gpu_memory_utilization: self.gpu_memory_utilization,

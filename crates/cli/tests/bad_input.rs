@@ -286,6 +286,20 @@ const CASES: &[Case] = &[
         needles: &["--launch-params"],
         once: None,
     },
+    Case {
+        name: "pdl on the cpu",
+        args: &["generate", P, "x", "--pdl"],
+        setup: nothing,
+        needles: &["--pdl", "--device cuda"],
+        once: None,
+    },
+    Case {
+        name: "bench pdl on the cpu",
+        args: &["bench", "--device", "cpu", "--pdl"],
+        setup: nothing,
+        needles: &["--pdl"],
+        once: None,
+    },
     Case { name: "no prompt", args: &["generate"], setup: nothing, needles: &["--prompt"], once: None },
     Case {
         name: "missing prompts file",

@@ -62,7 +62,7 @@ __device__ __forceinline__ void argmax_impl(const T* __restrict__ x, uint32_t* _
 
 #define ARGMAX(NAME, T)                                                                                 \
     extern "C" __global__ void NAME(const T* __restrict__ x, uint32_t* __restrict__ dst, uint32_t cols, \
-        uint32_t x_row_stride) {                                                                        \
+        uint32_t x_row_stride) { ENCORE_PDL_ENTRY();                                                                        \
         argmax_cu::argmax_impl<T>(x, dst, cols, x_row_stride);                                          \
     }
 

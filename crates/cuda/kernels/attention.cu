@@ -275,14 +275,14 @@ __device__ __forceinline__ void attention_merge_impl(const float* __restrict__ w
              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                   \
              const int32_t* __restrict__ positions, T* __restrict__ dst, float* __restrict__ ws_ml,            \
              float* __restrict__ ws_acc, uint32_t heads, uint32_t heads_kv, uint32_t head_dim,                 \
-             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window, uint32_t lanes_per_key) { \
+             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window, uint32_t lanes_per_key) { ENCORE_PDL_ENTRY(); \
         attention_cu::attention_impl<T, VEC>(q, k_cache, v_cache, block_tables, row_seq, positions, dst, ws_ml, \
                                              ws_acc, heads, heads_kv, head_dim, max_blocks, block_size, scale,  \
                                              window, lanes_per_key);                                            \
     }
 #define ATTENTION_MERGE(NAME, T)                                                                       \
     extern "C" __global__ void NAME(const float* __restrict__ ws_ml, const float* __restrict__ ws_acc, \
-        T* __restrict__ dst, uint32_t head_dim, uint32_t nsplit) {                                     \
+        T* __restrict__ dst, uint32_t head_dim, uint32_t nsplit) { ENCORE_PDL_ENTRY();                                     \
         attention_cu::attention_merge_impl<T>(ws_ml, ws_acc, dst, head_dim, nsplit);                   \
     }
 

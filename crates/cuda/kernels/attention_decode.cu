@@ -192,7 +192,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                     \
              const int32_t* __restrict__ positions, T* __restrict__ dst, float* __restrict__ ws_ml,              \
              float* __restrict__ ws_acc, int32_t* __restrict__ counters, uint32_t heads, uint32_t heads_kv,       \
-             uint32_t head_dim, uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {         \
+             uint32_t head_dim, uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) { ENCORE_PDL_ENTRY();         \
         attention_tc::decode_impl<T, DMAX, attention_tc::decode_stages(DMAX)>(                                  \
             q, k_cache, v_cache, block_tables, row_seq, positions, dst, ws_ml, ws_acc, counters, heads, heads_kv, \
             head_dim, max_blocks, block_size, scale, window);                                                   \

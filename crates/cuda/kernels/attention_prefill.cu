@@ -252,6 +252,7 @@ __device__ __forceinline__ void prefill_impl(const T* __restrict__ q, const T* _
 extern "C" __global__ void attention_plan(const int32_t* __restrict__ row_seq, const int32_t* __restrict__ positions,
                                           uint32_t num_rows, uint32_t tokens_per_item, int2* __restrict__ items,
                                           int32_t* __restrict__ count) {
+    ENCORE_PDL_ENTRY();
     __shared__ int warp_total[32];
     __shared__ int s_carry;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -294,7 +295,7 @@ extern "C" __global__ void attention_plan(const int32_t* __restrict__ row_seq, c
              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                       \
              const int32_t* __restrict__ positions, T* __restrict__ dst, const int2* __restrict__ items,           \
              const int32_t* __restrict__ count, uint32_t heads, uint32_t heads_kv, uint32_t head_dim,              \
-             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) {                            \
+             uint32_t max_blocks, uint32_t block_size, float scale, uint32_t window) { ENCORE_PDL_ENTRY();                            \
         attention_tc::prefill_impl<T, DMAX, attention_tc::prefill_stages(DMAX)>(                                  \
             q, k_cache, v_cache, block_tables, row_seq, positions, dst, items, count, heads, heads_kv, head_dim,  \
             max_blocks, block_size, scale, window);                                                               \

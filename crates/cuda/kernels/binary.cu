@@ -37,7 +37,7 @@ __device__ __forceinline__ void binary_impl(const T* lhs, const T* rhs, T* dst, 
 
 // No __restrict__ here: dst may alias lhs or rhs.
 #define BINARY(NAME, OP, T)                                                                       \
-    extern "C" __global__ void NAME(const T* lhs, const T* rhs, T* dst, const StridedMeta meta) { \
+    extern "C" __global__ void NAME(const T* lhs, const T* rhs, T* dst, const StridedMeta meta) { ENCORE_PDL_ENTRY(); \
         binary_cu::binary_impl<binary_cu::BinaryOp::OP, T>(lhs, rhs, dst, meta);                  \
     }
 

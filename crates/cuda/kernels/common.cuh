@@ -9,6 +9,7 @@
 // - Conversions: every kernel computes in f32; load_f32/store_f32 convert from/to
 //   float, __nv_bfloat16 and __half (round to nearest even).
 // - Block and warp reductions used by the row kernels.
+// - ENCORE_PDL_ENTRY, the first statement of every entry point.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -20,6 +21,20 @@
 #define ENCORE_MAX_OPERANDS 3
 #define ENCORE_META_ALL_CONTIGUOUS 1u
 #define ENCORE_FULL_MASK 0xffffffffu
+
+// Programmatic dependent launch (PDL, Hopper and newer): every entry point starts with
+// ENCORE_PDL_ENTRY(). Launched with programmatic stream serialization (device.rs `set_pdl`),
+// a kernel may be scheduled while its predecessor in the stream drains: it first waits for
+// that grid's completion and memory (griddepcontrol.wait), so nothing is read or written
+// early, then lets its own successor be scheduled (launch_dependents). Launched without the
+// attribute, both are no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define ENCORE_PDL_ENTRY() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;\n" ::: "memory")
+#else
+#define ENCORE_PDL_ENTRY() \
+    do {                   \
+    } while (0)
+#endif
 
 // Field for field the Rust struct (#[repr(C)]): keep the two in sync.
 struct StridedMeta {

@@ -31,7 +31,7 @@ __device__ __forceinline__ void copy_bits(const T* __restrict__ src, T* __restri
 }  // namespace copy_cu
 
 #define COPY(NAME, S, D)                                                                                      \
-    extern "C" __global__ void NAME(const S* __restrict__ src, D* __restrict__ dst, const StridedMeta meta) { \
+    extern "C" __global__ void NAME(const S* __restrict__ src, D* __restrict__ dst, const StridedMeta meta) { ENCORE_PDL_ENTRY(); \
         copy_cu::copy_impl<S, D>(src, dst, meta);                                                             \
     }
 
@@ -46,10 +46,12 @@ COPY(copy_f16_bf16, __half, __nv_bfloat16)
 COPY(copy_f16_f16, __half, __half)
 extern "C" __global__ void copy_u32_u32(const uint32_t* __restrict__ src, uint32_t* __restrict__ dst,
                                         const StridedMeta meta) {
+    ENCORE_PDL_ENTRY();
     copy_cu::copy_bits(src, dst, meta);
 }
 extern "C" __global__ void copy_i32_i32(const int32_t* __restrict__ src, int32_t* __restrict__ dst,
                                         const StridedMeta meta) {
+    ENCORE_PDL_ENTRY();
     copy_cu::copy_bits(src, dst, meta);
 }
 

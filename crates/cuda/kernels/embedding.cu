@@ -36,7 +36,7 @@ __device__ __forceinline__ void embedding_impl(const uint32_t* __restrict__ ids,
 
 #define EMBEDDING(NAME, T)                                                                         \
     extern "C" __global__ void NAME(const uint32_t* __restrict__ ids, const T* __restrict__ table, \
-        T* __restrict__ dst, uint32_t cols, uint32_t vocab) {                                      \
+        T* __restrict__ dst, uint32_t cols, uint32_t vocab) { ENCORE_PDL_ENTRY();                                      \
         embedding_cu::embedding_impl<T>(ids, table, dst, cols, vocab);                             \
     }
 

@@ -27,7 +27,7 @@ __device__ __forceinline__ void fill_uniform_impl(T* __restrict__ dst, uint64_t 
 }  // namespace fill_cu
 
 #define FILL_UNIFORM(NAME, T)                                                                             \
-    extern "C" __global__ void NAME(T* __restrict__ dst, uint64_t n, uint64_t seed, float scale) {        \
+    extern "C" __global__ void NAME(T* __restrict__ dst, uint64_t n, uint64_t seed, float scale) { ENCORE_PDL_ENTRY();        \
         fill_cu::fill_uniform_impl<T>(dst, n, seed, scale);                                               \
     }
 FILL_UNIFORM(fill_uniform_f32, float)

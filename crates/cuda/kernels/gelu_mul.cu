@@ -28,7 +28,7 @@ __device__ __forceinline__ void gelu_mul_impl(const T* __restrict__ gate, const 
 
 #define GELU_MUL(NAME, T)                                                                                      \
     extern "C" __global__ void NAME(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ dst, \
-        const StridedMeta meta) {                                                                              \
+        const StridedMeta meta) { ENCORE_PDL_ENTRY();                                                                              \
         gelu_mul_cu::gelu_mul_impl<T>(gate, up, dst, meta);                                                    \
     }
 

@@ -215,7 +215,7 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 #define GEMV_FUSED(NAME, T, O, MT, R, U, NORM, ACT)                                                          \
     extern "C" __global__ void __launch_bounds__(gemv_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
         const T* __restrict__ w, O* __restrict__ y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,       \
-        uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu) {  \
+        uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu) { ENCORE_PDL_ENTRY();  \
         gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu);  \
     }
 #define GEMV(NAME, T, O, MT, R, U) GEMV_FUSED(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE)

@@ -38,7 +38,7 @@ __device__ __forceinline__ void kv_write_impl(const T* __restrict__ k, const T* 
 #define KV_WRITE(NAME, T)                                                                                         \
     extern "C" __global__ void NAME(const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ k_cache,    \
         T* __restrict__ v_cache, const int32_t* __restrict__ slot_mapping, uint32_t heads_kv,                     \
-        uint32_t head_dim, uint32_t num_slots, const StridedMeta meta) {                                          \
+        uint32_t head_dim, uint32_t num_slots, const StridedMeta meta) { ENCORE_PDL_ENTRY();                                          \
         kv_write_cu::kv_write_impl<T>(k, v, k_cache, v_cache, slot_mapping, heads_kv, head_dim, num_slots, meta); \
     }
 

@@ -158,19 +158,19 @@ __device__ __forceinline__ void qdequant_impl(const uint8_t* __restrict__ w, con
 #define QGEMV(NAME, Q, T, MT)                                                                                  \
     extern "C" __global__ void __launch_bounds__(qmatmul_cu::WARPS * 32) NAME(const uint8_t* __restrict__ w, \
         const int8_t* __restrict__ xq, const float2* __restrict__ xds, void* y, uint32_t M, uint32_t N,       \
-        uint32_t K, uint32_t ldy, uint32_t row_bytes, uint32_t flags) {                                        \
+        uint32_t K, uint32_t ldy, uint32_t row_bytes, uint32_t flags) { ENCORE_PDL_ENTRY();                                        \
         qmatmul_cu::qgemv_impl<Q, T, MT>(w, xq, xds, y, M, N, K, ldy, row_bytes, flags);                       \
     }
 
 #define QQUANT_X(NAME, T)                                                                                        \
     extern "C" __global__ void __launch_bounds__(qmatmul_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
-        uint32_t M, uint32_t K, uint32_t ldx, int8_t* __restrict__ xq, float2* __restrict__ xds) {               \
+        uint32_t M, uint32_t K, uint32_t ldx, int8_t* __restrict__ xq, float2* __restrict__ xds) { ENCORE_PDL_ENTRY();               \
         qmatmul_cu::qquant_x_impl<T>(x, M, K, ldx, xq, xds);                                                     \
     }
 
 #define QDEQUANT(NAME, Q, T)                                                                            \
     extern "C" __global__ void NAME(const uint8_t* __restrict__ w, const uint32_t* __restrict__ ids,    \
-        T* __restrict__ out, uint32_t cols, uint32_t row_bytes, uint32_t rows_in) {                     \
+        T* __restrict__ out, uint32_t cols, uint32_t row_bytes, uint32_t rows_in) { ENCORE_PDL_ENTRY();                     \
         qmatmul_cu::qdequant_impl<Q, T>(w, ids, out, cols, row_bytes, rows_in);                         \
     }
 
@@ -180,11 +180,13 @@ QQUANT_X(qquant_x_f16, __half)
 
 extern "C" __global__ void qcvt_bf16_f16(const __nv_bfloat16* __restrict__ x, uint32_t ldx, uint32_t R, uint32_t K,
                                          __half* __restrict__ out) {
+    ENCORE_PDL_ENTRY();
     qmatmul_cu::qcvt_bf16_f16_impl(x, ldx, R, K, out);
 }
 
 extern "C" __global__ void qepi_bf16(const float* __restrict__ src, __nv_bfloat16* __restrict__ y, uint32_t ldy,
                                      uint32_t R, uint32_t C, uint32_t accumulate) {
+    ENCORE_PDL_ENTRY();
     qmatmul_cu::qepi_bf16_impl(src, y, ldy, R, C, accumulate);
 }
 

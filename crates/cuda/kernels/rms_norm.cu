@@ -34,7 +34,7 @@ __device__ __forceinline__ void rms_norm_impl(const T* x, const T* __restrict__ 
 
 #define RMS_NORM(NAME, T)                                                                            \
     extern "C" __global__ void NAME(const T* x, const T* __restrict__ weight, T* dst, uint32_t cols, \
-        uint32_t x_row_stride, uint32_t dst_row_stride, float eps) {                                 \
+        uint32_t x_row_stride, uint32_t dst_row_stride, float eps) { ENCORE_PDL_ENTRY();                                 \
         rms_norm_cu::rms_norm_impl<T>(x, weight, dst, cols, x_row_stride, dst_row_stride, eps);      \
     }
 

@@ -119,7 +119,7 @@ __device__ __forceinline__ void rope_kv_write_impl(const T* __restrict__ q, cons
 #define ROPE(NAME, T)                                                                               \
     extern "C" __global__ void NAME(const T* x, T* dst, const float* __restrict__ cos_table,        \
         const float* __restrict__ sin_table, const int32_t* __restrict__ positions, uint32_t heads, \
-        uint32_t half, uint32_t max_pos, const StridedMeta meta) {                                  \
+        uint32_t half, uint32_t max_pos, const StridedMeta meta) { ENCORE_PDL_ENTRY();                                  \
         rope_cu::rope_impl<T>(x, dst, cos_table, sin_table, positions, heads, half, max_pos, meta); \
     }
 
@@ -135,7 +135,7 @@ ROPE(rope_f16, __half)
         const float* __restrict__ sin_table, const int32_t* __restrict__ positions, const int32_t* __restrict__ slots, \
         uint32_t tokens, uint32_t heads, uint32_t heads_kv, uint32_t half, uint32_t max_pos, uint32_t num_slots,     \
         uint32_t q0, uint32_t q1, uint32_t q2, uint32_t k0, uint32_t k1, uint32_t k2, uint32_t v0, uint32_t v1,    \
-        uint32_t v2, uint32_t d0, uint32_t d1, uint32_t d2) {                                                      \
+        uint32_t v2, uint32_t d0, uint32_t d1, uint32_t d2) { ENCORE_PDL_ENTRY();                                                      \
         rope_cu::rope_kv_write_impl<T>(q, k, v, q_dst, k_cache, v_cache, cos_table, sin_table, positions, slots,    \
             tokens, heads, heads_kv, half, max_pos, num_slots, {q0, q1, q2}, {k0, k1, k2}, {v0, v1, v2},           \
             {d0, d1, d2});                                                                                          \

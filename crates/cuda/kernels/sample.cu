@@ -199,5 +199,6 @@ __device__ __forceinline__ void sample_impl(const float* __restrict__ logits, ui
 extern "C" __global__ void sample_f32(const float* __restrict__ logits, uint32_t V, uint32_t row_stride,
                                       const int32_t* __restrict__ uniform, const int32_t* __restrict__ params,
                                       uint32_t* __restrict__ out, unsigned long long* __restrict__ scratch) {
+    ENCORE_PDL_ENTRY();
     sample_cu::sample_impl(logits, V, row_stride, uniform, params, out, scratch);
 }

@@ -23,7 +23,7 @@ __device__ __forceinline__ void silu_mul_impl(const T* __restrict__ gate, const 
 
 #define SILU_MUL(NAME, T)                                                                                      \
     extern "C" __global__ void NAME(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ dst, \
-        const StridedMeta meta) {                                                                              \
+        const StridedMeta meta) { ENCORE_PDL_ENTRY();                                                                              \
         silu_mul_cu::silu_mul_impl<T>(gate, up, dst, meta);                                                    \
     }
 

@@ -40,7 +40,7 @@ __device__ __forceinline__ void softmax_impl(const T* x, T* dst, uint32_t cols, 
 
 #define SOFTMAX(NAME, T)                                                                      \
     extern "C" __global__ void NAME(const T* x, T* dst, uint32_t cols, uint32_t x_row_stride, \
-        uint32_t dst_row_stride) {                                                            \
+        uint32_t dst_row_stride) { ENCORE_PDL_ENTRY();                                                            \
         softmax_cu::softmax_impl<T>(x, dst, cols, x_row_stride, dst_row_stride);              \
     }
 

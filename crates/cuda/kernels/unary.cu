@@ -42,7 +42,7 @@ __device__ __forceinline__ void unary_impl(const T* src, T* dst, const StridedMe
 
 // No __restrict__ here: dst may alias src.
 #define UNARY(NAME, OP, T)                                                          \
-    extern "C" __global__ void NAME(const T* src, T* dst, const StridedMeta meta) { \
+    extern "C" __global__ void NAME(const T* src, T* dst, const StridedMeta meta) { ENCORE_PDL_ENTRY(); \
         unary_cu::unary_impl<unary_cu::UnaryOp::OP, T>(src, dst, meta);             \
     }
 

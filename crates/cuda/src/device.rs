@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     name: String,
     capturing: AtomicBool,
     mode: AtomicU8,
+    /// Launch with programmatic stream serialization (see `set_pdl`).
+    pdl: AtomicBool,
     counters: LaunchCounters,
     kernels: Kernels,
     cache: ParamCache,
@@ -137,6 +139,7 @@ impl CudaDevice {
             name,
             capturing: AtomicBool::new(false),
             mode: AtomicU8::new(cfg.launch_mode.to_u8()),
+            pdl: AtomicBool::new(false),
             counters: LaunchCounters::default(),
             kernels,
             cache: ParamCache::new(ordinal, arena.ptr, arena.bytes, Arc::new(ArenaUploader(weak.clone()))),
@@ -409,6 +412,12 @@ impl CudaDevice {
         params: &mut [*mut c_void],
     ) -> Result<(), CudaError> {
         self.bind()?;
+        if self.pdl() {
+            // SAFETY: as below; the config and its one attribute outlive the call.
+            unsafe { self.launch_pdl(f, grid, block, smem, params) }?;
+            self.0.counters.kernel();
+            return Ok(());
+        }
         // SAFETY: the caller guarantees `params` matches the kernel signature (see above);
         // the stream is ours and valid; `extra` is null as the driver allows.
         drv("cuLaunchKernel", unsafe {
@@ -428,6 +437,68 @@ impl CudaDevice {
         })?;
         self.0.counters.kernel();
         Ok(())
+    }
+
+    /// `launch` with the programmatic-stream-serialization attribute: the kernel may start
+    /// while the previous one in the stream finishes; every entry of kernels/*.cu waits for
+    /// it (`griddepcontrol.wait`, common.cuh ENCORE_PDL_ENTRY) before touching memory.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch`].
+    unsafe fn launch_pdl(
+        &self,
+        f: &Kernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        // SAFETY: an all-zero attribute value is valid plain data; the field set below is the
+        // one the attribute id names.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: smem,
+            hStream: self.0.raw.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the caller guarantees `params` matches the kernel signature; `config` and
+        // `attr` live until the call returns (the driver copies them); `extra` is null.
+        drv("cuLaunchKernelEx", unsafe {
+            sys::cuLaunchKernelEx(&config, f.func, params.as_mut_ptr(), std::ptr::null_mut())
+        })
+    }
+
+    // ---- programmatic dependent launch --------------------------------------------------
+
+    /// Launch every kernel from now on with programmatic dependent launch (PDL): the next
+    /// kernel of the stream, captured graphs included, is scheduled while this one drains,
+    /// and waits on the device for its completion. Hopper (compute capability 9.0) and newer;
+    /// an older device is an error.
+    pub fn set_pdl(&self, on: bool) -> Result<(), CudaError> {
+        if on {
+            let (major, minor) = self.compute_capability()?;
+            if major < 9 {
+                return Err(CudaError::Unavailable(format!(
+                    "programmatic dependent launch needs compute capability 9.0 or newer; {} is {major}.{minor}",
+                    self.name()
+                )));
+            }
+        }
+        self.0.pdl.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn pdl(&self) -> bool {
+        self.0.pdl.load(Ordering::Relaxed)
     }
 
     // ---- launch-parameter modes ---------------------------------------------------------

@@ -426,6 +426,27 @@ mod tests {
         names
     }
 
+    /// Every entry point waits for its predecessor first (ENCORE_PDL_ENTRY, common.cuh):
+    /// under programmatic dependent launch an entry without it could read or overwrite
+    /// memory the previous kernel is still using.
+    #[test]
+    fn every_entry_point_starts_with_the_pdl_wait() {
+        let mut entries = 0;
+        for (file, text) in SOURCES {
+            for (at, _) in text.match_indices("extern \"C\" __global__") {
+                let body = &text[at..][text[at..].find('{').expect("a body") + 1..];
+                let first = body.trim_start_matches([' ', '\\', '\n']).split(';').next().unwrap_or("");
+                assert_eq!(
+                    first.trim(),
+                    "ENCORE_PDL_ENTRY()",
+                    "{file}: an entry point at byte {at} does not start with it"
+                );
+                entries += 1;
+            }
+        }
+        assert!(entries >= 27, "{entries} entry definitions found");
+    }
+
     #[test]
     fn the_table_names_exactly_the_entries_of_the_sources() {
         let mut table: Vec<String> =

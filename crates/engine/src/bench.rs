@@ -73,6 +73,8 @@ pub struct BenchConfig {
     /// Random weights as random blocks of this type (`Llama::random_blocks`) instead of
     /// floats: the quantized kernels at a preset's shape, without a file.
     pub quant: Option<encore_tensor::QuantType>,
+    /// Launch with programmatic dependent launch (`CudaDevice::set_pdl`).
+    pub pdl: bool,
 }
 
 /// Capture of every decode bucket up to the largest batch, as at engine start.
@@ -160,6 +162,7 @@ fn copy_bandwidth(b: &Cuda) -> Result<f64, EngineError> {
 pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     let b = Cuda::new(cfg.ordinal).map_err(|e| EngineError::Device(format!("cuda:{}", cfg.ordinal), e.to_string()))?;
     let dev = b.device().clone();
+    dev.set_pdl(cfg.pdl).map_err(|e| EngineError::Device(format!("cuda:{}", cfg.ordinal), format!("--pdl: {e}")))?;
     let copy_bw = copy_bandwidth(&b)?;
     let max_batch = *cfg.batches.iter().max().ok_or_else(|| EngineError::Config("--batch: no batch sizes".into()))?;
     if cfg.pos + 1 > cfg.ctx {

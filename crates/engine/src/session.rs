@@ -41,6 +41,8 @@ pub struct EngineConfig {
     /// graphs only; capped at `max_num_batched_tokens`).
     pub graph_max_tokens: usize,
     pub launch_params: LaunchParamMode,
+    /// CUDA: launch kernels with programmatic dependent launch (Hopper and newer).
+    pub pdl: bool,
     /// Quantize float weights to this block type at load (`--quantize`); quantized GGUF
     /// tensors always stay in their blocks.
     pub quantize: Option<QuantType>,
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             graphs: true,
             graph_max_tokens: 512,
             launch_params: LaunchParamMode::Inline,
+            pdl: false,
             quantize: None,
         }
     }
@@ -291,6 +294,7 @@ fn build_cuda(
     let device = format!("cuda:{ordinal}");
     let b = encore_cuda::Cuda::new(ordinal).map_err(|e| EngineError::Device(device.clone(), e.to_string()))?;
     b.device().set_launch_mode(cfg.launch_params);
+    b.device().set_pdl(cfg.pdl).map_err(|e| EngineError::Device(device.clone(), format!("--pdl: {e}")))?;
     let dtype = cfg.dtype.unwrap_or(DType::BF16);
     let t0 = Instant::now();
     let opts = LoadOptions { quantize: cfg.quantize, ..Default::default() };

@@ -198,6 +198,65 @@ fn sampled_graph_decode_equals_eager() {
     assert!(distinct.len() > 10, "sampling should wander: {} distinct tokens", distinct.len());
 }
 
+/// Programmatic dependent launch changes when kernels are scheduled, never what they
+/// compute: greedy decode with PDL on (eager steps, then the graphs captured with it) gives
+/// the bits of the same steps with PDL off, and its graphs still audit to kernels only.
+#[test]
+fn pdl_decode_is_bit_identical_to_plain_launches() {
+    let ps = prompts(&[9, 4, 17]);
+    let run = |pdl: bool| -> Vec<(Vec<u8>, Vec<u32>)> {
+        let mut r = cuda_runner(4, 256);
+        r.backend.device().set_pdl(pdl).expect("PDL on this device (Hopper or newer)");
+        let mut graphs = GraphDecoder::capture(&mut r, LaunchParamMode::Inline, None).unwrap();
+        for (_, a) in graphs.audits() {
+            assert!(a.kernels_only(), "pdl={pdl}: {a}");
+        }
+        let mut rows: Vec<DecodeRow> = Vec::new();
+        for (s, p) in ps.iter().enumerate() {
+            r.prefill_static(s, &p[..p.len() - 1], 0).unwrap();
+            rows.push(DecodeRow::greedy(s, p[p.len() - 1], p.len() - 1));
+        }
+        let mut out = Vec::new();
+        for step in 0..24 {
+            let graphed = step % 2 == 1;
+            if graphed {
+                assert!(r.decode_static(&mut graphs, &rows, Some(4)).unwrap(), "a graph ran the step");
+            } else {
+                r.decode_static(&mut Eager, &rows, Some(4)).unwrap();
+            }
+            let next = r.read_next(ps.len()).unwrap();
+            out.push((logits_bits(&r, ps.len()), next.clone()));
+            for (row, t) in rows.iter_mut().zip(next) {
+                row.token = t;
+                row.pos += 1;
+            }
+        }
+        out
+    };
+    let (plain, pdl) = (run(false), run(true));
+    for (step, (a, b)) in plain.iter().zip(&pdl).enumerate() {
+        assert_eq!(a.1, b.1, "step {step}: tokens");
+        assert!(a.0 == b.0, "step {step}: logits differ with PDL");
+    }
+}
+
+/// The decode step's launches at one row: per layer the fused qkv (norm in), rope_kv_write,
+/// attention (+ its merge when split), o_proj (+ residual), the fused gate_up (norm in,
+/// activation out) and down (+ residual): at most 6 + 1 a layer, plus the head (embedding
+/// gather, norm, LM head, sample) and the embedding.
+#[test]
+fn a_one_row_decode_step_launches_at_most_seven_kernels_a_layer() {
+    let cfg = ModelConfig { attention_bias: false, ..small(1000) }; // Qwen2's bias is one add more
+    let layers = cfg.num_hidden_layers;
+    let mut r = cuda_runner_for(cfg, 1, 256);
+    let dev = r.backend.device().clone();
+    r.prefill_static(0, &[5, 6, 7], 0).unwrap();
+    let s0 = dev.launch_stats();
+    r.decode_static(&mut Eager, &[DecodeRow::greedy(0, 8, 3)], Some(1)).unwrap();
+    let kernels = dev.launch_stats().since(&s0).kernels as usize;
+    assert!(kernels <= 7 * layers + 6, "{kernels} kernels for {layers} layers");
+}
+
 #[test]
 fn decode_graph_audits_kernels_only_except_upload() {
     for mode in [LaunchParamMode::Inline, LaunchParamMode::Cached, LaunchParamMode::Upload] {

@@ -5,6 +5,8 @@
 //! - the decode graph audits to kernel nodes only in `inline` and warm `cached` modes, and
 //!   to one alloc + memcpy + free group per strided launch in `upload` mode;
 //! - a forced capture failure falls back to eager for that bucket with the same tokens;
+//! - programmatic dependent launch (`set_pdl`) gives the bits of plain launches, eager and
+//!   replayed; a one-row step launches at most 7 kernels a layer (the fused projections);
 //! - the model on CUDA agrees with transformers' goldens (f32) and with the CPU backend
 //!   (bf16: greedy tokens, top-5 at the first difference, |logprob diff| <= 5e-2).
 //!
