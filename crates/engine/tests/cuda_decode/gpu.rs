@@ -248,7 +248,7 @@ fn pdl_decode_is_bit_identical_to_plain_launches() {
 fn a_one_row_decode_step_launches_at_most_seven_kernels_a_layer() {
     let cfg = ModelConfig { attention_bias: false, ..small(1000) }; // Qwen2's bias is one add more
     let layers = cfg.num_hidden_layers;
-    let mut r = cuda_runner_for(cfg, 1, 256);
+    let r = cuda_runner_for(cfg, 1, 256);
     let dev = r.backend.device().clone();
     r.prefill_static(0, &[5, 6, 7], 0).unwrap();
     let s0 = dev.launch_stats();
