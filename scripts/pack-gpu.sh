@@ -81,6 +81,9 @@ if [[ -n "${LLAMACPP_DIR:-}" && -f "$LLAMACPP_DIR/llamacpp.sh" ]]; then
     cp -r "$LLAMACPP_DIR" "$OUT/llamacpp"
 fi
 
+# The kernel sweeps of crates/cuda/dev (standalone executables: run.sh phase `sweep`).
+bash crates/cuda/dev/build.sh >/dev/null
+
 # 4. The runner.
 cat >"$OUT/run.sh" <<'RUN'
 #!/usr/bin/env bash
@@ -125,7 +128,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
 fi
 
-# Phases: `run.sh [tests] [bench] [generate] [profile]` (default: the first three). Env:
+# Phases: `run.sh [tests] [bench] [generate] [profile] [sweep]` (default: the first three). Env:
 # PRESETS (bench presets, default all six), BATCHES (default 1,8), SMOL_GGUF (path of the
 # SmolLM2 GGUF, if carried), PROFILE ("preset:batch ...", default "llama-3.2-1b:1").
 PHASES="${*:-tests bench generate}"
@@ -192,10 +195,26 @@ fi
 # 4. Decode benchmarks: encore and the PyTorch anchor on the same card, in the same call.
 for preset in ${PRESETS:-smollm2-135m qwen2.5-0.5b llama-3.2-1b qwen2.5-1.5b qwen2.5-7b llama-3.1-8b}; do
     step "bench.$preset" ./encore bench --preset "$preset" --batch "${BATCHES:-1,8}" --json "$LOGS/bench-$preset.json"
+    # programmatic dependent launch, measured beside the plain launches (PDL=0 skips it)
+    if [[ "${PDL:-1}" == 1 ]]; then
+        step "bench.$preset.pdl" ./encore bench --preset "$preset" --batch "${BATCHES:-1,8}" --modes eager,graph-inline \
+            --pdl --json "$LOGS/bench-$preset-pdl.json"
+    fi
     if [[ -f shared/torch_decode.py ]]; then
         for b in $(echo "${BATCHES:-1,8}" | tr , " "); do
             step "anchor.$preset.b$b" python3 shared/torch_decode.py --preset "$preset" --batch "$b" --json "$LOGS/anchor-$preset-b$b.json"
         done
+    fi
+done
+fi
+
+if want sweep; then
+# The kernel sweeps (crates/cuda/dev): variants checked against f64 references and timed.
+for sw in gemv_sweep attn_sweep qgemv_sweep; do
+    if [[ -x "./$sw" ]]; then
+        step "sweep.$sw" bash -o pipefail -c "./$sw ${SWEEP_ARGS:-quick} | tee '$LOGS/$sw.txt'"
+    else
+        skip "sweep.$sw" "not built"
     fi
 done
 fi
