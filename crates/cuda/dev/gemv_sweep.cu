@@ -165,6 +165,17 @@ static float host_bf16(bf16 v) {
     return f;
 }
 
+// Rows `rows` of the [N, k] bf16 matrix w, on the host as floats (the references' weights).
+static std::vector<std::vector<float>> host_rows(const bf16* w, int k, const std::vector<int>& rows) {
+    std::vector<std::vector<float>> out(rows.size(), std::vector<float>(k));
+    std::vector<bf16> tmp(k);
+    for (size_t i = 0; i < rows.size(); ++i) {
+        CK(cudaMemcpy(tmp.data(), w + (size_t)rows[i] * k, k * 2, cudaMemcpyDeviceToHost));
+        for (int j = 0; j < k; ++j) out[i][j] = host_bf16(tmp[j]);
+    }
+    return out;
+}
+
 // ---- fused decoder projections against the kernels they replace ---------------------------
 
 // An f64 reference of one output column: the norm, the projection by the gate (or only)
@@ -329,12 +340,7 @@ static bool tc_table(bool quick, double copy_gbs) {
         std::vector<int> rows(48);
         for (int& r : rows) r = rng() % s.n;
         rows[0] = s.n - 1;
-        std::vector<std::vector<float>> hw(rows.size(), std::vector<float>(s.k));
-        for (size_t i = 0; i < rows.size(); ++i) {
-            std::vector<bf16> tmp(s.k);
-            CK(cudaMemcpy(tmp.data(), w + (size_t)rows[i] * s.k, s.k * 2, cudaMemcpyDeviceToHost));
-            for (int j = 0; j < s.k; ++j) hw[i][j] = host_bf16(tmp[j]);
-        }
+        const std::vector<std::vector<float>> hw = host_rows(w, s.k, rows);
         for (int m : MS) {
             // the check: 48 sampled columns of every row of x against f64, relative to the absolute sum
             auto check = [&](auto launch0) {
@@ -444,12 +450,7 @@ int main(int argc, char** argv) {
         std::vector<int> rows(64);
         for (int& r : rows) r = rng() % s.n;
         rows[0] = s.n - 1;
-        std::vector<std::vector<float>> hw(rows.size(), std::vector<float>(s.k));
-        for (size_t i = 0; i < rows.size(); ++i) {
-            std::vector<bf16> tmp(s.k);
-            CK(cudaMemcpy(tmp.data(), w + (size_t)rows[i] * s.k, s.k * 2, cudaMemcpyDeviceToHost));
-            for (int j = 0; j < s.k; ++j) hw[i][j] = host_bf16(tmp[j]);
-        }
+        const std::vector<std::vector<float>> hw = host_rows(w, s.k, rows);
         for (int tier = 0; tier < 4; ++tier) {
             const int m = TIER_M[tier];
             double best_us = 1e30;
