@@ -141,7 +141,11 @@ async fn chat_completions(
     let (info, name) = st.ready()?;
     check_model(req.model.as_deref(), name)?;
     let out = Output::new(Kind::Chat, name, &info, req.logprobs == Some(true));
-    let prep = params::chat(req, &info)?;
+    // the template render (in the template worker, up to its time limit) and tokenizing
+    // block: off the async threads, so that a slow one stalls only its own request
+    let prep = tokio::task::spawn_blocking(move || params::chat(req, &info))
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request: {e}")))??;
     run(&st, prep, out).await
 }
 
@@ -152,7 +156,9 @@ async fn completions(
     let (info, name) = st.ready()?;
     check_model(req.model.as_deref(), name)?;
     let out = Output::new(Kind::Completion, name, &info, req.logprobs.is_some());
-    let prep = params::completion(req, &info)?;
+    let prep = tokio::task::spawn_blocking(move || params::completion(req, &info))
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request: {e}")))??;
     run(&st, prep, out).await
 }
 
