@@ -158,7 +158,7 @@ static void sweep_type(const TypeInfo& ti, const std::vector<Shape>& shapes, cud
                 else base_kernel<D, T, 16><<<grid, 128, 0, s>>>(w + c * wbytes, x, yb, m, sh.n, sh.k, sh.k, sh.n, rb, flags | 4u);
             };
             auto quant = [&]() {
-                qquant_x_bf16<<<(m * sh.k / 32 + 3) / 4, 128, 0, s>>>(x, m, sh.k, sh.k, xq, xds);
+                qquant_x_bf16<<<(m * sh.k / 32 + 3) / 4, 128, 0, s>>>(x, m, sh.k, sh.k, xq, xds, nullptr, 0.f);
             };
             auto dp = [&](int c, int u) {
                 quant();

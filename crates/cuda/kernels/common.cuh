@@ -132,6 +132,22 @@ __device__ __forceinline__ float load_f32(const T* p) { return to_f32(*p); }
 template <typename T>
 __device__ __forceinline__ void store_f32(T* p, float x) { *p = from_f32<T>(x); }
 
+// x rounded to T and back: the value a T buffer would hold (what a fused kernel feeds on
+// where the unfused pair of kernels stored T in between).
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+    return to_f32(from_f32<T>(x));
+}
+
+// The gated-MLP activations, one definition for silu_mul.cu, gelu_mul.cu and the kernels
+// that fuse them: silu(g) = g / (1 + exp(-g)); the tanh approximation of gelu (precise
+// tanhf, as unary.cu's Gelu).
+__device__ __forceinline__ float silu_f32(float g) { return g / (1.f + expf(-g)); }
+__device__ __forceinline__ float gelu_tanh_f32(float g) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * g * (1.f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
 // 16-byte vectors: VecOf<T>::N elements of T in one uint4 / float4 load.
 template <typename T>
 struct Vec16 {

@@ -14,13 +14,10 @@ namespace gelu_mul_cu {
 template <typename T>
 __device__ __forceinline__ void gelu_mul_impl(const T* __restrict__ gate, const T* __restrict__ up,
                                               T* __restrict__ dst, const StridedMeta& meta) {
-    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < meta.numel; i += gridDim.x * blockDim.x) {
         uint32_t off[3];
         strided_offsets<3>(meta, i, off);
-        const float g = load_f32(gate + off[1]);
-        const float gelu = 0.5f * g * (1.f + tanhf(k * (g + 0.044715f * g * g * g)));
-        store_f32(dst + off[0], gelu * load_f32(up + off[2]));
+        store_f32(dst + off[0], gelu_tanh_f32(load_f32(gate + off[1])) * load_f32(up + off[2]));
     }
 }
 

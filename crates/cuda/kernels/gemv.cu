@@ -69,20 +69,13 @@ __device__ __forceinline__ void unpack16<__half>(const uint4& v, float (&out)[8]
     }
 }
 
-// f rounded to T and back: the value a T buffer would hold.
-template <typename T>
-__device__ __forceinline__ float round_to(float f) {
-    return to_f32(from_f32<T>(f));
-}
-
-// The gated-MLP activations, as silu_mul.cu and gelu_mul.cu compute them.
+// The gated-MLP activation of ACT (common.cuh's, as silu_mul.cu / gelu_mul.cu apply it).
 template <int ACT>
 __device__ __forceinline__ float act_of(float g) {
     if constexpr (ACT == ACT_SILU) {
-        return g / (1.f + expf(-g));
+        return silu_f32(g);
     } else {
-        const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-        return 0.5f * g * (1.f + tanhf(k * (g + 0.044715f * g * g * g)));
+        return gelu_tanh_f32(g);
     }
 }
 

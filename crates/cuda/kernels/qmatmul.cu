@@ -3,6 +3,10 @@
 // Decode (M <= 16 rows of x), two kernels, as llama.cpp's MMVQ:
 // qquant_x_<T>: x [M, K] (rows of stride ldx) -> q8_1 activations: xq int8 [M, K] and
 // xds float2 [M, K / 32] (d, d * sum q) per 32 elements, d = max|x| / 127 (quant.cuh).
+// qquant_x_rms_<T> quantizes rms_norm(x) * nw instead (each warp first sums the squares of
+// its row), qquant_x_<silu|gelu>_<T> act(gate) * up of rows [gate | up] (2K wide): the
+// kernel the decoder ran before the quantization fused in, its value rounded to T as that
+// kernel stored it (backend `qmatmul_fused`).
 // Thread mapping: one warp per 32-element group, one element per lane.
 // qgemv_<type>_<T>_m<MT>: y[m, n] (+)= sum_k x[m, k] * w[n, k] for M <= MT, w [N, K]
 // quantized, integer dot products (dp4a) of each weight chunk against xq, f32 sums. y is
@@ -34,14 +38,35 @@ constexpr int WARPS = 4;
 template <int MT>
 constexpr int U = MT == 1 ? 2 : 4;
 
-template <typename T>
+// What qquant_x computes on x before quantizing it.
+constexpr int PRO_NONE = 0;
+constexpr int PRO_RMS = 1;
+constexpr int PRO_SILU = 2;
+constexpr int PRO_GELU = 3;
+
+template <typename T, int PRO>
 __device__ __forceinline__ void qquant_x_impl(const T* __restrict__ x, uint32_t M, uint32_t K, uint32_t ldx,
-                                              int8_t* __restrict__ xq, float2* __restrict__ xds) {
+                                              int8_t* __restrict__ xq, float2* __restrict__ xds,
+                                              const T* __restrict__ nw, float eps) {
     const uint32_t groups = K / 32;
     const uint32_t g = blockIdx.x * WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (g >= M * groups) return;
     const uint32_t m = g / groups, k = (g % groups) * 32 + lane;
-    const float v = to_f32(x[static_cast<size_t>(m) * ldx + k]);
+    const T* row = x + static_cast<size_t>(m) * ldx;
+    float v = to_f32(row[k]);
+    if constexpr (PRO == PRO_RMS) {
+        float ss = 0.f;
+        for (uint32_t j = lane; j < K; j += 32) {
+            const float t = to_f32(row[j]);
+            ss = fmaf(t, t, ss);
+        }
+        const float inv = 1.f / sqrtf(warp_sum(ss) / static_cast<float>(K) + eps);
+        v = round_to<T>(v * inv * to_f32(nw[k]));
+    } else if constexpr (PRO == PRO_SILU) {
+        v = round_to<T>(silu_f32(v) * to_f32(row[K + k]));
+    } else if constexpr (PRO == PRO_GELU) {
+        v = round_to<T>(gelu_tanh_f32(v) * to_f32(row[K + k]));
+    }
     const float amax = warp_max(fabsf(v));
     const float d = amax / 127.f;
     const int q = amax > 0.f ? __float2int_rn(v / d) : 0;
@@ -162,10 +187,12 @@ __device__ __forceinline__ void qdequant_impl(const uint8_t* __restrict__ w, con
         qmatmul_cu::qgemv_impl<Q, T, MT>(w, xq, xds, y, M, N, K, ldy, row_bytes, flags);                       \
     }
 
-#define QQUANT_X(NAME, T)                                                                                        \
+// One signature for the four kinds: nw and eps are the RMSNorm's (unused by the others).
+#define QQUANT_X(NAME, T, PRO)                                                                                   \
     extern "C" __global__ void __launch_bounds__(qmatmul_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
-        uint32_t M, uint32_t K, uint32_t ldx, int8_t* __restrict__ xq, float2* __restrict__ xds) { ENCORE_PDL_ENTRY();               \
-        qmatmul_cu::qquant_x_impl<T>(x, M, K, ldx, xq, xds);                                                     \
+        uint32_t M, uint32_t K, uint32_t ldx, int8_t* __restrict__ xq, float2* __restrict__ xds,                 \
+        const T* __restrict__ nw, float eps) { ENCORE_PDL_ENTRY();                                               \
+        qmatmul_cu::qquant_x_impl<T, PRO>(x, M, K, ldx, xq, xds, nw, eps);                                       \
     }
 
 #define QDEQUANT(NAME, Q, T)                                                                            \
@@ -174,9 +201,18 @@ __device__ __forceinline__ void qdequant_impl(const uint8_t* __restrict__ w, con
         qmatmul_cu::qdequant_impl<Q, T>(w, ids, out, cols, row_bytes, rows_in);                         \
     }
 
-QQUANT_X(qquant_x_f32, float)
-QQUANT_X(qquant_x_bf16, __nv_bfloat16)
-QQUANT_X(qquant_x_f16, __half)
+QQUANT_X(qquant_x_f32, float, qmatmul_cu::PRO_NONE)
+QQUANT_X(qquant_x_bf16, __nv_bfloat16, qmatmul_cu::PRO_NONE)
+QQUANT_X(qquant_x_f16, __half, qmatmul_cu::PRO_NONE)
+QQUANT_X(qquant_x_rms_f32, float, qmatmul_cu::PRO_RMS)
+QQUANT_X(qquant_x_rms_bf16, __nv_bfloat16, qmatmul_cu::PRO_RMS)
+QQUANT_X(qquant_x_rms_f16, __half, qmatmul_cu::PRO_RMS)
+QQUANT_X(qquant_x_silu_f32, float, qmatmul_cu::PRO_SILU)
+QQUANT_X(qquant_x_silu_bf16, __nv_bfloat16, qmatmul_cu::PRO_SILU)
+QQUANT_X(qquant_x_silu_f16, __half, qmatmul_cu::PRO_SILU)
+QQUANT_X(qquant_x_gelu_f32, float, qmatmul_cu::PRO_GELU)
+QQUANT_X(qquant_x_gelu_bf16, __nv_bfloat16, qmatmul_cu::PRO_GELU)
+QQUANT_X(qquant_x_gelu_f16, __half, qmatmul_cu::PRO_GELU)
 
 extern "C" __global__ void qcvt_bf16_f16(const __nv_bfloat16* __restrict__ x, uint32_t ldx, uint32_t R, uint32_t K,
                                          __half* __restrict__ out) {

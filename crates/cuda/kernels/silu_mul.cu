@@ -15,7 +15,7 @@ __device__ __forceinline__ void silu_mul_impl(const T* __restrict__ gate, const 
         uint32_t off[3];
         strided_offsets<3>(meta, i, off);
         const float g = load_f32(gate + off[1]);
-        store_f32(dst + off[0], g / (1.f + expf(-g)) * load_f32(up + off[2]));
+        store_f32(dst + off[0], silu_f32(g) * load_f32(up + off[2]));
     }
 }
 

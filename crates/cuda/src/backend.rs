@@ -16,8 +16,8 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 use encore_tensor::check::{self, AttentionDims, MatOperand, Rows};
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, Error, FusedMatmul, GluActivation, HostQTensor, HostTensor, QTensor,
-    Result, StridedMeta, Tensor, UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, Error, FusedMatmul, GluActivation, HostQTensor, HostTensor, QInput,
+    QTensor, Result, StridedMeta, Tensor, UnaryOp,
 };
 
 use crate::device::{CudaDevice, DeviceBuffer};
@@ -216,7 +216,7 @@ impl Cuda {
 
     /// Queue `kernel` with `args` (in the kernel's parameter order), then `meta` by value if
     /// given (strided kernels take it last).
-    fn launch(
+    pub(crate) fn launch(
         &self,
         kernel: &Kernel,
         grid: (u32, u32, u32),
@@ -567,7 +567,7 @@ const MAX_ARGS: usize = 32;
 
 /// One scalar kernel argument, stored by value so that its address can go to cuLaunchKernel.
 #[derive(Clone, Copy)]
-enum Arg {
+pub(crate) enum Arg {
     /// A device pointer (`const T*` / `T*` in the kernel).
     Ptr(u64),
     U32(u32),
@@ -592,7 +592,7 @@ fn base(t: &Tensor<Cuda>) -> Arg {
 }
 
 /// Address of the view's first element (for kernels over contiguous data or rows).
-fn at(t: &Tensor<Cuda>) -> u64 {
+pub(crate) fn at(t: &Tensor<Cuda>) -> u64 {
     t.storage().ptr() + (t.layout().offset() * t.dtype().size_in_bytes()) as u64
 }
 
@@ -802,6 +802,16 @@ impl Backend for Cuda {
     /// qmatmul.rs: GEMV on the blocks for M <= 16, dequantize + cuBLAS above.
     fn qmatmul(&self, x: &Tensor<Cuda>, w: &QTensor<Cuda>, dst: &Tensor<Cuda>, accumulate: bool) -> Result<()> {
         self.qmatmul_blocks(x, w, dst, accumulate)
+    }
+
+    fn qmatmul_fused(
+        &self,
+        input: &QInput<'_, Cuda>,
+        w: &QTensor<Cuda>,
+        dst: &Tensor<Cuda>,
+        accumulate: bool,
+    ) -> Result<bool> {
+        self.qmatmul_fused_blocks(input, w, dst, accumulate)
     }
 
     fn qembedding(&self, ids: &Tensor<Cuda>, table: &QTensor<Cuda>, dst: &Tensor<Cuda>) -> Result<()> {

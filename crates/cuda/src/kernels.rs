@@ -123,6 +123,10 @@ const QDEQUANT: [[&str; 3]; 6] = [
     per_dtype!("qdequant_q6_k"),
 ];
 
+/// qmatmul.cu's fused activation quantizers, `[rms, silu, gelu][dtype]`.
+const QQUANT_X_FUSED: [[&str; 3]; 3] =
+    [per_dtype!("qquant_x_rms"), per_dtype!("qquant_x_silu"), per_dtype!("qquant_x_gelu")];
+
 /// Entry names, in the index order of the table fields.
 const COPY: [[&str; 3]; 3] = [per_dtype!("copy_f32"), per_dtype!("copy_bf16"), per_dtype!("copy_f16")];
 const UNARY: [[&str; 3]; 9] = [
@@ -215,6 +219,9 @@ pub struct Kernels {
     pub qdequant: [[Kernel; 3]; 6],
     /// qmatmul.cu `qquant_x_<dtype>`: GEMV activations to q8_1 (int8 + per-32 scales).
     pub qquant_x: [Kernel; 3],
+    /// qmatmul.cu `qquant_x_<rms|silu|gelu>_<dtype>`: `[prologue][dtype]`, the RMSNorm or
+    /// the gated activation before the quantization fused in.
+    pub qquant_x_fused: [[Kernel; 3]; 3],
     /// qmatmul.cu `qcvt_bf16_f16` / `qepi_bf16`: the bf16 prefill path's f16 GEMM in and out.
     pub qcvt_bf16_f16: Kernel,
     pub qepi_bf16: Kernel,
@@ -285,6 +292,7 @@ impl Kernels {
                 .unwrap_or_else(|_| panic!("six block types")),
             qdequant: vec_to_array(table(&QDEQUANT)?),
             qquant_x: three(per_dtype!("qquant_x"))?,
+            qquant_x_fused: vec_to_array(table(&QQUANT_X_FUSED)?),
             qcvt_bf16_f16: one("qcvt_bf16_f16")?,
             qepi_bf16: one("qepi_bf16")?,
         })
@@ -321,6 +329,7 @@ impl Kernels {
         v.extend(self.qgemv.iter().flatten().flatten());
         v.extend(self.qdequant.iter().flatten());
         v.extend(self.qquant_x.iter());
+        v.extend(self.qquant_x_fused.iter().flatten());
         v.extend([&self.qcvt_bf16_f16, &self.qepi_bf16]);
         v
     }
@@ -449,8 +458,15 @@ mod tests {
 
     #[test]
     fn the_table_names_exactly_the_entries_of_the_sources() {
-        let mut table: Vec<String> =
-            COPY.iter().chain(&UNARY).chain(&BINARY).chain(&QDEQUANT).flatten().map(|s| s.to_string()).collect();
+        let mut table: Vec<String> = COPY
+            .iter()
+            .chain(&UNARY)
+            .chain(&BINARY)
+            .chain(&QDEQUANT)
+            .chain(&QQUANT_X_FUSED)
+            .flatten()
+            .map(|s| s.to_string())
+            .collect();
         table.extend(QGEMV.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(GEMV.iter().flatten().map(|s| s.to_string()));
         table.extend(GEMV_FUSED.iter().flatten().flatten().map(|s| s.to_string()));

@@ -16,12 +16,12 @@
 //! what one row needs), i.e. at load: a forward pass allocates nothing, and a captured graph
 //! holds kernels (and cuBLAS's) only. Grids depend on shapes only, never on device data.
 
-use std::ffi::c_void;
 use std::sync::Mutex;
 
 use encore_tensor::check::{self, MatOperand, MatmulDims};
-use encore_tensor::{Backend, DType, Error, HostQTensor, QTensor, QuantType, Result, Tensor};
+use encore_tensor::{Backend, DType, Error, GluActivation, HostQTensor, QInput, QTensor, QuantType, Result, Tensor};
 
+use crate::backend::{at, Arg};
 use crate::device::DeviceBuffer;
 use crate::kernels::{float_index, Kernel, QGEMV_TIERS};
 use crate::Cuda;
@@ -56,6 +56,14 @@ struct ScratchState {
     uploaded: usize,
 }
 
+/// The kernel that turns a GEMV's x into q8_1, and the RMSNorm's weight (device address)
+/// and epsilon when it fuses one (0 otherwise).
+struct XQuant<'a> {
+    kernel: &'a Kernel,
+    norm: u64,
+    eps: f32,
+}
+
 fn align(v: usize) -> usize {
     v.div_ceil(ALIGN) * ALIGN
 }
@@ -79,42 +87,7 @@ fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::InvalidArgument { op, msg: format!("{what} {v} exceeds u32") })
 }
 
-/// One kernel argument, kept by value so that its address can go to cuLaunchKernel.
-#[derive(Clone, Copy)]
-enum Arg {
-    Ptr(u64),
-    U32(u32),
-}
-
-impl Arg {
-    fn as_param(&self) -> *mut c_void {
-        match self {
-            Arg::Ptr(v) => v as *const u64 as *mut c_void,
-            Arg::U32(v) => v as *const u32 as *mut c_void,
-        }
-    }
-}
-
-/// Address of a tensor view's first element.
-fn at(t: &Tensor<Cuda>) -> u64 {
-    t.storage().ptr() + (t.layout().offset() * t.dtype().size_in_bytes()) as u64
-}
-
 impl Cuda {
-    fn quant_launch(&self, kernel: &Kernel, grid: u32, block: u32, args: &[Arg]) -> Result<()> {
-        let mut params = [std::ptr::null_mut::<c_void>(); 10];
-        assert!(args.len() <= params.len(), "{}: too many kernel arguments", kernel.name);
-        for (p, a) in params.iter_mut().zip(args) {
-            *p = a.as_param();
-        }
-        // SAFETY: each launcher below lists `args` in the order and with the types of its
-        // kernel's signature in qmatmul.cu (u64 pointers, u32 values); the values outlive
-        // the call, which copies them; the pointers address storages that `in_bounds`
-        // checked hold the views the kernel touches (the grid covers exactly those rows).
-        unsafe { self.device().launch(kernel, (grid, 1, 1), (block, 1, 1), 0, &mut params[..args.len()]) }?;
-        Ok(())
-    }
-
     /// Upload the blocks as they are, and grow the scratch to the share of the quantized
     /// bytes uploaded so far (see the module doc): allocation at load only.
     pub(crate) fn upload_quant_blocks(&self, host: &HostQTensor) -> Result<QTensor<Cuda>> {
@@ -156,12 +129,62 @@ impl Cuda {
             msg: format!("{w:?} has no scratch: upload quantized weights with Backend::upload_quant"),
         })?;
         if d.m <= QGEMV_MAX_M {
-            return self.qgemv(x, w, dst, accumulate, &d, dt, scratch);
+            let quant = XQuant { kernel: &self.device().kernels().qquant_x[dt], norm: 0, eps: 0.0 };
+            return self.qgemv(x, w, dst, accumulate, &d, scratch, quant);
         }
         self.qmatmul_prefill(x, w, dst, accumulate, &d, scratch)
     }
 
-    /// M <= 16: x to q8_1 in the scratch, then the integer-dot GEMV.
+    /// `Backend::qmatmul_fused`: at M <= 16 the input's op runs inside the activation
+    /// quantizer (qmatmul.cu `qquant_x_<rms|silu|gelu>`); larger M: `Ok(false)`.
+    pub(crate) fn qmatmul_fused_blocks(
+        &self,
+        input: &QInput<'_, Cuda>,
+        w: &QTensor<Cuda>,
+        dst: &Tensor<Cuda>,
+        accumulate: bool,
+    ) -> Result<bool> {
+        const OP: &str = "qmatmul_fused";
+        let k = w.cols();
+        // the matmul's x as the quantizer indexes it: x, or the gate half of the rows
+        let (x, fused, norm, eps) = match input {
+            QInput::Normed { x, norm, eps } => {
+                if norm.dims() != [k] || norm.dtype() != x.dtype() || !norm.is_contiguous() {
+                    let msg = format!("norm weight {:?} {} for K = {k} and x {}", norm.dims(), norm.dtype(), x.dtype());
+                    return Err(Error::InvalidArgument { op: OP, msg });
+                }
+                self.in_bounds(OP, &[norm])?;
+                ((*x).clone(), 0, at(norm), *eps)
+            }
+            QInput::Gated { gate_up, act } => {
+                if gate_up.rank() != 2 || gate_up.dims()[1] != 2 * k {
+                    let msg = format!("gate_up {:?} must be [M, 2K] rows [gate | up] for K = {k}", gate_up.dims());
+                    return Err(Error::InvalidArgument { op: OP, msg });
+                }
+                self.in_bounds(OP, &[gate_up])?;
+                (gate_up.narrow(1, 0, k)?, 1 + (*act == GluActivation::GeluTanh) as usize, 0, 0.0)
+            }
+        };
+        let d = check::qmatmul(&x, w, dst, accumulate)?;
+        self.in_bounds(OP, &[&x, dst, w.data()])?;
+        if d.m > QGEMV_MAX_M {
+            return Ok(false);
+        }
+        if d.m == 0 || d.n == 0 {
+            return Ok(true);
+        }
+        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
+        let st = self.quant.state.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = st.buf.as_ref().ok_or_else(|| Error::InvalidArgument {
+            op: OP,
+            msg: format!("{w:?} has no scratch: upload quantized weights with Backend::upload_quant"),
+        })?;
+        let quant = XQuant { kernel: &self.device().kernels().qquant_x_fused[fused][dt], norm, eps };
+        self.qgemv(&x, w, dst, accumulate, &d, scratch, quant)?;
+        Ok(true)
+    }
+
+    /// M <= 16: x to q8_1 in the scratch (by `quant`), then the integer-dot GEMV.
     #[allow(clippy::too_many_arguments)]
     fn qgemv(
         &self,
@@ -170,8 +193,8 @@ impl Cuda {
         dst: &Tensor<Cuda>,
         accumulate: bool,
         d: &check::QMatmulDims,
-        dt: usize,
         scratch: &DeviceBuffer,
+        quant: XQuant<'_>,
     ) -> Result<()> {
         const OP: &str = "qmatmul";
         let need = q8_bytes(d.m, d.k);
@@ -211,10 +234,13 @@ impl Cuda {
             Arg::U32(u32_of(OP, "x row stride", d.x.row_stride)?),
             Arg::Ptr(xq),
             Arg::Ptr(xds),
+            Arg::Ptr(quant.norm),
+            Arg::F32(quant.eps),
         ];
         let groups = u32_of(OP, "x groups", d.m * d.k / 32)?;
         let kernels = self.device().kernels();
-        self.quant_launch(&kernels.qquant_x[dt], groups.div_ceil(QGEMV_WARPS), QGEMV_WARPS * 32, &quant_args)?;
+        self.launch(quant.kernel, (groups.div_ceil(QGEMV_WARPS), 1, 1), QGEMV_WARPS * 32, &quant_args, None)?;
+        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
         let tier = QGEMV_TIERS.iter().position(|&mt| d.m <= mt).expect("m <= the largest tier");
         let y_f32 = dst.dtype() == DType::F32 && x.dtype() != DType::F32;
         let flags = accumulate as u32 | (y_f32 as u32) << 1;
@@ -232,7 +258,7 @@ impl Cuda {
         ];
         let kernel = &kernels.qgemv[type_index(w.qtype())][dt][tier];
         let grid = u32_of(OP, "blocks", d.n.div_ceil(QGEMV_WARPS as usize))?;
-        self.quant_launch(kernel, grid, QGEMV_WARPS * 32, &args)
+        self.launch(kernel, (grid, 1, 1), QGEMV_WARPS * 32, &args, None)
     }
 
     /// M > 16: dequantize chunks of w's rows into the scratch (f16 for bf16 / f16 x, f32
@@ -273,7 +299,7 @@ impl Cuda {
                 Arg::U32(u32_of(OP, "row bytes", rb)?),
                 Arg::U32(nc as u32),
             ];
-            self.quant_launch(dq, nc as u32, QDEQUANT_THREADS, &args)?;
+            self.launch(dq, (nc as u32, 1, 1), QDEQUANT_THREADS, &args, None)?;
             // scratch rows are w's rows n0..n0+nc: as [K, nc], row stride 1, column stride K
             let rhs = MatOperand { offset: 0, batch_stride: 0, row_stride: 1, col_stride: d.k };
             let mut m0 = 0;
@@ -293,7 +319,7 @@ impl Cuda {
                         Arg::U32(k),
                         Arg::Ptr(sp + plan.x_at as u64),
                     ];
-                    self.quant_launch(&kernels.qcvt_bf16_f16, HELPER_BLOCKS, QDEQUANT_THREADS, &cvt)?;
+                    self.launch(&kernels.qcvt_bf16_f16, (HELPER_BLOCKS, 1, 1), QDEQUANT_THREADS, &cvt, None)?;
                     let dense = MatOperand { offset: 0, batch_stride: 0, row_stride: d.k, col_stride: 1 };
                     (sp + plan.x_at as u64, dense)
                 } else {
@@ -318,7 +344,7 @@ impl Cuda {
                         Arg::U32(nc as u32),
                         Arg::U32(accumulate as u32),
                     ];
-                    self.quant_launch(&kernels.qepi_bf16, HELPER_BLOCKS, QDEQUANT_THREADS, &epi)?;
+                    self.launch(&kernels.qepi_bf16, (HELPER_BLOCKS, 1, 1), QDEQUANT_THREADS, &epi, None)?;
                 }
                 m0 += mc;
             }
@@ -349,7 +375,7 @@ impl Cuda {
             Arg::U32(u32_of(OP, "row bytes", table.row_bytes())?),
             Arg::U32(u32_of(OP, "rows", v)?),
         ];
-        self.quant_launch(kernel, u32_of(OP, "tokens", t)?, QDEQUANT_THREADS, &args)
+        self.launch(kernel, (u32_of(OP, "tokens", t)?, 1, 1), QDEQUANT_THREADS, &args, None)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod limits;
 pub mod linear;
 pub mod llama;
+pub mod mlp;
 pub mod presets;
 pub mod pypi;
 pub mod quantize;

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::quantize::{quantize, type_for};
 use crate::weights::{expect_shape, WeightSource};
 use encore_tensor::{
-    Backend, DType, FusedMatmul, GluActivation, HostQTensor, HostTensor, QTensor, QuantType, Result as TResult, Tensor,
+    Backend, DType, FusedMatmul, HostQTensor, HostTensor, QInput, QTensor, QuantType, Result as TResult, Tensor,
 };
 
 /// A projection weight `[N, K]`: `forward` computes `x W^T` for `x: [T, K]`.
@@ -81,9 +81,10 @@ impl<B: Backend> Linear<B> {
         self.run(b, x, dst, true)
     }
 
-    /// `dst = rms_norm(x, norm) W^T`: one kernel where the backend fuses the norm into the
-    /// projection (CUDA decode rows, dense weights), else the norm into `xn` (`[T, K]`, like
-    /// x; not written when fused) and the projection.
+    /// `dst = rms_norm(x, norm) W^T`, the norm fused into the projection where the backend
+    /// can (CUDA: into the GEMV of dense decode rows, into the activation quantizer of
+    /// quantized ones); where it cannot, the norm into `xn` (`[T, K]`, like x; written only
+    /// then) and the projection. A stacked weight decides part by part.
     pub fn forward_normed(
         &self,
         b: &B,
@@ -92,45 +93,41 @@ impl<B: Backend> Linear<B> {
         xn: &Tensor<B>,
         dst: &Tensor<B>,
     ) -> TResult<()> {
-        if let Linear::Dense(w) = self {
-            let op = FusedMatmul { x, norm, w_t: &w.transpose(0, 1)?, glu: None, dst, accumulate: false };
-            if b.matmul_fused(&op)? {
-                return Ok(());
-            }
-        }
-        b.rms_norm(x, norm.0, norm.1, xn)?;
-        self.forward(b, xn, dst)
+        self.normed_parts(b, x, norm, xn, dst, &mut false)
     }
 
-    /// The gated MLP's first half with this weight as the fused `[gate; up]` (`[2I, K]`):
-    /// `dst = act(n W_gate^T) * (n W_up^T)` for `n = rms_norm(x, norm)`, `dst: [T, I]`. One
-    /// kernel where the backend fuses both (CUDA decode rows, dense weights), else the norm
-    /// into `xn` (`[T, K]`), the projection into `gate_up` (`[T, 2I]`) and the activation.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_gated(
+    /// [`Linear::forward_normed`]; `xn_ready`: the unfused norm is in `xn` already.
+    fn normed_parts(
         &self,
         b: &B,
         x: &Tensor<B>,
         norm: (&Tensor<B>, f32),
-        act: GluActivation,
         xn: &Tensor<B>,
-        gate_up: &Tensor<B>,
         dst: &Tensor<B>,
+        xn_ready: &mut bool,
     ) -> TResult<()> {
-        let i = self.rows() / 2;
-        if let Linear::Dense(w) = self {
-            let (gate, up) = (w.narrow(0, 0, i)?.transpose(0, 1)?, w.narrow(0, i, i)?.transpose(0, 1)?);
-            let op = FusedMatmul { x, norm, w_t: &gate, glu: Some((act, &up)), dst, accumulate: false };
-            if b.matmul_fused(&op)? {
+        let fused = match self {
+            Linear::Dense(w) => {
+                b.matmul_fused(&FusedMatmul { x, norm, w_t: &w.transpose(0, 1)?, glu: None, dst, accumulate: false })?
+            }
+            Linear::Quant(w) => b.qmatmul_fused(&QInput::Normed { x, norm: norm.0, eps: norm.1 }, w, dst, false)?,
+            Linear::Stacked(parts) => {
+                let mut col = 0;
+                for p in parts {
+                    p.normed_parts(b, x, norm, xn, &dst.narrow(1, col, p.rows())?, xn_ready)?;
+                    col += p.rows();
+                }
                 return Ok(());
             }
+        };
+        if !fused {
+            if !*xn_ready {
+                b.rms_norm(x, norm.0, norm.1, xn)?;
+                *xn_ready = true;
+            }
+            self.run(b, xn, dst, false)?;
         }
-        self.forward_normed(b, x, norm, xn, gate_up)?;
-        let (gate, up) = (gate_up.narrow(1, 0, i)?, gate_up.narrow(1, i, i)?);
-        match act {
-            GluActivation::Silu => b.silu_mul(&gate, &up, dst),
-            GluActivation::GeluTanh => b.gelu_mul(&gate, &up, dst),
-        }
+        Ok(())
     }
 
     /// `dst = x W^T`, or `dst += x W^T` when `accumulate`.

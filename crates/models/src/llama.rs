@@ -16,6 +16,7 @@
 use crate::config::{ArchFlags, ModelConfig};
 use crate::kv_cache::KvCache;
 use crate::linear::{concat_rows, fuse, Embedding, HostWeight, Linear, LoadOptions};
+use crate::mlp::{GatedMlp, MlpScratch};
 use crate::step_inputs::StepInputs;
 use crate::weights::WeightSource;
 use crate::ModelError;
@@ -479,10 +480,19 @@ impl<B: Backend> Llama<B> {
             residual_add(b, layer.post_attn_norm.as_ref(), eps, &xn, &x, |dst, add| {
                 layer.o_proj.run(b, &attn, dst, add)
             })?;
-            // MLP block: x += down(act(gate) * up) (Gemma: x += norm(down(...)))
-            let activation = self.cfg.flags.activation;
-            layer.gate_up.forward_gated(b, &x, (&layer.mlp_norm, eps), activation, &xn, &gate_up, &act)?;
-            residual_add(b, layer.post_mlp_norm.as_ref(), eps, &xn, &x, |dst, add| layer.down.run(b, &act, dst, add))?;
+            // MLP block: x += down(act(gate) * up) (Gemma: x += norm(down(...))), fused where
+            // the backend can (mlp.rs); with Gemma's post-norm its output goes to xn, which
+            // the MLP writes last
+            let mlp = GatedMlp {
+                gate_up: &layer.gate_up,
+                down: &layer.down,
+                norm: (&layer.mlp_norm, eps),
+                act: self.cfg.flags.activation,
+            };
+            let scratch = MlpScratch { xn: &xn, gate_up: &gate_up, act: &act };
+            residual_add(b, layer.post_mlp_norm.as_ref(), eps, &xn, &x, |dst, add| {
+                mlp.forward(b, &x, &scratch, dst, add)
+            })?;
         }
         // head: gather the rows whose logits are wanted (into xn, free now), norm, LM head,
         // then the next token of each

@@ -26,6 +26,17 @@ pub struct FusedMatmul<'a, B: Backend> {
     pub accumulate: bool,
 }
 
+/// The input of a fused quantized projection ([`Backend::qmatmul_fused`]): what the
+/// decoder computes before it, done where the backend turns x into its matmul input.
+pub enum QInput<'a, B: Backend> {
+    /// `rms_norm(x, norm, eps)` of `x: [M, K]`, rounded to x's dtype as
+    /// [`Backend::rms_norm`] stores it.
+    Normed { x: &'a Tensor<B>, norm: &'a Tensor<B>, eps: f32 },
+    /// `act(gate) * up` of `gate_up: [M, 2K]` rows `[gate | up]`, rounded as
+    /// [`Backend::silu_mul`] / [`Backend::gelu_mul`] store it.
+    Gated { gate_up: &'a Tensor<B>, act: GluActivation },
+}
+
 /// The activation of a gated MLP: SwiGLU (Llama, Qwen, Mistral) or GeGLU (Gemma).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GluActivation {
@@ -297,6 +308,19 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     /// `dst[t] = dequantize(table[ids[t]])`: the embedding lookup of a quantized table.
     /// `ids: [T]` u32, `table` `[V, C]`, contiguous float `dst: [T, C]`.
     fn qembedding(&self, ids: &Tensor<Self>, table: &QTensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// [`Backend::qmatmul`] of `input` (`dst = input w^T`, `+=` when `accumulate`) with the
+    /// input's op fused in, where this backend has a kernel for the shape (`Ok(true)`);
+    /// `Ok(false)` where it has not, and the caller runs the op, then `qmatmul`.
+    fn qmatmul_fused(
+        &self,
+        input: &QInput<'_, Self>,
+        w: &QTensor<Self>,
+        dst: &Tensor<Self>,
+        accumulate: bool,
+    ) -> Result<bool> {
+        let _ = (input, w, dst, accumulate);
+        Ok(false)
+    }
     /// A quantized tensor on this backend, its blocks as they are. Backends that keep
     /// per-weight scratch (CUDA: the dequantize buffer of its prefill path) size it here, at
     /// load, so that no forward pass allocates.

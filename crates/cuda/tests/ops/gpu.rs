@@ -517,6 +517,96 @@ fn fused_norm_and_gated_projections_match_the_unfused_ops_on_cpu() {
     }
 }
 
+/// The fused quantized projections (`qmatmul_fused`: qmatmul.cu's `qquant_x_<rms|silu|gelu>`
+/// before the GEMV) against the f64 product of the dequantized weights and the input the
+/// CPU computes apart (`rms_norm`, `silu_mul` / `gelu_mul`, rounded to the dtype): every
+/// block type, bf16 and f32, M = 1, 3, 16 fused (plain and residual) and M = 17 refused,
+/// fresh random inputs.
+#[test]
+fn fused_quantized_projections_match_the_unfused_input() {
+    use encore_tensor::quant::random_blocks;
+    use encore_tensor::{GluActivation, QInput, QuantType};
+    let gpu = cuda(LaunchParamMode::Inline);
+    let mut rng = Rng::fresh("fused_quantized_projections_match_the_unfused_input");
+    let (k, n, eps) = (1024, 300, 1e-5);
+    for qt in QuantType::ALL {
+        let host = random_blocks(&mut rng, qt, n, k);
+        let wv = host.dequantize();
+        let w = gpu.upload_quant(&host).unwrap();
+        for dt in [DType::BF16, DType::F32] {
+            for m in [1, 3, 16, 17] {
+                for input in ["norm", "silu", "gelu"] {
+                    // x: [m, k] (norm) or [m, 2k] rows [gate | up]
+                    let width = if input == "norm" { k } else { 2 * k };
+                    let x = random(&mut rng, dt, &[m, width], -2.0, 2.0);
+                    let norm = random(&mut rng, dt, &[k], 0.5, 1.5);
+                    let (gx, cx) = both(&gpu, &x);
+                    let (gn, cn) = both(&gpu, &norm);
+                    // the input the unfused ops compute, on the CPU
+                    let cin = Cpu.zeros(dt, &[m, k]).unwrap();
+                    let act = match input {
+                        "norm" => {
+                            Cpu.rms_norm(&cx, &cn, eps, &cin).unwrap();
+                            None
+                        }
+                        a => {
+                            let (g, u) = (cx.narrow(1, 0, k).unwrap(), cx.narrow(1, k, k).unwrap());
+                            if a == "silu" {
+                                Cpu.silu_mul(&g, &u, &cin).unwrap();
+                                Some(GluActivation::Silu)
+                            } else {
+                                Cpu.gelu_mul(&g, &u, &cin).unwrap();
+                                Some(GluActivation::GeluTanh)
+                            }
+                        }
+                    };
+                    let xv = Cpu.download(&cin).unwrap().to_f32();
+                    let qin = match act {
+                        None => QInput::Normed { x: &gx, norm: &gn, eps },
+                        Some(act) => QInput::Gated { gate_up: &gx, act },
+                    };
+                    for accumulate in [false, true] {
+                        let what = format!("{qt} {dt} m={m} {input} add={accumulate}");
+                        let y0 = random(&mut rng, dt, &[m, n], -1.0, 1.0);
+                        let dst = gpu.tensor(&y0).unwrap();
+                        let fused = gpu.qmatmul_fused(&qin, &w, &dst, accumulate).unwrap();
+                        assert_eq!(fused, m <= 16, "{what}: fused at M <= 16 only");
+                        if !fused {
+                            continue;
+                        }
+                        let got = gpu.download(&dst).unwrap().to_f32();
+                        let before = y0.to_f32();
+                        for i in 0..m {
+                            let row = &xv[i * k..(i + 1) * k];
+                            for j in (0..n).step_by(7) {
+                                let wr = &wv[j * k..(j + 1) * k];
+                                let want: f64 = row.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                                    + if accumulate { before[i * n + j] as f64 } else { 0.0 };
+                                let mass: f64 = row.iter().zip(wr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                                // x to 8 bits per 32 elements (half a step of max|x| / 127 each:
+                                // 6 standard deviations of their sum), the input's rounding to
+                                // the dtype (the fused norm's sum order may flip a few), the output's
+                                let var: f64 = row
+                                    .chunks(32)
+                                    .zip(wr.chunks(32))
+                                    .map(|(xc, wc)| {
+                                        let half = xc.iter().fold(0.0f64, |a, v| a.max(v.abs() as f64)) / 254.0;
+                                        wc.iter().map(|w| (*w as f64 * half).powi(2) / 3.0).sum::<f64>()
+                                    })
+                                    .sum();
+                                let (atol, rtol) = encore_tensor::testing::tolerance(dt);
+                                let tol = atol + rtol * want.abs() + 6.0 * var.sqrt() + 3e-5 * mass;
+                                let g = got[i * n + j] as f64;
+                                assert!((g - want).abs() <= tol, "{what} [{i}, {j}]: {g} vs {want} (tol {tol:e})");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Quantized GEMV and the prefill path at model shapes, against the dequantized weights in
 /// f64 on the host (sampled columns): every block type, bf16 activations (the CUDA compute
 /// dtype) with bf16 and f32 outputs, M from 1 to the GEMV limit and past it, K = 2048. The
