@@ -373,28 +373,7 @@ mod tests {
         }
     }
 
-    /// Every `kernels/*.cu`, embedded when the test is compiled: the packed GPU suite runs
-    /// this test on a host that has the executable but not the sources.
-    const SOURCES: &[(&str, &str)] = &[
-        ("argmax.cu", include_str!("../kernels/argmax.cu")),
-        ("attention.cu", include_str!("../kernels/attention.cu")),
-        ("attention_decode.cu", include_str!("../kernels/attention_decode.cu")),
-        ("attention_prefill.cu", include_str!("../kernels/attention_prefill.cu")),
-        ("binary.cu", include_str!("../kernels/binary.cu")),
-        ("copy.cu", include_str!("../kernels/copy.cu")),
-        ("embedding.cu", include_str!("../kernels/embedding.cu")),
-        ("fill.cu", include_str!("../kernels/fill.cu")),
-        ("gelu_mul.cu", include_str!("../kernels/gelu_mul.cu")),
-        ("gemv.cu", include_str!("../kernels/gemv.cu")),
-        ("kv_write.cu", include_str!("../kernels/kv_write.cu")),
-        ("qmatmul.cu", include_str!("../kernels/qmatmul.cu")),
-        ("rms_norm.cu", include_str!("../kernels/rms_norm.cu")),
-        ("rope.cu", include_str!("../kernels/rope.cu")),
-        ("sample.cu", include_str!("../kernels/sample.cu")),
-        ("silu_mul.cu", include_str!("../kernels/silu_mul.cu")),
-        ("softmax.cu", include_str!("../kernels/softmax.cu")),
-        ("unary.cu", include_str!("../kernels/unary.cu")),
-    ];
+    use crate::kernel_sources::SOURCES;
 
     /// The `.cu` files build.rs compiled into the fatbin (its generated translation unit
     /// `#include`s each one), embedded at compile time too.
@@ -433,27 +412,6 @@ mod tests {
         }
         names.sort();
         names
-    }
-
-    /// Every entry point waits for its predecessor first (ENCORE_PDL_ENTRY, common.cuh):
-    /// under programmatic dependent launch an entry without it could read or overwrite
-    /// memory the previous kernel is still using.
-    #[test]
-    fn every_entry_point_starts_with_the_pdl_wait() {
-        let mut entries = 0;
-        for (file, text) in SOURCES {
-            for (at, _) in text.match_indices("extern \"C\" __global__") {
-                let body = &text[at..][text[at..].find('{').expect("a body") + 1..];
-                let first = body.trim_start_matches([' ', '\\', '\n']).split(';').next().unwrap_or("");
-                assert_eq!(
-                    first.trim(),
-                    "ENCORE_PDL_ENTRY()",
-                    "{file}: an entry point at byte {at} does not start with it"
-                );
-                entries += 1;
-            }
-        }
-        assert!(entries >= 27, "{entries} entry definitions found");
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod param_cache;
 
 #[cfg(any(feature = "cuda", test))]
 mod alloc;
+#[cfg(test)]
+mod kernel_sources;
 
 #[cfg(feature = "cuda")]
 mod backend;
