@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `-gencode` pairs: SASS for the cards we run on, PTX for everything newer (JIT at load).
+/// Keep sm_90 code (SASS and PTX) for every device `CudaDevice::set_pdl` accepts (compute
+/// capability 9.0 and newer): common.cuh's ENCORE_PDL_ENTRY is a no-op when compiled for
+/// an older arch, and a kernel launched with PDL without its wait would race.
 const GENCODE: &[&str] = &[
     "arch=compute_80,code=sm_80",
     "arch=compute_86,code=sm_86",

@@ -14,9 +14,9 @@
 // a 16-byte vector, x rows and w 16-byte aligned, N < 2^31.
 // Fusions (the `gemv_rms*` entries, backend.rs `matmul_fused`): what the decoder ran as
 // kernels around the projection, at M <= 2:
-// - NORM, the RMSNorm before it: x is the residual stream; each warp first sums the squares
-//   of its x rows (L1-resident, read again by the main loop), the main loop multiplies each
-//   x chunk by the norm weight `nw` [K], and the sums by 1 / rms at the end:
+// - NORM, the RMSNorm before it: x is the residual stream; the main loop also sums the
+//   squares of the x chunks it loads (each lane's chunks cover the row once) and multiplies
+//   each chunk by the norm weight `nw` [K], and the sums are scaled by 1 / rms at the end:
 //   y = (x * nw) w^T / rms(x). The normed x is not rounded to T on the way (the unfused
 //   rms_norm.cu stores it in T): the fused result is the more precise one.
 // - ACT (SILU / GELU), the gated MLP after it: `w` is the gate weight and `wu` the up weight
@@ -80,11 +80,12 @@ __device__ __forceinline__ float act_of(float g) {
 }
 
 // acc[m][r] += x[m, chunk] (* nw[chunk] with NORM) . w[r][chunk] for the U chunks
-// `c + 32 u` (u < UA) of this lane, over the RR weight rows `wr`.
+// `c + 32 u` (u < UA) of this lane, over the RR weight rows `wr`; with NORM also
+// ss[m] += x[m, chunk]^2 (the lane's share of the row's sum of squares).
 template <typename T, int MT, int RR, int UA, bool NORM>
 __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ldx, uint32_t M,
                                             const uint4* const (&wr)[RR], const T* __restrict__ nw, uint32_t c,
-                                            float (&acc)[MT][RR]) {
+                                            float (&acc)[MT][RR], float (&ss)[MT]) {
     constexpr int V = Vec16<T>::N;
     uint4 wv[UA][RR];
 #pragma unroll
@@ -103,7 +104,10 @@ __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ld
                 load16_f32(x + static_cast<size_t>(m) * ldx + col, xv[m]);
                 if constexpr (NORM) {
 #pragma unroll
-                    for (int j = 0; j < V; ++j) xv[m][j] *= g[j];
+                    for (int j = 0; j < V; ++j) {
+                        ss[m] = fmaf(xv[m][j], xv[m][j], ss[m]);
+                        xv[m][j] *= g[j];
+                    }
                 }
             }
         }
@@ -118,28 +122,6 @@ __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ld
                     for (int j = 0; j < V; ++j) acc[m][r] = fmaf(xv[m][j], wf[j], acc[m][r]);
                 }
             }
-        }
-    }
-}
-
-// 1 / rms of each of the M rows of x, in every lane (rms_norm.cu's formula).
-template <typename T, int MT>
-__device__ __forceinline__ void inv_rms(const T* __restrict__ x, uint32_t ldx, uint32_t M, uint32_t K, float eps,
-                                        float (&inv)[MT]) {
-    constexpr int V = Vec16<T>::N;
-    const uint32_t lane = threadIdx.x & 31;
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-        inv[m] = 1.f;
-        if (m < static_cast<int>(M)) {
-            float ss = 0.f;
-            for (uint32_t c = lane; c < K / V; c += 32) {
-                float v[V];
-                load16_f32(x + static_cast<size_t>(m) * ldx + static_cast<size_t>(c) * V, v);
-#pragma unroll
-                for (int j = 0; j < V; ++j) ss = fmaf(v[j], v[j], ss);
-            }
-            inv[m] = 1.f / sqrtf(warp_sum(ss) / static_cast<float>(K) + eps);
         }
     }
 }
@@ -162,21 +144,25 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
         const T* base = (ACT != ACT_NONE && r >= R) ? wu : w;
         wr[r] = reinterpret_cast<const uint4*>(base + static_cast<size_t>(min(n0 + r % R, N - 1)) * K);
     }
-    float inv[MT];
-    if constexpr (NORM) {
-        inv_rms<T, MT>(x, ldx, M, K, eps, inv);
-    } else {
+    float acc[MT][RR], ss[MT];
 #pragma unroll
-        for (int m = 0; m < MT; ++m) inv[m] = 1.f;
-    }
-    float acc[MT][RR];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
+    for (int m = 0; m < MT; ++m) {
+        ss[m] = 0.f;
 #pragma unroll
         for (int r = 0; r < RR; ++r) acc[m][r] = 0.f;
+    }
     uint32_t c = lane;
-    for (; c + 32 * (U - 1) < chunks; c += 32 * U) gemv_chunks<T, MT, RR, U, NORM>(x, ldx, M, wr, nw, c, acc);
-    for (; c < chunks; c += 32) gemv_chunks<T, MT, RR, 1, NORM>(x, ldx, M, wr, nw, c, acc);
+    for (; c + 32 * (U - 1) < chunks; c += 32 * U) gemv_chunks<T, MT, RR, U, NORM>(x, ldx, M, wr, nw, c, acc, ss);
+    for (; c < chunks; c += 32) gemv_chunks<T, MT, RR, 1, NORM>(x, ldx, M, wr, nw, c, acc, ss);
+    // 1 / rms of each row (rms_norm.cu's formula): the lanes' chunks cover the row once
+    float inv[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        inv[m] = 1.f;
+        if constexpr (NORM) {
+            if (m < static_cast<int>(M)) inv[m] = 1.f / sqrtf(warp_sum(ss[m]) / static_cast<float>(K) + eps);
+        }
+    }
     // every lane gets every sum; output i = m * R + r is stored by lane i % 32
 #pragma unroll
     for (int m = 0; m < MT; ++m) {

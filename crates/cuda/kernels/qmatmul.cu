@@ -3,8 +3,9 @@
 // Decode (M <= 16 rows of x), two kernels, as llama.cpp's MMVQ:
 // qquant_x_<T>: x [M, K] (rows of stride ldx) -> q8_1 activations: xq int8 [M, K] and
 // xds float2 [M, K / 32] (d, d * sum q) per 32 elements, d = max|x| / 127 (quant.cuh).
-// qquant_x_rms_<T> quantizes rms_norm(x) * nw instead (each warp first sums the squares of
-// its row), qquant_x_<silu|gelu>_<T> act(gate) * up of rows [gate | up] (2K wide): the
+// qquant_x_rms_<T> quantizes rms_norm(x) * nw instead (a block per slice of 32 groups of a
+// row sums the row's squares once: grid (ceil(K / 1024), M), 256 threads),
+// qquant_x_<silu|gelu>_<T> act(gate) * up of rows [gate | up] (2K wide): the
 // kernel the decoder ran before the quantization fused in, its value rounded to T as that
 // kernel stored it (backend `qmatmul_fused`).
 // Thread mapping: one warp per 32-element group, one element per lane.
@@ -44,35 +45,56 @@ constexpr int PRO_RMS = 1;
 constexpr int PRO_SILU = 2;
 constexpr int PRO_GELU = 3;
 
+// One 32-element group to q8_1: v is this lane's element k of row m, group gi of the row.
+__device__ __forceinline__ void quantize_group(float v, uint32_t lane, int8_t* __restrict__ q_out,
+                                               float2* __restrict__ ds_out) {
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.f;
+    const int q = amax > 0.f ? __float2int_rn(v / d) : 0;
+    *q_out = static_cast<int8_t>(q);
+    const float sum = warp_sum(static_cast<float>(q));  // exact: |sum| <= 32 * 127
+    if (lane == 0) *ds_out = make_float2(d, d * sum);
+}
+
+// The RMSNorm quantizer's mapping: grid (ceil(groups / RMS_GROUPS), M), RMS_THREADS threads;
+// a block sums its row's squares once, then its warps quantize up to RMS_GROUPS groups.
+constexpr int RMS_THREADS = 256;
+constexpr int RMS_GROUPS = 32;
+
 template <typename T, int PRO>
 __device__ __forceinline__ void qquant_x_impl(const T* __restrict__ x, uint32_t M, uint32_t K, uint32_t ldx,
                                               int8_t* __restrict__ xq, float2* __restrict__ xds,
                                               const T* __restrict__ nw, float eps) {
-    const uint32_t groups = K / 32;
-    const uint32_t g = blockIdx.x * WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (g >= M * groups) return;
-    const uint32_t m = g / groups, k = (g % groups) * 32 + lane;
-    const T* row = x + static_cast<size_t>(m) * ldx;
-    float v = to_f32(row[k]);
+    const uint32_t groups = K / 32, lane = threadIdx.x & 31;
     if constexpr (PRO == PRO_RMS) {
+        __shared__ float scratch[32];
+        const uint32_t m = blockIdx.y;
+        const T* row = x + static_cast<size_t>(m) * ldx;
         float ss = 0.f;
-        for (uint32_t j = lane; j < K; j += 32) {
+        for (uint32_t j = threadIdx.x; j < K; j += blockDim.x) {
             const float t = to_f32(row[j]);
             ss = fmaf(t, t, ss);
         }
-        const float inv = 1.f / sqrtf(warp_sum(ss) / static_cast<float>(K) + eps);
-        v = round_to<T>(v * inv * to_f32(nw[k]));
-    } else if constexpr (PRO == PRO_SILU) {
-        v = round_to<T>(silu_f32(v) * to_f32(row[K + k]));
-    } else if constexpr (PRO == PRO_GELU) {
-        v = round_to<T>(gelu_tanh_f32(v) * to_f32(row[K + k]));
+        const float inv = 1.f / sqrtf(block_sum(ss, scratch) / static_cast<float>(K) + eps);
+        const uint32_t end = min(groups, (blockIdx.x + 1) * RMS_GROUPS);
+        for (uint32_t gi = blockIdx.x * RMS_GROUPS + (threadIdx.x >> 5); gi < end; gi += blockDim.x >> 5) {
+            const uint32_t k = gi * 32 + lane;
+            const float v = round_to<T>(to_f32(row[k]) * inv * to_f32(nw[k]));
+            quantize_group(v, lane, xq + static_cast<size_t>(m) * K + k, xds + static_cast<size_t>(m) * groups + gi);
+        }
+    } else {
+        const uint32_t g = blockIdx.x * WARPS + (threadIdx.x >> 5);
+        if (g >= M * groups) return;
+        const uint32_t m = g / groups, k = (g % groups) * 32 + lane;
+        const T* row = x + static_cast<size_t>(m) * ldx;
+        float v = to_f32(row[k]);
+        if constexpr (PRO == PRO_SILU) {
+            v = round_to<T>(silu_f32(v) * to_f32(row[K + k]));
+        } else if constexpr (PRO == PRO_GELU) {
+            v = round_to<T>(gelu_tanh_f32(v) * to_f32(row[K + k]));
+        }
+        quantize_group(v, lane, xq + static_cast<size_t>(m) * K + k, xds + g);
     }
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.f;
-    const int q = amax > 0.f ? __float2int_rn(v / d) : 0;
-    xq[static_cast<size_t>(m) * K + k] = static_cast<int8_t>(q);
-    const float sum = warp_sum(static_cast<float>(q));  // exact: |sum| <= 32 * 127
-    if (lane == 0) xds[g] = make_float2(d, d * sum);
 }
 
 template <typename Q, typename T, int MT, int UU = U<MT>>
@@ -188,8 +210,9 @@ __device__ __forceinline__ void qdequant_impl(const uint8_t* __restrict__ w, con
     }
 
 // One signature for the four kinds: nw and eps are the RMSNorm's (unused by the others).
+// Launch bounds: the RMSNorm kind's block (the others launch WARPS warps).
 #define QQUANT_X(NAME, T, PRO)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(qmatmul_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
+    extern "C" __global__ void __launch_bounds__(qmatmul_cu::RMS_THREADS) NAME(const T* __restrict__ x,         \
         uint32_t M, uint32_t K, uint32_t ldx, int8_t* __restrict__ xq, float2* __restrict__ xds,                 \
         const T* __restrict__ nw, float eps) { ENCORE_PDL_ENTRY();                                               \
         qmatmul_cu::qquant_x_impl<T, PRO>(x, M, K, ldx, xq, xds, nw, eps);                                       \

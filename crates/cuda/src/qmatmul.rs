@@ -57,12 +57,17 @@ struct ScratchState {
 }
 
 /// The kernel that turns a GEMV's x into q8_1, and the RMSNorm's weight (device address)
-/// and epsilon when it fuses one (0 otherwise).
+/// and epsilon when it fuses one (0 otherwise: then a warp a 32-element group; with the
+/// norm, qmatmul.cu's per-row mapping).
 struct XQuant<'a> {
     kernel: &'a Kernel,
     norm: u64,
     eps: f32,
 }
+
+/// qmatmul.cu's RMSNorm quantizer: threads a block and 32-element groups a block.
+const RMS_QUANT_THREADS: u32 = 256;
+const RMS_QUANT_GROUPS: usize = 32;
 
 fn align(v: usize) -> usize {
     v.div_ceil(ALIGN) * ALIGN
@@ -239,7 +244,12 @@ impl Cuda {
         ];
         let groups = u32_of(OP, "x groups", d.m * d.k / 32)?;
         let kernels = self.device().kernels();
-        self.launch(quant.kernel, (groups.div_ceil(QGEMV_WARPS), 1, 1), QGEMV_WARPS * 32, &quant_args, None)?;
+        if quant.norm != 0 {
+            let slices = u32_of(OP, "x slices", (d.k / 32).div_ceil(RMS_QUANT_GROUPS))?;
+            self.launch(quant.kernel, (slices, d.m as u32, 1), RMS_QUANT_THREADS, &quant_args, None)?;
+        } else {
+            self.launch(quant.kernel, (groups.div_ceil(QGEMV_WARPS), 1, 1), QGEMV_WARPS * 32, &quant_args, None)?;
+        }
         let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
         let tier = QGEMV_TIERS.iter().position(|&mt| d.m <= mt).expect("m <= the largest tier");
         let y_f32 = dst.dtype() == DType::F32 && x.dtype() != DType::F32;

@@ -20,7 +20,8 @@ pub struct FusedMatmul<'a, B: Backend> {
     pub w_t: &'a Tensor<B>,
     /// The gated MLP: its activation and the transposed up weight `[K, N]`.
     pub glu: Option<(GluActivation, &'a Tensor<B>)>,
-    /// `[M, N]` in x's dtype.
+    /// `[M, N]` in x's dtype; it must not overlap x, the weights or the norm weight (the
+    /// kernel reads them while it writes dst).
     pub dst: &'a Tensor<B>,
     /// `dst +=` (not with `glu`).
     pub accumulate: bool,
