@@ -76,11 +76,6 @@ impl<B: Backend> Linear<B> {
         self.run(b, x, dst, false)
     }
 
-    /// `dst += x W^T`: the residual add fused into the projection.
-    pub fn forward_add(&self, b: &B, x: &Tensor<B>, dst: &Tensor<B>) -> TResult<()> {
-        self.run(b, x, dst, true)
-    }
-
     /// `dst = rms_norm(x, norm) W^T`, the norm fused into the projection where the backend
     /// can (CUDA: into the GEMV of dense decode rows, into the activation quantizer of
     /// quantized ones); where it cannot, the norm into `xn` (`[T, K]`, like x; written only
@@ -130,7 +125,8 @@ impl<B: Backend> Linear<B> {
         Ok(())
     }
 
-    /// `dst = x W^T`, or `dst += x W^T` when `accumulate`.
+    /// `dst = x W^T`, or `dst += x W^T` when `accumulate` (the residual add fused into
+    /// the projection).
     pub fn run(&self, b: &B, x: &Tensor<B>, dst: &Tensor<B>, accumulate: bool) -> TResult<()> {
         match self {
             Linear::Dense(w) if accumulate => b.matmul_add(x, &w.transpose(0, 1)?, dst),
@@ -363,7 +359,7 @@ mod tests {
         let x = rng.vec(t * k, -1.0, 1.0);
         let xt = Cpu.tensor(&HostTensor::from_f32(&[t, k], &x)).unwrap();
         let out = Cpu.tensor(&HostTensor::from_f32(&[t, 12], &[1.0; 24])).unwrap();
-        w.forward_add(&Cpu, &xt, &out).unwrap();
+        w.run(&Cpu, &xt, &out, true).unwrap();
         let got = Cpu.download(&out).unwrap().to_f32();
         for i in 0..t {
             for j in 0..12 {
