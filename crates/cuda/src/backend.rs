@@ -350,10 +350,7 @@ impl Cuda {
         const OP: &str = "matmul_fused";
         let (x, (nw, eps), dst) = (op.x, op.norm, op.dst);
         let k = op.w_t.dims().first().copied().unwrap_or(0);
-        if nw.dims() != [k] || nw.dtype() != x.dtype() || !nw.is_contiguous() {
-            let msg = format!("norm weight {:?} {} for K = {k} and x {}", nw.dims(), nw.dtype(), x.dtype());
-            return Err(Error::InvalidArgument { op: OP, msg });
-        }
+        check_norm_weight(OP, nw, k, x)?;
         if op.glu.is_some() && op.accumulate {
             return Err(Error::InvalidArgument { op: OP, msg: "a gated projection does not accumulate".into() });
         }
@@ -592,6 +589,15 @@ fn base(t: &Tensor<Cuda>) -> Arg {
 }
 
 /// Address of the view's first element (for kernels over contiguous data or rows).
+/// A fused RMSNorm's weight: `[K]`, contiguous, in x's dtype.
+pub(crate) fn check_norm_weight(op: &'static str, norm: &Tensor<Cuda>, k: usize, x: &Tensor<Cuda>) -> Result<()> {
+    if norm.dims() != [k] || norm.dtype() != x.dtype() || !norm.is_contiguous() {
+        let msg = format!("norm weight {:?} {} for K = {k} and x {}", norm.dims(), norm.dtype(), x.dtype());
+        return Err(Error::InvalidArgument { op, msg });
+    }
+    Ok(())
+}
+
 pub(crate) fn at(t: &Tensor<Cuda>) -> u64 {
     t.storage().ptr() + (t.layout().offset() * t.dtype().size_in_bytes()) as u64
 }

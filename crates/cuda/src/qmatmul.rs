@@ -21,9 +21,9 @@ use std::sync::Mutex;
 use encore_tensor::check::{self, MatOperand, MatmulDims};
 use encore_tensor::{Backend, DType, Error, GluActivation, HostQTensor, QInput, QTensor, QuantType, Result, Tensor};
 
-use crate::backend::{at, Arg};
+use crate::backend::{at, check_norm_weight, Arg};
 use crate::device::DeviceBuffer;
-use crate::kernels::{float_index, Kernel, QGEMV_TIERS};
+use crate::kernels::{float_index, QGEMV_TIERS};
 use crate::Cuda;
 
 /// qmatmul.cu: `WARPS` warps (one weight row, or one 32-element group of x, each) per block.
@@ -56,13 +56,17 @@ struct ScratchState {
     uploaded: usize,
 }
 
-/// The kernel that turns a GEMV's x into q8_1, and the RMSNorm's weight (device address)
-/// and epsilon when it fuses one (0 otherwise: then a warp a 32-element group; with the
-/// norm, qmatmul.cu's per-row mapping).
-struct XQuant<'a> {
-    kernel: &'a Kernel,
-    norm: u64,
-    eps: f32,
+/// What the GEMV's activation quantizer computes on x first (qmatmul.cu `qquant_x*`).
+#[derive(Clone, Copy)]
+enum XQuant {
+    Plain,
+    /// The RMSNorm: its weight (device address) and epsilon; qmatmul.cu's per-row mapping.
+    Rms {
+        norm: u64,
+        eps: f32,
+    },
+    /// The gated activation of x's rows `[gate | up]`.
+    Gated(GluActivation),
 }
 
 /// qmatmul.cu's RMSNorm quantizer: threads a block and 32-element groups a block.
@@ -127,17 +131,27 @@ impl Cuda {
         if d.m == 0 || d.n == 0 {
             return Ok(());
         }
-        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
+        self.with_scratch(OP, w, |scratch| {
+            if d.m <= QGEMV_MAX_M {
+                return self.qgemv(x, w, dst, accumulate, &d, scratch, XQuant::Plain);
+            }
+            self.qmatmul_prefill(x, w, dst, accumulate, &d, scratch)
+        })
+    }
+
+    /// `f` with the quantized-matmul scratch (sized at upload), which it holds locked.
+    fn with_scratch<R>(
+        &self,
+        op: &'static str,
+        w: &QTensor<Cuda>,
+        f: impl FnOnce(&DeviceBuffer) -> Result<R>,
+    ) -> Result<R> {
         let st = self.quant.state.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = st.buf.as_ref().ok_or_else(|| Error::InvalidArgument {
-            op: OP,
+            op,
             msg: format!("{w:?} has no scratch: upload quantized weights with Backend::upload_quant"),
         })?;
-        if d.m <= QGEMV_MAX_M {
-            let quant = XQuant { kernel: &self.device().kernels().qquant_x[dt], norm: 0, eps: 0.0 };
-            return self.qgemv(x, w, dst, accumulate, &d, scratch, quant);
-        }
-        self.qmatmul_prefill(x, w, dst, accumulate, &d, scratch)
+        f(scratch)
     }
 
     /// `Backend::qmatmul_fused`: at M <= 16 the input's op runs inside the activation
@@ -152,14 +166,11 @@ impl Cuda {
         const OP: &str = "qmatmul_fused";
         let k = w.cols();
         // the matmul's x as the quantizer indexes it: x, or the gate half of the rows
-        let (x, fused, norm, eps) = match input {
+        let (x, quant) = match input {
             QInput::Normed { x, norm, eps } => {
-                if norm.dims() != [k] || norm.dtype() != x.dtype() || !norm.is_contiguous() {
-                    let msg = format!("norm weight {:?} {} for K = {k} and x {}", norm.dims(), norm.dtype(), x.dtype());
-                    return Err(Error::InvalidArgument { op: OP, msg });
-                }
+                check_norm_weight(OP, norm, k, x)?;
                 self.in_bounds(OP, &[norm])?;
-                ((*x).clone(), 0, at(norm), *eps)
+                ((*x).clone(), XQuant::Rms { norm: at(norm), eps: *eps })
             }
             QInput::Gated { gate_up, act } => {
                 if gate_up.rank() != 2 || gate_up.dims()[1] != 2 * k {
@@ -167,7 +178,7 @@ impl Cuda {
                     return Err(Error::InvalidArgument { op: OP, msg });
                 }
                 self.in_bounds(OP, &[gate_up])?;
-                (gate_up.narrow(1, 0, k)?, 1 + (*act == GluActivation::GeluTanh) as usize, 0, 0.0)
+                (gate_up.narrow(1, 0, k)?, XQuant::Gated(*act))
             }
         };
         let d = check::qmatmul(&x, w, dst, accumulate)?;
@@ -178,14 +189,7 @@ impl Cuda {
         if d.m == 0 || d.n == 0 {
             return Ok(true);
         }
-        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
-        let st = self.quant.state.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch = st.buf.as_ref().ok_or_else(|| Error::InvalidArgument {
-            op: OP,
-            msg: format!("{w:?} has no scratch: upload quantized weights with Backend::upload_quant"),
-        })?;
-        let quant = XQuant { kernel: &self.device().kernels().qquant_x_fused[fused][dt], norm, eps };
-        self.qgemv(&x, w, dst, accumulate, &d, scratch, quant)?;
+        self.with_scratch(OP, w, |scratch| self.qgemv(&x, w, dst, accumulate, &d, scratch, quant))?;
         Ok(true)
     }
 
@@ -199,7 +203,7 @@ impl Cuda {
         accumulate: bool,
         d: &check::QMatmulDims,
         scratch: &DeviceBuffer,
-        quant: XQuant<'_>,
+        quant: XQuant,
     ) -> Result<()> {
         const OP: &str = "qmatmul";
         let need = q8_bytes(d.m, d.k);
@@ -232,6 +236,14 @@ impl Cuda {
         }
         let (xq, xds) = (scratch.ptr(), scratch.ptr() + align(d.m * d.k) as u64);
         let k = u32_of(OP, "inner dim", d.k)?;
+        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
+        let kernels = self.device().kernels();
+        let (quantizer, norm, eps) = match quant {
+            XQuant::Plain => (&kernels.qquant_x[dt], 0, 0.0),
+            XQuant::Rms { norm, eps } => (&kernels.qquant_x_fused[0][dt], norm, eps),
+            XQuant::Gated(GluActivation::Silu) => (&kernels.qquant_x_fused[1][dt], 0, 0.0),
+            XQuant::Gated(GluActivation::GeluTanh) => (&kernels.qquant_x_fused[2][dt], 0, 0.0),
+        };
         let quant_args = [
             Arg::Ptr(at(x)),
             Arg::U32(d.m as u32),
@@ -239,18 +251,16 @@ impl Cuda {
             Arg::U32(u32_of(OP, "x row stride", d.x.row_stride)?),
             Arg::Ptr(xq),
             Arg::Ptr(xds),
-            Arg::Ptr(quant.norm),
-            Arg::F32(quant.eps),
+            Arg::Ptr(norm),
+            Arg::F32(eps),
         ];
-        let groups = u32_of(OP, "x groups", d.m * d.k / 32)?;
-        let kernels = self.device().kernels();
-        if quant.norm != 0 {
+        if let XQuant::Rms { .. } = quant {
             let slices = u32_of(OP, "x slices", (d.k / 32).div_ceil(RMS_QUANT_GROUPS))?;
-            self.launch(quant.kernel, (slices, d.m as u32, 1), RMS_QUANT_THREADS, &quant_args, None)?;
+            self.launch(quantizer, (slices, d.m as u32, 1), RMS_QUANT_THREADS, &quant_args, None)?;
         } else {
-            self.launch(quant.kernel, (groups.div_ceil(QGEMV_WARPS), 1, 1), QGEMV_WARPS * 32, &quant_args, None)?;
+            let groups = u32_of(OP, "x groups", d.m * d.k / 32)?;
+            self.launch(quantizer, (groups.div_ceil(QGEMV_WARPS), 1, 1), QGEMV_WARPS * 32, &quant_args, None)?;
         }
-        let dt = float_index(x.dtype()).ok_or(Error::UnsupportedDType { op: OP, dtype: x.dtype() })?;
         let tier = QGEMV_TIERS.iter().position(|&mt| d.m <= mt).expect("m <= the largest tier");
         let y_f32 = dst.dtype() == DType::F32 && x.dtype() != DType::F32;
         let flags = accumulate as u32 | (y_f32 as u32) << 1;
