@@ -176,6 +176,28 @@ static std::vector<std::vector<float>> host_rows(const bf16* w, int k, const std
     return out;
 }
 
+// The worst error of the m x n output hy (bf16, or f32 when f32_out) at the sampled columns
+// `rows` against the f64 product of x (hx: rows of k) and those weight rows (hw), relative
+// to each sum's absolute mass.
+static double worst_rel_error(const std::vector<char>& hy, bool f32_out, int m, int n, int k,
+                              const std::vector<bf16>& hx, const std::vector<int>& rows,
+                              const std::vector<std::vector<float>>& hw) {
+    double worst = 0;
+    for (int mm = 0; mm < m; ++mm)
+        for (size_t i = 0; i < rows.size(); ++i) {
+            double ref = 0, mag = 0;
+            for (int j = 0; j < k; ++j) {
+                const double p = (double)host_bf16(hx[(size_t)mm * k + j]) * hw[i][j];
+                ref += p;
+                mag += fabs(p);
+            }
+            const size_t o = (size_t)mm * n + rows[i];
+            const double got = f32_out ? ((const float*)hy.data())[o] : host_bf16(((const bf16*)hy.data())[o]);
+            worst = std::max(worst, fabs(got - ref) / (mag + 1e-30));
+        }
+    return worst;
+}
+
 // ---- fused decoder projections against the kernels they replace ---------------------------
 
 // An f64 reference of one output column: the norm, the projection by the gate (or only)
@@ -350,20 +372,7 @@ static bool tc_table(bool quick, double copy_gbs) {
                 CK(cudaGetLastError());
                 std::vector<char> hy((size_t)m * s.n * es);
                 CK(cudaMemcpy(hy.data(), y, hy.size(), cudaMemcpyDeviceToHost));
-                double worst = 0;
-                for (int mm = 0; mm < m; ++mm)
-                    for (size_t i = 0; i < rows.size(); ++i) {
-                        double ref = 0, mag = 0;
-                        for (int j = 0; j < s.k; ++j) {
-                            const double p = (double)host_bf16(hx[(size_t)mm * s.k + j]) * hw[i][j];
-                            ref += p;
-                            mag += fabs(p);
-                        }
-                        const size_t o = (size_t)mm * s.n + rows[i];
-                        const double got = s.f32_out ? ((float*)hy.data())[o] : host_bf16(((bf16*)hy.data())[o]);
-                        worst = std::max(worst, fabs(got - ref) / (mag + 1e-30));
-                    }
-                return worst;
+                return worst_rel_error(hy, s.f32_out, m, s.n, s.k, hx, rows, hw);
             };
             auto report = [&](const char* name, double us, double worst) {
                 const bool ok = worst <= 1.0 / 128;
@@ -475,21 +484,7 @@ int main(int argc, char** argv) {
                 CK(cudaGetLastError());
                 std::vector<char> hy((size_t)m * s.n * es);
                 CK(cudaMemcpy(hy.data(), y, hy.size(), cudaMemcpyDeviceToHost));
-                auto out_at = [&](int mm, int n) {
-                    if (s.f32_out) return ((float*)hy.data())[(size_t)mm * s.n + n];
-                    return host_bf16(((bf16*)hy.data())[(size_t)mm * s.n + n]);
-                };
-                double worst = 0;
-                for (int mm = 0; mm < m; ++mm)
-                    for (size_t i = 0; i < rows.size(); ++i) {
-                        double ref = 0, mag = 0;
-                        for (int j = 0; j < s.k; ++j) {
-                            const double p = (double)host_bf16(hx[(size_t)mm * s.k + j]) * hw[i][j];
-                            ref += p;
-                            mag += fabs(p);
-                        }
-                        worst = std::max(worst, fabs(out_at(mm, rows[i]) - ref) / (mag + 1e-30));
-                    }
+                const double worst = worst_rel_error(hy, s.f32_out, m, s.n, s.k, hx, rows, hw);
                 bool ok = worst <= 1.0 / 128;
                 // accumulate on the shipped kernel: y0 + x w^T == 2 (x w^T) when y0 = x w^T
                 if (v.r == 0) {
