@@ -16,7 +16,7 @@
 // the shipped GEMV, + silu_mul.cu for gate_up) at the qkv and gate_up shapes, M = 1, 2,
 // checked against an f64 reference of norm -> projection (-> silu(gate) * up).
 //
-// A third table times the tensor-core skinny GEMM (tc_gemv.cuh, scratch) at M = 3, 4, 8, 16
+// A third table times the tensor-core skinny GEMM (gemv_tc.cuh, scratch) at M = 3, 4, 8, 16
 // against the shipped CUDA-core tier, with the same check.
 //
 // Usage: gemv_sweep [quick]   (quick: 1B and 8B only). A best-variant table comes last.
@@ -34,7 +34,7 @@
 #include "../kernels/gemv.cu"
 #include "../kernels/rms_norm.cu"
 #include "../kernels/silu_mul.cu"
-#include "tc_gemv.cuh"
+#include "../kernels/gemv_tc.cuh"
 
 #define CK(x)                                                                                  \
     do {                                                                                       \
@@ -77,8 +77,9 @@ struct Variant {
              gemv_var<float, 8, R, U>}                                                                     \
     }
 static const Variant VARIANTS[] = {
-    {"shipped", 0, {gemv_bf16_m1, gemv_bf16_m2, gemv_bf16_m4, gemv_bf16_m8},
-     {gemv_bf16_f32_m1, gemv_bf16_f32_m2, gemv_bf16_f32_m4, gemv_bf16_f32_m8}},
+    // gemv.cu's tiers at M = 1, 2; at 4 and 8 its former tiers (R4U1), which gemv_tc.cu replaced
+    {"shipped", 0, {gemv_bf16_m1, gemv_bf16_m2, gemv_var<bf16, 4, 4, 1>, gemv_var<bf16, 8, 4, 1>},
+     {gemv_bf16_f32_m1, gemv_bf16_f32_m2, gemv_var<float, 4, 4, 1>, gemv_var<float, 8, 4, 1>}},
     TIERS(1, 4), TIERS(1, 8), TIERS(2, 2), TIERS(2, 4), TIERS(4, 1), TIERS(4, 2),
 };
 // the shipped R per tier (gemv.cu's instantiation lines): same-dtype, f32 output
@@ -321,13 +322,13 @@ static bool fused_table(bool quick, double copy_gbs) {
     return all_ok;
 }
 
-// ---- tensor-core skinny GEMM (tc_gemv.cuh) against the CUDA-core GEMV -----------------------
+// ---- tensor-core skinny GEMM (gemv_tc.cuh) against the CUDA-core GEMV -----------------------
 
 template <typename O, int NT, int KW, int U>
 __global__ void __launch_bounds__(KW * 32)
     tc_var(const bf16* x, const bf16* w, O* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
            uint32_t acc) {
-    tc_gemv::tc_gemv_impl<bf16, O, NT, KW, U>(x, w, y, M, N, K, ldx, ldy, acc);
+    gemv_tc::tc_gemv_impl<bf16, O, NT, KW, U>(x, w, y, M, N, K, ldx, ldy, acc);
 }
 typedef void (*TcBf16)(const bf16*, const bf16*, bf16*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
 typedef void (*TcF32)(const bf16*, const bf16*, float*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t);
@@ -342,7 +343,7 @@ struct TcVariant {
 static const TcVariant TC_VARIANTS[] = {TC(2, 2), TC(2, 4), TC(4, 2), TC(4, 4), TC(8, 2), TC(8, 4)};
 
 static bool tc_table(bool quick, double copy_gbs) {
-    printf("\ntensor-core skinny GEMM (tc_gemv.cuh) against the shipped CUDA-core GEMV tier\n");
+    printf("\ntensor-core skinny GEMM (gemv_tc.cuh) against the shipped CUDA-core GEMV tier\n");
     printf("| preset | op | N | K | M | variant | us | %% copy | check |\n|---|---|---|---|---|---|---|---|---|\n");
     bool all_ok = true;
     const int MS[] = {3, 4, 8, 16};

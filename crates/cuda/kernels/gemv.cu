@@ -1,11 +1,11 @@
-// gemv.cu: y[m, n] (+)= sum_k x[m, k] * w[n, k] for M <= 8 rows m (decode steps): the dense
-// projections of decode steps of M <= 2 rows and the LM head's f32 logits up to M = 8 (the
-// launcher's rule, backend.rs gemv_shape). cuBLAS reads the weights of these skinny shapes
-// at 29-81% of the HBM bandwidth on an H200 (BENCHMARKS.md, issue 10 profile) and picks
-// split-K kernels whose memsets are non-kernel nodes of captured graphs; this kernel streams
-// W once, at up to the copy bandwidth for M = 1 (crates/cuda/dev/gemv_sweep.cu). It is
-// FMA-bound from M = 4 on (8 FMAs a weight element a row of x): there cuBLAS's tensor cores
-// win on the projections, which is why they stay on cuBLAS above M = 2.
+// gemv.cu: y[m, n] (+)= sum_k x[m, k] * w[n, k] for M <= 2 rows m (decode steps of one or
+// two rows), the dense projections and the LM head's f32 logits (the launcher's rule,
+// backend.rs gemv_shape). cuBLAS reads the weights of these skinny shapes at 29-81% of the
+// HBM bandwidth on an H200 (BENCHMARKS.md, issue 10 profile) and picks split-K kernels whose
+// memsets are non-kernel nodes of captured graphs; this kernel streams W once, at up to the
+// copy bandwidth for M = 1 (crates/cuda/dev/gemv_sweep.cu). It is FMA-bound from M = 4 on
+// (8 FMAs a weight element a row of x at M = 8): from 3 rows the projections take cuBLAS's
+// tensor cores and the logits gemv_tc.cu's.
 //
 // x: [M, K] rows of stride ldx; w: [N, K] contiguous rows (a Hugging Face Linear weight);
 // y: [M, N] rows of stride ldy, of type O (the input type, or f32 for f32 logits). With
@@ -199,30 +199,20 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
     }
 #define GEMV(NAME, T, O, MT, R, U) GEMV_FUSED(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE)
 
-// Tiers M <= 1, 2, 4, 8 (kernels.rs GEMV_TIERS). R and U per tier are the sweep's winners
+// Tiers M <= 1, 2 (kernels.rs GEMV_TIERS). R and U per tier are the sweep's winners
 // (crates/cuda/dev/gemv_sweep.cu, NOTES.md): summed over the projection shapes of the six
 // presets for the same-dtype kernels, over the LM heads for the f32-output ones; backend.rs
 // GEMV_ROWS_PER_WARP mirrors the R column.
 GEMV(gemv_f32_m1, float, float, 1, 1, 4)
 GEMV(gemv_f32_m2, float, float, 2, 1, 8)
-GEMV(gemv_f32_m4, float, float, 4, 4, 1)
-GEMV(gemv_f32_m8, float, float, 8, 4, 1)
 GEMV(gemv_bf16_m1, __nv_bfloat16, __nv_bfloat16, 1, 1, 4)
 GEMV(gemv_bf16_m2, __nv_bfloat16, __nv_bfloat16, 2, 1, 8)
-GEMV(gemv_bf16_m4, __nv_bfloat16, __nv_bfloat16, 4, 4, 1)
-GEMV(gemv_bf16_m8, __nv_bfloat16, __nv_bfloat16, 8, 4, 1)
 GEMV(gemv_f16_m1, __half, __half, 1, 1, 4)
 GEMV(gemv_f16_m2, __half, __half, 2, 1, 8)
-GEMV(gemv_f16_m4, __half, __half, 4, 4, 1)
-GEMV(gemv_f16_m8, __half, __half, 8, 4, 1)
 GEMV(gemv_bf16_f32_m1, __nv_bfloat16, float, 1, 2, 2)
 GEMV(gemv_bf16_f32_m2, __nv_bfloat16, float, 2, 4, 1)
-GEMV(gemv_bf16_f32_m4, __nv_bfloat16, float, 4, 4, 1)
-GEMV(gemv_bf16_f32_m8, __nv_bfloat16, float, 8, 4, 1)
 GEMV(gemv_f16_f32_m1, __half, float, 1, 2, 2)
 GEMV(gemv_f16_f32_m2, __half, float, 2, 4, 1)
-GEMV(gemv_f16_f32_m4, __half, float, 4, 4, 1)
-GEMV(gemv_f16_f32_m8, __half, float, 8, 4, 1)
 // The fused decoder projections (kernels.rs GEMV_FUSED), same-dtype, M <= 1, 2:
 // `gemv_rms_<dtype>_m<tier>` (qkv: the norm before it), `gemv_rms_<silu|gelu>_<dtype>_m<tier>`
 // (gate_up: the norm before, the gated activation after). R and U keep the plain tiers' loads

@@ -52,6 +52,7 @@ const TC_DECODE_MAX_ROWS: usize = 64;
 /// Decode split-K: at most this many splits of a row's keys (see `decode_splits`; also
 /// attention_merge's ATTN_MERGE_MAX_SPLITS).
 const TC_DECODE_MAX_SPLITS: usize = 32;
+
 /// attention_plan runs as one block of this many threads.
 const ATTENTION_PLAN_THREADS: u32 = 1024;
 /// The attention workspace: split-K partials or the prefill plan, whichever a launch uses.
@@ -278,11 +279,15 @@ impl Cuda {
         blas_compatible(OP, "lhs", lhs, &dims.lhs, dims.m, dims.k)?;
         blas_compatible(OP, "rhs", rhs, &dims.rhs, dims.k, dims.n)?;
         self.in_bounds(OP, &[lhs, rhs, dst])?;
-        // gemv.cu serves the decode-shaped matmuls (M <= 2 rows against a [N, K] weight, or
-        // M <= 8 for f32 logits), with the residual add as its epilogue: it streams W at up to
-        // the copy bandwidth where cuBLAS reaches 29-81%, and adds no memset nodes to graphs.
-        if let Some(g) = gemv_shape(&dims, lhs, rhs, dst) {
+        // gemv.cu serves the decode-shaped matmuls (M <= 2 rows against a [N, K] weight) and
+        // gemv_tc.cu the f32 logits of 3..16 rows, with the residual add as their epilogue:
+        // they stream W at up to the copy bandwidth where cuBLAS reaches 29-81%, and add no
+        // memset nodes to graphs.
+        if let Some(g) = gemv_shape(&dims, lhs, rhs) {
             return self.gemv(g, lhs, rhs, dst, accumulate);
+        }
+        if let Some(g) = gemv_tc_shape(&dims, lhs, rhs, dst) {
+            return self.gemv_tc(g, lhs, rhs, dst, accumulate);
         }
         let (a, b, c) = (lhs.storage().ptr(), rhs.storage().ptr(), dst.storage().ptr());
         Ok(self.dev.blas().gemm_to(lhs.dtype(), dst.dtype(), &dims, a, b, c, accumulate)?)
@@ -301,7 +306,7 @@ impl Cuda {
         if g.n == 0 {
             return Ok(());
         }
-        let tier = GEMV_TIERS.iter().position(|&t| g.m <= t).expect("gemv_shape keeps M <= 8");
+        let tier = GEMV_TIERS.iter().position(|&t| g.m <= t).expect("gemv_shape keeps M <= 2");
         let row = match (lhs.dtype(), dst.dtype()) {
             (DType::BF16, DType::F32) => 3,
             (DType::F16, DType::F32) => 4,
@@ -319,6 +324,38 @@ impl Cuda {
             eps: 0.0,
             up: 0,
         })
+    }
+
+    /// gemv_tc.cu for the logits of 3..16 rows (see `gemv_tc_shape`): a block of 8 warps for
+    /// 16 rows of W; `dst += x w^T` when `accumulate`.
+    fn gemv_tc(
+        &self,
+        g: GemvShape,
+        x: &Tensor<Cuda>,
+        w: &Tensor<Cuda>,
+        dst: &Tensor<Cuda>,
+        accumulate: bool,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let row = match (x.dtype(), dst.dtype()) {
+            (DType::BF16, DType::F32) => 0,
+            (DType::F16, DType::F32) => 1,
+            (dt, _) => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
+        };
+        let args = [
+            Arg::Ptr(at(x)),
+            Arg::Ptr(at(w)),
+            Arg::Ptr(at(dst)),
+            Arg::U32(g.m as u32),
+            Arg::U32(u32_of(OP, "rows of W", g.n)?),
+            Arg::U32(u32_of(OP, "inner dim", g.k)?),
+            Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
+            Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
+            Arg::U32(accumulate as u32),
+        ];
+        let kernel = &self.dev.kernels().gemv_tc[row][(g.m > GEMV_TC_TILE_ROWS) as usize];
+        let grid = u32_of(OP, "gemv_tc blocks", g.n.div_ceil(GEMV_TC_TILE_ROWS * 2))?;
+        self.launch(kernel, (grid, 1, 1), GEMV_TC_WARPS * 32, &args, None)
     }
 
     /// One gemv.cu launch (every entry of gemv.cu takes the same parameters).
@@ -358,7 +395,7 @@ impl Cuda {
         blas_compatible(OP, "lhs", x, &dims.lhs, dims.m, dims.k)?;
         blas_compatible(OP, "rhs", op.w_t, &dims.rhs, dims.k, dims.n)?;
         self.in_bounds(OP, &[x, op.w_t, dst, nw])?;
-        let Some(g) = gemv_shape(&dims, x, op.w_t, dst) else { return Ok(false) };
+        let Some(g) = gemv_shape(&dims, x, op.w_t) else { return Ok(false) };
         // the norm weight is read in 16-byte vectors; the up weight like the gate's
         let mut aligned = at(nw) % 16 == 0;
         let (fusion, up) = match op.glu {
@@ -610,11 +647,15 @@ fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
 /// for the same-dtype kernels `[0]` and the f32-output ones `[1]`: the instantiation lines at
 /// the end of gemv.cu.
 const GEMV_WARPS: usize = 4;
-const GEMV_ROWS_PER_WARP: [[usize; 4]; 2] = [[1, 1, 4, 4], [2, 4, 4, 4]];
-/// Rows of x up to which gemv.cu serves same-dtype projections (above, cuBLAS is faster:
-/// gemv.cu is FMA-bound from M = 4, crates/cuda/dev/NOTES.md); f32 logits from bf16/f16
-/// take it up to the last tier (cuBLAS would add a memset node for its split-K LM head).
+const GEMV_ROWS_PER_WARP: [[usize; 2]; 2] = [[1, 1], [2, 4]];
+/// Rows of x up to which gemv.cu serves every projection (above, gemv.cu is FMA-bound from
+/// M = 4: crates/cuda/dev/NOTES.md; cuBLAS takes the projections, gemv_tc.cu the logits).
 const GEMV_MAX_M_SAME_DTYPE: usize = 2;
+/// gemv_tc.cu: warps a block (its KW), rows of x an n8 tile (NT = 1 up to 8 rows, 2 up to
+/// [`GEMV_TC_MAX_M`]); a block owns 2 * GEMV_TC_TILE_ROWS = 16 rows of W.
+const GEMV_TC_WARPS: u32 = 8;
+const GEMV_TC_TILE_ROWS: usize = 8;
+const GEMV_TC_MAX_M: usize = 16;
 
 /// One gemv.cu launch: the kernel, its rows of W a warp (`R`), the shape, device addresses,
 /// and the fusions' operands: the norm weight and epsilon, the up weight (0 where unused).
@@ -631,8 +672,7 @@ struct GemvCall<'a> {
     up: u64,
 }
 
-/// The decode-step shape gemv.cu serves: `x [M, K] @ W^T` (M <= 2, or <= 8 for f32 logits
-/// from bf16/f16) with `W [N, K]` stored in
+/// The decode-step shape gemv.cu serves: `x [M, K] @ W^T` (M <= 2) with `W [N, K]` stored in
 /// contiguous rows, x rows and W 16-byte aligned, K a multiple of a 16-byte vector, the
 /// output rows unit-stride (the kernel's preconditions).
 #[derive(Clone, Copy, Debug)]
@@ -644,18 +684,47 @@ struct GemvShape {
     ldy: usize,
 }
 
-fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>, dst: &Tensor<Cuda>) -> Option<GemvShape> {
+fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>) -> Option<GemvShape> {
     let es = lhs.dtype().size_in_bytes();
-    let logits = dst.dtype() == DType::F32 && lhs.dtype() != DType::F32;
-    let max_m = if logits { GEMV_TIERS[GEMV_TIERS.len() - 1] } else { GEMV_MAX_M_SAME_DTYPE };
     let vec = 16 / es;
     let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
     let ok = d.batch == 1
-        && (1..=max_m).contains(&d.m)
+        && (1..=GEMV_MAX_M_SAME_DTYPE).contains(&d.m)
         && d.n < i32::MAX as usize
         && d.k % vec == 0
         && d.lhs.col_stride == 1
         && (d.m == 1 || (d.lhs.row_stride * es) % 16 == 0)
+        && d.rhs.row_stride == 1
+        && d.rhs.col_stride == d.k
+        && d.dst.col_stride == 1
+        && aligned(lhs, d.lhs.offset)
+        && aligned(rhs, d.rhs.offset);
+    ok.then_some(GemvShape { m: d.m, n: d.n, k: d.k, ldx: d.lhs.row_stride, ldy: d.dst.row_stride })
+}
+
+/// The decode-step shape gemv_tc.cu serves: the LM head, f32 logits `x [M, K] @ W^T` with
+/// 3 <= M <= 16 rows of bf16 or f16, `W [N, K]` contiguous rows, K a multiple of 32 (whole
+/// mma k steps), x rows and W 16-byte aligned, the output rows unit-stride. (Same-dtype
+/// projections of 3..16 rows measured faster on cuBLAS in the decode step: NOTES.md.)
+fn gemv_tc_shape(
+    d: &check::MatmulDims,
+    lhs: &Tensor<Cuda>,
+    rhs: &Tensor<Cuda>,
+    dst: &Tensor<Cuda>,
+) -> Option<GemvShape> {
+    let half = matches!(lhs.dtype(), DType::BF16 | DType::F16);
+    let out = dst.dtype() == DType::F32;
+    let es = lhs.dtype().size_in_bytes();
+    let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
+    let ok = half
+        && out
+        && d.batch == 1
+        && (GEMV_MAX_M_SAME_DTYPE + 1..=GEMV_TC_MAX_M).contains(&d.m)
+        && d.n >= 1
+        && d.n < i32::MAX as usize
+        && d.k % 32 == 0
+        && d.lhs.col_stride == 1
+        && (d.lhs.row_stride * es) % 16 == 0
         && d.rhs.row_stride == 1
         && d.rhs.col_stride == d.k
         && d.dst.col_stride == 1

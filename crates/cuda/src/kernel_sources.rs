@@ -16,6 +16,7 @@ pub(crate) const SOURCES: &[(&str, &str)] = &[
     ("fill.cu", include_str!("../kernels/fill.cu")),
     ("gelu_mul.cu", include_str!("../kernels/gelu_mul.cu")),
     ("gemv.cu", include_str!("../kernels/gemv.cu")),
+    ("gemv_tc.cu", include_str!("../kernels/gemv_tc.cu")),
     ("kv_write.cu", include_str!("../kernels/kv_write.cu")),
     ("qmatmul.cu", include_str!("../kernels/qmatmul.cu")),
     ("rms_norm.cu", include_str!("../kernels/rms_norm.cu")),

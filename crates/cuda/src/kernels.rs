@@ -59,22 +59,26 @@ macro_rules! per_dtype {
 /// qmatmul.cu's GEMV tiers: kernels for at most 1, 4 and 16 rows of x.
 pub const QGEMV_TIERS: [usize; 3] = [1, 4, 16];
 
-/// gemv.cu's tiers: kernels for at most 1, 2, 4 and 8 rows of x.
-pub const GEMV_TIERS: [usize; 4] = [1, 2, 4, 8];
+/// gemv.cu's tiers: kernels for at most 1 and 2 rows of x (3..16 rows of logits: gemv_tc.cu).
+pub const GEMV_TIERS: [usize; 2] = [1, 2];
 
 /// gemv.cu `gemv_<in>[_f32]_m<tier>`: `[f32, bf16, f16, bf16 -> f32, f16 -> f32][tier]`.
 macro_rules! gemv_tiers {
     ($p:literal) => {
-        [concat!($p, "_m1"), concat!($p, "_m2"), concat!($p, "_m4"), concat!($p, "_m8")]
+        [concat!($p, "_m1"), concat!($p, "_m2")]
     };
 }
-const GEMV: [[&str; 4]; 5] = [
+const GEMV: [[&str; 2]; 5] = [
     gemv_tiers!("gemv_f32"),
     gemv_tiers!("gemv_bf16"),
     gemv_tiers!("gemv_f16"),
     gemv_tiers!("gemv_bf16_f32"),
     gemv_tiers!("gemv_f16_f32"),
 ];
+
+/// gemv_tc.cu `gemv_tc_<in>_f32_n<1|2>`: `[bf16 -> f32, f16 -> f32][M <= 8, 16]`.
+const GEMV_TC: [[&str; 2]; 2] =
+    [["gemv_tc_bf16_f32_n1", "gemv_tc_bf16_f32_n2"], ["gemv_tc_f16_f32_n1", "gemv_tc_f16_f32_n2"]];
 
 /// gemv.cu `gemv_<fusion>_<dtype>_m<1|2>`: the fused decoder projections,
 /// `[rms, rms_silu, rms_gelu][dtype][M <= 1, 2]` (backend.rs `gemv_fused`).
@@ -185,10 +189,13 @@ pub struct Kernels {
     /// rope.cu `rope_kv_write_<dtype>`: rope of q and k, k and v into the cache, one launch.
     pub rope_kv_write: [Kernel; 3],
     pub embedding: [Kernel; 3],
-    /// gemv.cu `gemv_<dtype>_m<tier>`: decode-shaped x @ W^T (M <= 8), `[dtype][tier]`
+    /// gemv.cu `gemv_<dtype>_m<tier>`: decode-shaped x @ W^T (M <= 2), `[dtype][tier]`
     /// (tiers in [`GEMV_TIERS`]), and `gemv_<bf16|f16>_f32_m<tier>` at dtype index 3, 4: f32
     /// outputs (logits) from bf16/f16 inputs.
-    pub gemv: [[Kernel; 4]; 5],
+    pub gemv: [[Kernel; 2]; 5],
+    /// gemv_tc.cu `gemv_tc_<in>_f32_n<1|2>`: the tensor-core LM head of 3..16 rows,
+    /// `[bf16 -> f32, f16 -> f32][M <= 8, 16]`.
+    pub gemv_tc: [[Kernel; 2]; 2],
     /// gemv.cu `gemv_<rms|rms_silu|rms_gelu>_<dtype>_m<1|2>`: `[fusion][dtype][tier]`, the
     /// projection with the RMSNorm before it (and the gated activation after it) fused in,
     /// M <= 2.
@@ -268,13 +275,16 @@ impl Kernels {
             fill_uniform: three(per_dtype!("fill_uniform"))?,
             gemv: GEMV
                 .iter()
-                .map(|t| {
-                    let [a, b, c, d] = *t;
-                    Ok([get(module, a)?, get(module, b)?, get(module, c)?, get(module, d)?])
-                })
+                .map(|&[a, b]| Ok([get(module, a)?, get(module, b)?]))
                 .collect::<Result<Vec<_>, CudaError>>()?
                 .try_into()
                 .unwrap_or_else(|_| panic!("five gemv dtypes")),
+            gemv_tc: GEMV_TC
+                .iter()
+                .map(|&[a, b]| Ok([get(module, a)?, get(module, b)?]))
+                .collect::<Result<Vec<_>, CudaError>>()?
+                .try_into()
+                .unwrap_or_else(|_| panic!("two gemv_tc dtypes")),
             gemv_fused: [pairs(&GEMV_FUSED[0])?, pairs(&GEMV_FUSED[1])?, pairs(&GEMV_FUSED[2])?],
             sample: one("sample_f32")?,
             kv_write: three(per_dtype!("kv_write"))?,
@@ -303,6 +313,7 @@ impl Kernels {
         let mut v: Vec<&Kernel> = self.copy.iter().flatten().collect();
         v.extend([&self.copy_u32, &self.copy_i32]);
         v.extend(self.gemv.iter().flatten());
+        v.extend(self.gemv_tc.iter().flatten());
         v.extend(self.gemv_fused.iter().flatten().flatten());
         v.push(&self.sample);
         v.push(&self.attention_plan);
@@ -427,6 +438,7 @@ mod tests {
             .collect();
         table.extend(QGEMV.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(GEMV.iter().flatten().map(|s| s.to_string()));
+        table.extend(GEMV_TC.iter().flatten().map(|s| s.to_string()));
         table.extend(GEMV_FUSED.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(["copy_u32_u32", "copy_i32_i32", "sample_f32", "qcvt_bf16_f16", "qepi_bf16"].map(String::from));
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));

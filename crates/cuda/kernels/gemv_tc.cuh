@@ -1,7 +1,8 @@
-// tc_gemv.cuh: scratch (not in kernels/ until the sweep says it wins): a skinny GEMM for
-// decode steps of 3..16 rows on tensor cores, y[m, n] (+)= sum_k x[m, k] * w[n, k], bf16 / f16
-// in, f32 accumulate, for the M where gemv.cu's CUDA-core dot products are FMA-bound (8 FMAs
-// a weight element a row at M = 8) and cuBLAS reads W at 45-70% of copy.
+// gemv_tc.cuh: the skinny GEMM of decode steps of 3..16 rows on tensor cores,
+// y[m, n] (+)= sum_k x[m, k] * w[n, k], bf16 / f16 in, f32 accumulate: the M where gemv.cu's
+// CUDA-core dot products are FMA-bound (8 FMAs a weight element a row at M = 8) and cuBLAS
+// reads W at 45-70% of copy. Entry points: gemv_tc.cu; variants timed in
+// crates/cuda/dev/gemv_sweep.cu (its third table), which includes this header.
 //
 // mma.sync m16n8k16 with W as the A operand (16 rows of W a tile) and x^T as B (8 rows of x
 // a tile; NT = 1 or 2 tiles: M <= 8 or <= 16). The dot product does not care in which order
@@ -14,13 +15,15 @@
 //
 // Thread mapping: a block owns 16 rows of W (grid = ceil(N / 16)); its KW warps split the K
 // steps into contiguous ranges, U steps of loads in flight per lane; the KW partial tiles are
-// summed through shared memory in a fixed order (deterministic) and warp 0 stores.
-// Preconditions: K % 32 == 0, x rows and w 16-byte aligned (ldx % 8 == 0), M <= 8 * NT.
+// summed through shared memory in a fixed order (deterministic: graph replays are
+// bit-identical to eager) and warp 0 stores, with `accumulate` y + sum rounded once.
+// Preconditions (backend.rs `gemv_tc_shape`): K % 32 == 0, x rows and w 16-byte aligned
+// (ldx % 8 == 0), W [N, K] contiguous rows, 1 <= M <= 8 * NT, N >= 1.
 #pragma once
 
-#include "../kernels/common.cuh"
+#include "common.cuh"
 
-namespace tc_gemv {
+namespace gemv_tc {
 
 template <typename T, typename O, int NT, int KW, int U>
 __device__ __forceinline__ void tc_gemv_impl(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y,
@@ -98,4 +101,4 @@ __device__ __forceinline__ void tc_gemv_impl(const T* __restrict__ x, const T* _
     }
 }
 
-}  // namespace tc_gemv
+}  // namespace gemv_tc
