@@ -342,17 +342,10 @@ impl Cuda {
             (DType::F16, DType::F32) => 1,
             (dt, _) => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
         };
-        let args = [
-            Arg::Ptr(at(x)),
-            Arg::Ptr(at(w)),
-            Arg::Ptr(at(dst)),
-            Arg::U32(g.m as u32),
-            Arg::U32(u32_of(OP, "rows of W", g.n)?),
-            Arg::U32(u32_of(OP, "inner dim", g.k)?),
-            Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
-            Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
-            Arg::U32(accumulate as u32),
-        ];
+        if g.n == 0 {
+            return Ok(());
+        }
+        let args = g.args(at(x), at(w), at(dst), accumulate)?;
         let kernel = &self.dev.kernels().gemv_tc[row][(g.m > GEMV_TC_TILE_ROWS) as usize];
         let grid = u32_of(OP, "gemv_tc blocks", g.n.div_ceil(GEMV_TC_TILE_ROWS * 2))?;
         self.launch(kernel, (grid, 1, 1), GEMV_TC_WARPS * 32, &args, None)
@@ -362,20 +355,8 @@ impl Cuda {
     fn launch_gemv(&self, c: GemvCall<'_>) -> Result<()> {
         const OP: &str = "matmul";
         let g = c.g;
-        let args = [
-            Arg::Ptr(c.x),
-            Arg::Ptr(c.w),
-            Arg::Ptr(c.y),
-            Arg::U32(g.m as u32),
-            Arg::U32(u32_of(OP, "rows of W", g.n)?),
-            Arg::U32(u32_of(OP, "inner dim", g.k)?),
-            Arg::U32(u32_of(OP, "lhs row stride", g.ldx)?),
-            Arg::U32(u32_of(OP, "dst row stride", g.ldy)?),
-            Arg::U32(c.accumulate as u32),
-            Arg::Ptr(c.norm),
-            Arg::F32(c.eps),
-            Arg::Ptr(c.up),
-        ];
+        let [a0, a1, a2, a3, a4, a5, a6, a7, a8] = g.args(c.x, c.w, c.y, c.accumulate)?;
+        let args = [a0, a1, a2, a3, a4, a5, a6, a7, a8, Arg::Ptr(c.norm), Arg::F32(c.eps), Arg::Ptr(c.up)];
         let grid = u32_of(OP, "gemv blocks", g.n.div_ceil(GEMV_WARPS * c.rows_per_warp))?;
         self.launch(c.kernel, (grid, 1, 1), GEMV_WARPS as u32 * 32, &args, None)
     }
@@ -684,47 +665,61 @@ struct GemvShape {
     ldy: usize,
 }
 
+impl GemvShape {
+    /// The parameters gemv.cu's and gemv_tc.cu's entries share: x, w, y, M, N, K, ldx, ldy,
+    /// accumulate.
+    fn args(&self, x: u64, w: u64, y: u64, accumulate: bool) -> Result<[Arg; 9]> {
+        const OP: &str = "matmul";
+        Ok([
+            Arg::Ptr(x),
+            Arg::Ptr(w),
+            Arg::Ptr(y),
+            Arg::U32(self.m as u32),
+            Arg::U32(u32_of(OP, "rows of W", self.n)?),
+            Arg::U32(u32_of(OP, "inner dim", self.k)?),
+            Arg::U32(u32_of(OP, "lhs row stride", self.ldx)?),
+            Arg::U32(u32_of(OP, "dst row stride", self.ldy)?),
+            Arg::U32(accumulate as u32),
+        ])
+    }
+}
+
 fn gemv_shape(d: &check::MatmulDims, lhs: &Tensor<Cuda>, rhs: &Tensor<Cuda>) -> Option<GemvShape> {
-    let es = lhs.dtype().size_in_bytes();
-    let vec = 16 / es;
-    let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
-    let ok = d.batch == 1
-        && (1..=GEMV_MAX_M_SAME_DTYPE).contains(&d.m)
-        && d.n < i32::MAX as usize
-        && d.k % vec == 0
-        && d.lhs.col_stride == 1
-        && (d.m == 1 || (d.lhs.row_stride * es) % 16 == 0)
-        && d.rhs.row_stride == 1
-        && d.rhs.col_stride == d.k
-        && d.dst.col_stride == 1
-        && aligned(lhs, d.lhs.offset)
-        && aligned(rhs, d.rhs.offset);
-    ok.then_some(GemvShape { m: d.m, n: d.n, k: d.k, ldx: d.lhs.row_stride, ldy: d.dst.row_stride })
+    skinny_shape(d, lhs, rhs, 1..=GEMV_MAX_M_SAME_DTYPE, 16 / lhs.dtype().size_in_bytes())
 }
 
 /// The decode-step shape gemv_tc.cu serves: the LM head, f32 logits `x [M, K] @ W^T` with
-/// 3 <= M <= 16 rows of bf16 or f16, `W [N, K]` contiguous rows, K a multiple of 32 (whole
-/// mma k steps), x rows and W 16-byte aligned, the output rows unit-stride. (Same-dtype
-/// projections of 3..16 rows measured faster on cuBLAS in the decode step: NOTES.md.)
+/// 3 <= M <= 16 rows of bf16 or f16, K a multiple of 32 (whole mma k steps), the layout of
+/// `gemv_shape`. (Same-dtype projections of 3..16 rows measured faster on cuBLAS in the
+/// decode step: crates/cuda/dev/NOTES.md.)
 fn gemv_tc_shape(
     d: &check::MatmulDims,
     lhs: &Tensor<Cuda>,
     rhs: &Tensor<Cuda>,
     dst: &Tensor<Cuda>,
 ) -> Option<GemvShape> {
-    let half = matches!(lhs.dtype(), DType::BF16 | DType::F16);
-    let out = dst.dtype() == DType::F32;
+    let logits = matches!(lhs.dtype(), DType::BF16 | DType::F16) && dst.dtype() == DType::F32;
+    logits.then(|| skinny_shape(d, lhs, rhs, GEMV_MAX_M_SAME_DTYPE + 1..=GEMV_TC_MAX_M, 32)).flatten()
+}
+
+/// `x [M, K] @ W^T` with M in `rows`, `W [N, K]` stored in contiguous rows (1 <= N < 2^31),
+/// K a multiple of `k_multiple` (at least a 16-byte vector), x rows and W 16-byte aligned,
+/// the output rows unit-stride: the preconditions of gemv.cu and gemv_tc.cu.
+fn skinny_shape(
+    d: &check::MatmulDims,
+    lhs: &Tensor<Cuda>,
+    rhs: &Tensor<Cuda>,
+    rows: std::ops::RangeInclusive<usize>,
+    k_multiple: usize,
+) -> Option<GemvShape> {
     let es = lhs.dtype().size_in_bytes();
     let aligned = |t: &Tensor<Cuda>, off: usize| (t.storage().ptr() as usize + off * es) % 16 == 0;
-    let ok = half
-        && out
-        && d.batch == 1
-        && (GEMV_MAX_M_SAME_DTYPE + 1..=GEMV_TC_MAX_M).contains(&d.m)
-        && d.n >= 1
+    let ok = d.batch == 1
+        && rows.contains(&d.m)
         && d.n < i32::MAX as usize
-        && d.k % 32 == 0
+        && d.k % k_multiple == 0
         && d.lhs.col_stride == 1
-        && (d.lhs.row_stride * es) % 16 == 0
+        && (d.m == 1 || (d.lhs.row_stride * es) % 16 == 0)
         && d.rhs.row_stride == 1
         && d.rhs.col_stride == d.k
         && d.dst.col_stride == 1
