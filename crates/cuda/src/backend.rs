@@ -52,7 +52,6 @@ const TC_DECODE_MAX_ROWS: usize = 64;
 /// Decode split-K: at most this many splits of a row's keys (see `decode_splits`; also
 /// attention_merge's ATTN_MERGE_MAX_SPLITS).
 const TC_DECODE_MAX_SPLITS: usize = 32;
-
 /// attention_plan runs as one block of this many threads.
 const ATTENTION_PLAN_THREADS: u32 = 1024;
 /// The attention workspace: split-K partials or the prefill plan, whichever a launch uses.
