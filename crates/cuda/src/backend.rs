@@ -579,7 +579,7 @@ struct AttnArgs {
 /// Most arguments of any kernel (attention has 17).
 const MAX_ARGS: usize = 32;
 
-/// One scalar kernel argument, stored by value so that its address can go to cuLaunchKernel.
+/// One scalar kernel argument, stored by value so that its address can go to cuLaunchKernelEx.
 #[derive(Clone, Copy)]
 pub(crate) enum Arg {
     /// A device pointer (`const T*` / `T*` in the kernel).
@@ -737,7 +737,7 @@ fn row_block(cols: usize) -> u32 {
     cols.div_ceil(4).next_power_of_two().clamp(32, 1024) as u32
 }
 
-fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::InvalidArgument { op, msg: format!("{what} {v} exceeds u32") })
 }
 

@@ -397,7 +397,11 @@ impl CudaDevice {
         Ok(Module { module: load_module_image(image)?, dev: self.clone() })
     }
 
-    /// Launch `f` on the device's stream.
+    /// Launch `f` on the device's stream. With PDL on (`set_pdl`), with the
+    /// programmatic-stream-serialization attribute: the kernel may start while the previous
+    /// one in the stream finishes; every entry of kernels/*.cu waits for it
+    /// (`griddepcontrol.wait`, common.cuh ENCORE_PDL_ENTRY) before touching memory. Without
+    /// it, a launch with no attributes (what cuLaunchKernel does).
     ///
     /// # Safety
     /// `params` holds one pointer per kernel argument, each pointing at a value of exactly
@@ -412,47 +416,6 @@ impl CudaDevice {
         params: &mut [*mut c_void],
     ) -> Result<(), CudaError> {
         self.bind()?;
-        if self.pdl() {
-            // SAFETY: as below; the config and its one attribute outlive the call.
-            unsafe { self.launch_pdl(f, grid, block, smem, params) }?;
-            self.0.counters.kernel();
-            return Ok(());
-        }
-        // SAFETY: the caller guarantees `params` matches the kernel signature (see above);
-        // the stream is ours and valid; `extra` is null as the driver allows.
-        drv("cuLaunchKernel", unsafe {
-            sys::cuLaunchKernel(
-                f.func,
-                grid.0,
-                grid.1,
-                grid.2,
-                block.0,
-                block.1,
-                block.2,
-                smem,
-                self.0.raw.stream,
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        })?;
-        self.0.counters.kernel();
-        Ok(())
-    }
-
-    /// `launch` with the programmatic-stream-serialization attribute: the kernel may start
-    /// while the previous one in the stream finishes; every entry of kernels/*.cu waits for
-    /// it (`griddepcontrol.wait`, common.cuh ENCORE_PDL_ENTRY) before touching memory.
-    ///
-    /// # Safety
-    /// As [`CudaDevice::launch`].
-    unsafe fn launch_pdl(
-        &self,
-        f: &Kernel,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        params: &mut [*mut c_void],
-    ) -> Result<(), CudaError> {
         // SAFETY: an all-zero attribute value is valid plain data; the field set below is the
         // one the attribute id names.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
@@ -468,13 +431,16 @@ impl CudaDevice {
             sharedMemBytes: smem,
             hStream: self.0.raw.stream,
             attrs: &mut attr,
-            numAttrs: 1,
+            numAttrs: self.pdl() as u32,
         };
-        // SAFETY: the caller guarantees `params` matches the kernel signature; `config` and
-        // `attr` live until the call returns (the driver copies them); `extra` is null.
+        // SAFETY: the caller guarantees `params` matches the kernel signature (see above);
+        // the stream is ours and valid; `config` and `attr` live until the call returns (the
+        // driver copies them); `extra` is null as the driver allows.
         drv("cuLaunchKernelEx", unsafe {
             sys::cuLaunchKernelEx(&config, f.func, params.as_mut_ptr(), std::ptr::null_mut())
-        })
+        })?;
+        self.0.counters.kernel();
+        Ok(())
     }
 
     // ---- programmatic dependent launch --------------------------------------------------

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use encore_tensor::check::{self, MatOperand, MatmulDims};
 use encore_tensor::{Backend, DType, Error, GluActivation, HostQTensor, QInput, QTensor, QuantType, Result, Tensor};
 
-use crate::backend::{at, check_norm_weight, Arg};
+use crate::backend::{at, check_norm_weight, u32_of, Arg};
 use crate::device::DeviceBuffer;
 use crate::kernels::{float_index, QGEMV_TIERS};
 use crate::Cuda;
@@ -90,10 +90,6 @@ fn scratch_floor(k: usize) -> usize {
 
 fn type_index(t: QuantType) -> usize {
     QuantType::ALL.iter().position(|&q| q == t).expect("ALL lists every type")
-}
-
-fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::InvalidArgument { op, msg: format!("{what} {v} exceeds u32") })
 }
 
 impl Cuda {
