@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// with and without it in one call to measure its effect.
     #[arg(long)]
     pdl: bool,
+    /// Fewest keys a split of the decode attention takes (a tuning knob: the default is the
+    /// measured choice). Short contexts run fewer splits, down to one with no merge.
+    #[arg(long, value_name = "KEYS", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    decode_min_chunk: Option<u32>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -141,8 +145,8 @@ fn check(a: &BenchArgs) -> Result<Checked> {
         if a.ops == 0 {
             bail!("--ops: must be at least 1");
         }
-        if a.pdl {
-            bail!("--pdl: `bench launch` measures the launch-metadata modes; --pdl is a flag of the model bench");
+        if a.pdl || a.decode_min_chunk.is_some() {
+            bail!("--pdl, --decode-min-chunk: `bench launch` measures the launch-metadata modes; they are flags of the model bench");
         }
         return Ok(Checked {
             dtype,
@@ -227,8 +231,8 @@ fn bench_cpu(a: &BenchArgs, dtype: encore_tensor::DType) -> Result<()> {
     if a.preset.is_some() {
         bail!("--preset: presets are random-weight CUDA shapes; on --device cpu give a model file with --model");
     }
-    if a.capture_all || a.modes.is_some() || a.pdl {
-        bail!("--device cpu runs eagerly: --modes, --capture-all and --pdl are CUDA flags");
+    if a.capture_all || a.modes.is_some() || a.pdl || a.decode_min_chunk.is_some() {
+        bail!("--device cpu runs eagerly: --modes, --capture-all, --pdl and --decode-min-chunk are CUDA flags");
     }
     if a.quantize.is_some() {
         bail!("--quantize: random blocks are a CUDA bench of presets; on --device cpu give a model file with --model");
@@ -260,6 +264,26 @@ fn bench_model(_: &BenchArgs, _: Checked) -> Result<()> {
     bail!("bench: this encore was built without CUDA; rebuild with `--features cuda`")
 }
 
+/// The report's model name, with the settings that change what ran.
+#[cfg(feature = "cuda")]
+fn bench_name(name: &str, quant: Option<encore_tensor::QuantType>, pdl: bool, min_chunk: Option<u32>) -> String {
+    let mut notes = Vec::new();
+    if let Some(q) = quant {
+        notes.push(format!("{q} random blocks"));
+    }
+    if pdl {
+        notes.push("pdl".to_string());
+    }
+    if let Some(k) = min_chunk {
+        notes.push(format!("decode min chunk {k}"));
+    }
+    if notes.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name} ({})", notes.join(", "))
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 fn bench_launch(a: &BenchArgs, c: Checked) -> Result<()> {
     bench_model(a, c)
@@ -276,11 +300,7 @@ fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
     let mut reports = Vec::new();
     for (name, model) in models {
         let cfg = BenchConfig {
-            name: match (quant, a.pdl) {
-                (Some(q), _) => format!("{name} ({q} random blocks{})", if a.pdl { ", pdl" } else { "" }),
-                (None, true) => format!("{name} (pdl)"),
-                (None, false) => name,
-            },
+            name: bench_name(&name, quant, a.pdl, a.decode_min_chunk),
             model,
             batches: batches.clone(),
             ctx: a.ctx,
@@ -295,6 +315,7 @@ fn bench_model(a: &BenchArgs, c: Checked) -> Result<()> {
             weights: weights.clone(),
             quant,
             pdl: a.pdl,
+            decode_min_chunk: a.decode_min_chunk,
         };
         let r = run_bench(&cfg)?;
         println!("{}", r.to_table());

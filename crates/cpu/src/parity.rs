@@ -12,6 +12,7 @@
 //! A failing case panics with the op, layouts and dtype in the message.
 
 mod attention;
+mod decode_attention;
 mod elementwise;
 mod index;
 mod inputs;
@@ -22,6 +23,7 @@ mod rows;
 mod sample;
 
 pub use attention::{attention_cases, reference as attention_reference, Paging};
+pub use decode_attention::decode_attention_cases;
 pub use elementwise::{binary_cases, copy_cases, gelu_mul_cases, memory_cases, silu_mul_cases, unary_cases};
 pub use index::{embedding_cases, kv_write_cases};
 pub use inputs::{input, output, Input, Output, View};
@@ -51,6 +53,7 @@ pub fn run_all<B: Backend>(b: &B) {
     kv_write_cases(b);
     rope_kv_write_cases(b);
     attention_cases(b);
+    decode_attention_cases(b);
     unary_cases(b);
     binary_cases(b);
     silu_mul_cases(b);

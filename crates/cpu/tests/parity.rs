@@ -78,6 +78,11 @@ fn attention() {
 }
 
 #[test]
+fn decode_attention() {
+    parity::decode_attention_cases(&Cpu);
+}
+
+#[test]
 fn sample() {
     parity::sample_cases(&Cpu);
 }

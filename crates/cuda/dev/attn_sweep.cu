@@ -57,8 +57,10 @@ __global__ void __launch_bounds__(128)
     dec_var(const bf16* q, const bf16* k, const bf16* v, const int32_t* bt, const int32_t* rs, const int32_t* pos,
             bf16* dst, float* ws_ml, float* ws_acc, int32_t* counters, uint32_t h, uint32_t hkv, uint32_t d,
             uint32_t mb, uint32_t bs, float scale, uint32_t window) {
+    // q contiguous [T, H, D], no fused prologue, chunks of at least one tile (64 keys)
+    const attention_tc::NewKv<bf16> none{};
     attention_tc::decode_impl<bf16, DMAX, STAGES>(q, k, v, bt, rs, pos, dst, ws_ml, ws_acc, counters, h, hkv, d, mb, bs,
-                                                  scale, window);
+                                                  scale, window, h * d, 1, none);
 }
 template <int DMAX, int STAGES, int MINB>
 __global__ void __launch_bounds__(128, MINB)

@@ -50,16 +50,16 @@ typedef __nv_bfloat16 bf16;
 template <typename O, int MT, int R, int U>
 __global__ void __launch_bounds__(gemv_cu::WARPS * 32)
     gemv_var(const bf16* x, const bf16* w, O* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,
-                   uint32_t ldy, uint32_t acc, const bf16*, float, const bf16*) {
+                   uint32_t ldy, uint32_t acc, const bf16*, float, const bf16*, uint32_t ksplit) {
     gemv_cu::gemv_impl<bf16, O, MT, R, U, false, gemv_cu::ACT_NONE>(x, w, y, M, N, K, ldx, ldy, acc, nullptr, 0.f,
-                                                                    nullptr);
+                                                                    nullptr, ksplit);
 }
 
-// every gemv.cu entry: (x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu)
+// every gemv.cu entry: (x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu, ksplit)
 typedef void (*KernBf16)(const bf16*, const bf16*, bf16*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t,
-                         const bf16*, float, const bf16*);
+                         const bf16*, float, const bf16*, uint32_t);
 typedef void (*KernF32)(const bf16*, const bf16*, float*, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t,
-                        const bf16*, float, const bf16*);
+                        const bf16*, float, const bf16*, uint32_t);
 
 struct Variant {
     const char* name;
@@ -278,13 +278,13 @@ static bool fused_table(bool quick, double copy_gbs) {
                 rms_norm_bf16<<<m, rn_block, 0, g_stream>>>(x, nw, xn, s.k, s.k, s.k, eps);
                 bf16* out = gated ? gu : y;
                 plain<<<grid_plain, gemv_cu::WARPS * 32, 0, g_stream>>>(xn, wi, out, m, s.n, s.k, s.k, s.n, 0, nullptr,
-                                                                        0.f, nullptr);
+                                                                        0.f, nullptr, 1u);
                 if (gated) silu_mul_bf16<<<(m * n_out + 255) / 256, 256, 0, g_stream>>>(gu, gu + n_out, y, meta);
             };
             auto fused_launch = [&](int i) {
                 const bf16* wi = w + (size_t)(i % copies) * wn;
                 fused<<<grid_fused, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, y, m, n_out, s.k, s.k, n_out, 0, nw, eps,
-                                                                        gated ? wi + (size_t)n_out * s.k : nullptr);
+                                                                        gated ? wi + (size_t)n_out * s.k : nullptr, 1u);
             };
             // the fused output (copy 0) on 32 sampled columns against the f64 reference
             fused_launch(0);
@@ -389,10 +389,10 @@ static bool tc_table(bool quick, double copy_gbs) {
                     const bf16* wi = w + (size_t)(i % copies) * wn;
                     if (s.f32_out)
                         VARIANTS[0].kf[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(
-                            x, wi, (float*)y, m, s.n, s.k, s.k, s.n, 0, nullptr, 0.f, nullptr);
+                            x, wi, (float*)y, m, s.n, s.k, s.k, s.n, 0, nullptr, 0.f, nullptr, 1u);
                     else
                         VARIANTS[0].k[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(
-                            x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n, 0, nullptr, 0.f, nullptr);
+                            x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n, 0, nullptr, 0.f, nullptr, 1u);
                 };
                 const double worst = check([&] { launch(0); });
                 report("gemv.cu", time_graph(launch), worst);
@@ -473,10 +473,10 @@ int main(int argc, char** argv) {
                     const bf16* wi = w + (size_t)(i % copies) * wn;
                     if (s.f32_out)
                         v.kf[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, (float*)y, m, s.n, s.k, s.k, s.n,
-                                                                               acc, nullptr, 0.f, nullptr);
+                                                                               acc, nullptr, 0.f, nullptr, 1u);
                     else
                         v.k[tier]<<<grid, gemv_cu::WARPS * 32, 0, g_stream>>>(x, wi, (bf16*)y, m, s.n, s.k, s.k, s.n,
-                                                                              acc, nullptr, 0.f, nullptr);
+                                                                              acc, nullptr, 0.f, nullptr, 1u);
                 };
                 // check (copy 0)
                 CK(cudaMemsetAsync(y, 0, (size_t)8 * s.n * es, g_stream));

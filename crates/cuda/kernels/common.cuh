@@ -9,6 +9,7 @@
 // - Conversions: every kernel computes in f32; load_f32/store_f32 convert from/to
 //   float, __nv_bfloat16 and __half (round to nearest even).
 // - Block and warp reductions used by the row kernels.
+// - Shared formulas: rms_inv (RMSNorm's scale), rope_pair (one rotated RoPE pair).
 // - ENCORE_PDL_ENTRY, the first statement of every entry point.
 #pragma once
 
@@ -137,6 +138,37 @@ __device__ __forceinline__ void store_f32(T* p, float x) { *p = from_f32<T>(x); 
 template <typename T>
 __device__ __forceinline__ float round_to(float x) {
     return to_f32(from_f32<T>(x));
+}
+
+// ---- shared formulas ---------------------------------------------------------------------
+
+// 1 / rms of a row of n elements whose squares sum to ss (rms_norm.cu, gemv.cu's fused
+// norm and qmatmul.cu's norm quantizer: one formula, so the fused kernels give the bits of
+// the unfused rms_norm).
+__device__ __forceinline__ float rms_inv(float ss, uint32_t n, float eps) {
+    return 1.f / sqrtf(ss / static_cast<float>(n) + eps);
+}
+
+// The RoPE rotation of the pair (a, b) by the angle whose cosine and sine are c and s.
+__device__ __forceinline__ void rope_rotate(float a, float b, float c, float s, float& o0, float& o1) {
+    o0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    o1 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+}
+
+// RoPE, rotate-half: the pair (x[i], x[i + D/2]) of a head at position p rotated by the f32
+// tables cos / sin [max_pos, half]; a padded row (p < 0) or a position off the table (a
+// caller bug) leaves the pair unchanged. Explicit roundings (no contraction choice left to
+// the compiler), so rope.cu and attention_decode.cu's fused prologue give the same bits.
+__device__ __forceinline__ void rope_pair(float a, float b, int32_t p, uint32_t i, uint32_t half, uint32_t max_pos,
+                                          const float* __restrict__ cos_table, const float* __restrict__ sin_table,
+                                          float& o0, float& o1) {
+    if (p < 0 || static_cast<uint32_t>(p) >= max_pos) {
+        o0 = a;
+        o1 = b;
+        return;
+    }
+    const size_t ti = static_cast<size_t>(p) * half + i;
+    rope_rotate(a, b, cos_table[ti], sin_table[ti], o0, o1);
 }
 
 // The gated-MLP activations, one definition for silu_mul.cu, gelu_mul.cu and the kernels

@@ -23,11 +23,16 @@
 //   (both [N, K]); a warp owns output columns n of both, and stores
 //   act(gate) * up with gate and up rounded to T first, as silu_mul.cu / gelu_mul.cu see
 //   them in the unfused gate_up output.
-// Thread mapping: a block is WARPS warps; each warp owns R consecutive rows n (of w, and of
-// wu with ACT) and all M rows of x. Its lanes stride over the 16-byte chunks of those rows, U chunks a row per step with
-// all R * U weight loads issued first (streaming loads, evict-first: W is read once), each
-// x chunk (L1-resident) reused for the R rows. One warp reduction per output; no shared
-// memory, no atomics (deterministic: graph replays are bit-identical to eager).
+// Thread mapping: a block is WARPS warps in groups of `ksplit` (1, 2 or 4: the launcher's
+// gemv_ksplit); each group owns R consecutive rows n (of w, and of wu with ACT) and all M
+// rows of x, and warp kp of a group takes the 16-byte chunks kp * 32 + lane + j * 32 ksplit
+// of those rows: U chunks a row per step with all R * U weight loads issued first (streaming
+// loads, evict-first: W is read once), each x chunk (L1-resident) reused for the R rows.
+// Splitting K puts more warps on a matrix of few rows (an o_proj or down projection of
+// 2048 rows: 2048 warps of 16 KB serial chains unsplit) and shortens each warp's chain of
+// dependent loads. One warp reduction per output and warp, then (ksplit > 1) the group's
+// first warp adds the others' sums from shared memory in warp order; no atomics
+// (deterministic: graph replays are bit-identical to eager).
 #include "common.cuh"
 
 namespace gemv_cu {
@@ -80,21 +85,21 @@ __device__ __forceinline__ float act_of(float g) {
 }
 
 // acc[m][r] += x[m, chunk] (* nw[chunk] with NORM) . w[r][chunk] for the U chunks
-// `c + 32 u` (u < UA) of this lane, over the RR weight rows `wr`; with NORM also
+// `c + cs u` (u < UA) of this lane, over the RR weight rows `wr`; with NORM also
 // ss[m] += x[m, chunk]^2 (the lane's share of the row's sum of squares).
 template <typename T, int MT, int RR, int UA, bool NORM>
 __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ldx, uint32_t M,
                                             const uint4* const (&wr)[RR], const T* __restrict__ nw, uint32_t c,
-                                            float (&acc)[MT][RR], float (&ss)[MT]) {
+                                            uint32_t cs, float (&acc)[MT][RR], float (&ss)[MT]) {
     constexpr int V = Vec16<T>::N;
     uint4 wv[UA][RR];
 #pragma unroll
     for (int u = 0; u < UA; ++u)
 #pragma unroll
-        for (int r = 0; r < RR; ++r) wv[u][r] = __ldcs(wr[r] + c + 32 * u);
+        for (int r = 0; r < RR; ++r) wv[u][r] = __ldcs(wr[r] + c + cs * u);
 #pragma unroll
     for (int u = 0; u < UA; ++u) {
-        const size_t col = static_cast<size_t>(c + 32 * u) * V;
+        const size_t col = static_cast<size_t>(c + cs * u) * V;
         float g[V];
         if constexpr (NORM) load16_f32(nw + col, g);
         float xv[MT][V];
@@ -130,12 +135,13 @@ template <typename T, typename O, int MT, int R, int U, bool NORM, int ACT>
 __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y,
                                           uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
                                           uint32_t accumulate, const T* __restrict__ nw, float eps,
-                                          const T* __restrict__ wu) {
+                                          const T* __restrict__ wu, uint32_t ksplit) {
     constexpr int V = Vec16<T>::N;
     constexpr int RR = ACT == ACT_NONE ? R : 2 * R;  // weight rows a warp streams
-    const uint32_t lane = threadIdx.x & 31;
-    const uint32_t n0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
-    if (n0 >= N) return;  // the whole warp: nothing below synchronises the block
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint32_t kp = warp % ksplit;  // this warp's share of K
+    const uint32_t n0 = (blockIdx.x * (WARPS / ksplit) + warp / ksplit) * R;
+    if (ksplit == 1 && n0 >= N) return;  // the whole warp: nothing below synchronises the block
     const uint32_t chunks = K / V;
     const uint4* wr[RR];
 #pragma unroll
@@ -151,28 +157,57 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 #pragma unroll
         for (int r = 0; r < RR; ++r) acc[m][r] = 0.f;
     }
-    uint32_t c = lane;
-    for (; c + 32 * (U - 1) < chunks; c += 32 * U) gemv_chunks<T, MT, RR, U, NORM>(x, ldx, M, wr, nw, c, acc, ss);
-    for (; c < chunks; c += 32) gemv_chunks<T, MT, RR, 1, NORM>(x, ldx, M, wr, nw, c, acc, ss);
-    // 1 / rms of each row (rms_norm.cu's formula): the lanes' chunks cover the row once
+    const uint32_t cs = 32 * ksplit;  // chunks between a lane's consecutive chunks
+    uint32_t c = 32 * kp + lane;
+    for (; c + cs * (U - 1) < chunks; c += cs * U) gemv_chunks<T, MT, RR, U, NORM>(x, ldx, M, wr, nw, c, cs, acc, ss);
+    for (; c < chunks; c += cs) gemv_chunks<T, MT, RR, 1, NORM>(x, ldx, M, wr, nw, c, cs, acc, ss);
+    // the warp's sums (every lane gets each), then the group's: warps kp = 0.. in order
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        if constexpr (NORM) ss[m] = warp_sum(ss[m]);
+#pragma unroll
+        for (int r = 0; r < RR; ++r) acc[m][r] = warp_sum(acc[m][r]);
+    }
+    if (ksplit > 1) {
+        __shared__ float part[WARPS][MT * (RR + 1)];
+        if (lane == 0) {
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+                part[warp][m * (RR + 1) + RR] = ss[m];
+#pragma unroll
+                for (int r = 0; r < RR; ++r) part[warp][m * (RR + 1) + r] = acc[m][r];
+            }
+        }
+        __syncthreads();
+        if (kp != 0 || n0 >= N) return;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            for (uint32_t j = 1; j < ksplit; ++j) {
+                if constexpr (NORM) ss[m] += part[warp + j][m * (RR + 1) + RR];
+#pragma unroll
+                for (int r = 0; r < RR; ++r) acc[m][r] += part[warp + j][m * (RR + 1) + r];
+            }
+        }
+    }
+    // 1 / rms of each row (rms_norm.cu's formula): the group's chunks cover the row once
     float inv[MT];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
         inv[m] = 1.f;
         if constexpr (NORM) {
-            if (m < static_cast<int>(M)) inv[m] = 1.f / sqrtf(warp_sum(ss[m]) / static_cast<float>(K) + eps);
+            if (m < static_cast<int>(M)) inv[m] = rms_inv(ss[m], K, eps);
         }
     }
-    // every lane gets every sum; output i = m * R + r is stored by lane i % 32
+    // output i = m * R + r is stored by lane i % 32
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
         if (m < static_cast<int>(M)) {
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                float s = warp_sum(acc[m][r]);
+                float s = acc[m][r];
                 if constexpr (NORM) s *= inv[m];
                 if constexpr (ACT != ACT_NONE) {
-                    float up = warp_sum(acc[m][R + r]);
+                    float up = acc[m][R + r];
                     if constexpr (NORM) up *= inv[m];
                     s = act_of<ACT>(round_to<T>(s)) * round_to<T>(up);
                 }
@@ -190,12 +225,15 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 
 // NAME, input T, output O, MT (max rows of x), R (rows of W a warp), U (chunks a row a step),
 // NORM, ACT (the fusions). One signature for every entry: nw, eps and wu are unused by the
-// entries without their fusion.
+// entries without their fusion; ksplit divides WARPS.
 #define GEMV_FUSED(NAME, T, O, MT, R, U, NORM, ACT)                                                          \
     extern "C" __global__ void __launch_bounds__(gemv_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
         const T* __restrict__ w, O* __restrict__ y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,       \
-        uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu) { ENCORE_PDL_ENTRY();  \
-        gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu);  \
+        uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu,    \
+        uint32_t ksplit) {                                                                                 \
+        ENCORE_PDL_ENTRY();                                                                                \
+        gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu,   \
+                                                      ksplit);                                             \
     }
 #define GEMV(NAME, T, O, MT, R, U) GEMV_FUSED(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE)
 

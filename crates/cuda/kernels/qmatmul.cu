@@ -75,7 +75,7 @@ __device__ __forceinline__ void qquant_x_impl(const T* __restrict__ x, uint32_t 
             const float t = to_f32(row[j]);
             ss = fmaf(t, t, ss);
         }
-        const float inv = 1.f / sqrtf(block_sum(ss, scratch) / static_cast<float>(K) + eps);
+        const float inv = rms_inv(block_sum(ss, scratch), K, eps);
         const uint32_t end = min(groups, (blockIdx.x + 1) * RMS_GROUPS);
         for (uint32_t gi = blockIdx.x * RMS_GROUPS + (threadIdx.x >> 5); gi < end; gi += blockDim.x >> 5) {
             const uint32_t k = gi * 32 + lane;

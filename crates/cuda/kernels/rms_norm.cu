@@ -23,7 +23,7 @@ __device__ __forceinline__ void rms_norm_impl(const T* x, const T* __restrict__ 
         ss += v * v;
     }
     ss = block_sum(ss, scratch);
-    const float inv = 1.f / sqrtf(ss / static_cast<float>(cols) + eps);
+    const float inv = rms_inv(ss, cols, eps);
 #pragma unroll 4
     for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) {
         store_f32(dr + c, load_f32(xr + c) * inv * load_f32(weight + c));

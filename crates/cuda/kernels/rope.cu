@@ -17,28 +17,13 @@
 // (kv_write.cu's rule: other slots write nothing). q, k, v are [T, H|Hkv, D] views with any
 // strides (3 per operand, passed as 12 u32 arguments: no launch metadata; e.g. narrowed out
 // of a fused qkv; the launcher checks every view fits 32-bit offsets), q_dst
-// likewise; caches contiguous [S, Hkv, D]. The rotation is rope_pair, shared with rope_impl,
-// so the cache holds exactly the bits of rope + kv_write. One thread per (t, head of
-// H + 2 Hkv, i < D/2): a pair of q, a pair of k, or two elements of v.
+// likewise; caches contiguous [S, Hkv, D]. The rotation is common.cuh's rope_pair, shared
+// with rope_impl and attention_decode.cu's fused prologue, so the cache holds exactly the
+// bits of rope + kv_write. One thread per (t, head of H + 2 Hkv, i < D/2): a pair of q, a
+// pair of k, or two elements of v.
 #include "common.cuh"
 
 namespace rope_cu {
-
-// The rotated pair (i, i + D/2), or the pair unchanged when p is padding or off the table.
-__device__ __forceinline__ void rope_pair(float a, float b, int32_t p, uint32_t i, uint32_t half, uint32_t max_pos,
-                                          const float* __restrict__ cos_table, const float* __restrict__ sin_table,
-                                          float& o0, float& o1) {
-    if (p < 0 || static_cast<uint32_t>(p) >= max_pos) {
-        o0 = a;
-        o1 = b;
-        return;
-    }
-    const size_t ti = static_cast<size_t>(p) * half + i;
-    const float c = cos_table[ti];
-    const float s = sin_table[ti];
-    o0 = a * c - b * s;
-    o1 = b * c + a * s;
-}
 
 template <typename T>
 __device__ __forceinline__ void rope_impl(const T* x, T* dst, const float* __restrict__ cos_table,

@@ -14,12 +14,13 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys;
-use encore_tensor::check::{self, AttentionDims, MatOperand, Rows};
+use encore_tensor::check::{self, MatOperand, Rows};
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, Error, FusedMatmul, GluActivation, HostQTensor, HostTensor, QInput,
-    QTensor, Result, StridedMeta, Tensor, UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, DecodeAttention, Error, FusedMatmul, GluActivation, HostQTensor,
+    HostTensor, QInput, QTensor, Result, StridedMeta, Tensor, UnaryOp,
 };
 
+use crate::attention::AttentionWorkspace;
 use crate::device::{CudaDevice, DeviceBuffer};
 use crate::error::drv;
 use crate::kernels::{binary_index, float_index, unary_index, Kernel, GEMV_TIERS};
@@ -27,67 +28,11 @@ use crate::CudaError;
 
 /// Threads per block of the elementwise kernels (grid-stride loops).
 const ELEMENTWISE_BLOCK: u32 = 256;
-/// attention.cu: ATTN_WARPS * 32 threads per block; head dims up to ATTN_MAX_D.
-const ATTENTION_BLOCK: u32 = 128;
-const ATTENTION_MAX_D: usize = 256;
-/// Most splits of one query's keys (attention.cu split-K; at most attention_merge's
-/// ATTN_MERGE_MAX_SPLITS), and the fewest keys worth a split.
-const ATTENTION_MAX_SPLITS: usize = 32;
-const ATTENTION_MIN_KEYS_PER_SPLIT: usize = 64;
-
-/// The tensor-core kernels (attention_decode.cu, attention_prefill.cu, attention_tc.cuh): 128
-/// threads, head-dim classes (DMAX), pipeline depths (`attention_tc::decode_stages` and
-/// `prefill_stages`: keep in sync), 64-key tiles, shared rows of D + 8 elements, and the
-/// query rows a CTA holds (16 decode, 64 prefill).
-const TC_THREADS: u32 = 128;
-const TC_DMAX: [usize; 3] = [64, 128, 256];
-const TC_DECODE_STAGES: [usize; 3] = [2, 2, 2];
-const TC_PREFILL_STAGES: [usize; 3] = [2, 2, 2];
-const TC_TILE_KEYS: usize = 64;
-const TC_DECODE_ROWS: usize = 16;
-const TC_PREFILL_ROWS: usize = 64;
-/// Steps of at most this many query rows take the decode kernel (one CTA per row, split-K);
-/// larger ones the plan + prefill kernels (one CTA per chunk of a sequence's rows).
-const TC_DECODE_MAX_ROWS: usize = 64;
-/// Decode split-K: at most this many splits of a row's keys (see `decode_splits`; also
-/// attention_merge's ATTN_MERGE_MAX_SPLITS).
-const TC_DECODE_MAX_SPLITS: usize = 32;
-/// attention_plan runs as one block of this many threads.
-const ATTENTION_PLAN_THREADS: u32 = 1024;
-/// The attention workspace: split-K partials or the prefill plan, whichever a launch uses.
-const ATTENTION_WS_BYTES: usize = 16 << 20;
-
-/// Dynamic shared memory of the tensor-core kernels for head dim `d` in class `c`.
-fn tc_decode_smem(c: usize, d: usize) -> usize {
-    (TC_DECODE_ROWS + TC_DECODE_STAGES[c] * 2 * TC_TILE_KEYS) * (d + 8) * 2
-}
-fn tc_prefill_smem(c: usize, d: usize) -> usize {
-    (TC_PREFILL_ROWS + TC_PREFILL_STAGES[c] * 2 * TC_TILE_KEYS) * (d + 8) * 2
-}
-
-/// Splits of each of `columns` decode CTA columns over a device holding `slots` CTAs at once.
-/// Fewer columns than slots: as many splits as still fit one wave (a wave need not be full
-/// to saturate memory, and every wave boundary costs a tail). More: the n that minimises
-/// waves(n) * (1 / n + 1 / 64), waves(n) = ceil(columns * n / slots): a grid just under a
-/// whole number of waves, not just over it, where each CTA also pays a fixed cost of about
-/// 1/64 of a column's work (its prologue, epilogue and share of the merge); the smallest n
-/// on ties. Measured in crates/cuda/dev/attn_sweep.cu (NOTES.md there).
-fn decode_splits(columns: usize, slots: usize) -> usize {
-    let slots = slots.max(1);
-    if columns < slots {
-        return (slots / columns.max(1)).clamp(1, TC_DECODE_MAX_SPLITS);
-    }
-    let waves = |n: usize| (columns * n).div_ceil(slots);
-    // waves(n) (64 + n) / n < waves(best) (64 + best) / best, in integers
-    let better = |n: usize, best: usize| waves(n) * (64 + n) * best < waves(best) * (64 + best) * n;
-    (1..=TC_DECODE_MAX_SPLITS).fold(1, |best, n| if better(n, best) { n } else { best })
-}
-
 /// The CUDA backend on one device. Cheap to clone (shares the device and the workspace).
 #[derive(Clone)]
 pub struct Cuda {
-    dev: CudaDevice,
-    attn: Arc<AttentionWorkspace>,
+    pub(crate) dev: CudaDevice,
+    pub(crate) attn: Arc<AttentionWorkspace>,
     /// The scratch of quantized matmuls (q8_1 activations, prefill chunks; qmatmul.rs),
     /// sized by `upload_quant`.
     pub(crate) quant: Arc<crate::qmatmul::QuantScratch>,
@@ -109,21 +54,6 @@ fn sample_splits(rows: usize, cols: usize) -> usize {
         return 1;
     }
     cols.div_ceil(SAMPLE_SPLIT_COLS).clamp(1, SAMPLE_MAX_SPLITS)
-}
-
-/// Scratch of attention, [`ATTENTION_WS_BYTES`]: either split-K partials, `[T*H, nsplit, 2]`
-/// (max, sum) then `[T*H, nsplit, D]` f32 (attention.cu and attention_decode.cu; the launchers
-/// lower nsplit until they fit), or the prefill plan, an i32 count then int2 items (at most T
-/// of them; steps with more rows than fit take attention.cu). One buffer per device is safe
-/// because every launch is ordered on the device's single stream.
-struct AttentionWorkspace {
-    buf: DeviceBuffer,
-    sm_count: usize,
-    /// Per D class: whether the decode / prefill kernel's shared memory fits this device.
-    tc_decode: [bool; 3],
-    tc_prefill: [bool; 3],
-    /// Per D class: decode CTAs the whole device holds at once (occupancy x SMs, at DMAX).
-    tc_decode_slots: [usize; 3],
 }
 
 impl Cuda {
@@ -150,62 +80,7 @@ impl Cuda {
             )
         })?;
         let sm_count = (sms.max(1)) as usize;
-        let mut optin = 0;
-        // SAFETY: as above.
-        drv("cuDeviceGetAttribute", unsafe {
-            sys::cuDeviceGetAttribute(
-                &mut optin,
-                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                cu_device,
-            )
-        })?;
-        // The tensor-core kernels need more than the default 48 KB of dynamic shared memory:
-        // raise each one's limit once, for the largest D of its class; a class whose need is
-        // over the device's opt-in limit stays on attention.cu.
-        let k = dev.kernels();
-        let mut tc_decode = [false; 3];
-        let mut tc_prefill = [false; 3];
-        let mut tc_decode_slots = [sm_count; 3];
-        for c in 0..TC_DMAX.len() {
-            let need = [tc_decode_smem(c, TC_DMAX[c]), tc_prefill_smem(c, TC_DMAX[c])];
-            for (kind, (ok, kernels)) in
-                [(&mut tc_decode[c], &k.attention_decode[c]), (&mut tc_prefill[c], &k.attention_prefill[c])]
-                    .into_iter()
-                    .enumerate()
-            {
-                if need[kind] > optin.max(0) as usize {
-                    continue;
-                }
-                for kernel in kernels {
-                    // SAFETY: a function handle of this device's loaded module; the attribute
-                    // takes a byte count within the device's opt-in limit (checked above).
-                    drv("cuFuncSetAttribute", unsafe {
-                        sys::cuFuncSetAttribute(
-                            kernel.func,
-                            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                            need[kind] as i32,
-                        )
-                    })?;
-                }
-                *ok = true;
-            }
-            if tc_decode[c] {
-                let mut per_sm = 0;
-                // SAFETY: valid out-pointer, a loaded function, its block size and a dynamic
-                // shared-memory size within the limit just set.
-                drv("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                    sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                        &mut per_sm,
-                        k.attention_decode[c][0].func,
-                        TC_THREADS as i32,
-                        need[0],
-                    )
-                })?;
-                tc_decode_slots[c] = sm_count * per_sm.max(1) as usize;
-            }
-        }
-        let buf = dev.alloc(ATTENTION_WS_BYTES.max(4 * sm_count * (ATTENTION_MAX_D + 2) * 4))?;
-        let ws = AttentionWorkspace { buf, sm_count, tc_decode, tc_prefill, tc_decode_slots };
+        let ws = AttentionWorkspace::new(&dev, cu_device, sm_count)?;
         let sample_scratch = Arc::new(dev.alloc_zeroed(SAMPLE_SCRATCH_ROWS * (8 + 4))?);
         Ok(Cuda { dev, attn: Arc::new(ws), quant: Arc::default(), sample_scratch })
     }
@@ -229,7 +104,7 @@ impl Cuda {
 
     /// [`Cuda::launch`] with `smem` bytes of dynamic shared memory (within the limit set for
     /// `kernel` in [`Cuda::from_device`]).
-    fn launch_smem(
+    pub(crate) fn launch_smem(
         &self,
         kernel: &Kernel,
         grid: (u32, u32, u32),
@@ -314,6 +189,7 @@ impl Cuda {
         self.launch_gemv(GemvCall {
             kernel: &self.dev.kernels().gemv[row][tier],
             rows_per_warp: GEMV_ROWS_PER_WARP[(row >= 3) as usize][tier],
+            elem_bytes: lhs.dtype().size_in_bytes(),
             g,
             x: at(lhs),
             w: at(rhs),
@@ -355,8 +231,14 @@ impl Cuda {
         const OP: &str = "matmul";
         let g = c.g;
         let [a0, a1, a2, a3, a4, a5, a6, a7, a8] = g.args(c.x, c.w, c.y, c.accumulate)?;
-        let args = [a0, a1, a2, a3, a4, a5, a6, a7, a8, Arg::Ptr(c.norm), Arg::F32(c.eps), Arg::Ptr(c.up)];
-        let grid = u32_of(OP, "gemv blocks", g.n.div_ceil(GEMV_WARPS * c.rows_per_warp))?;
+        let warp_rows = g.n.div_ceil(c.rows_per_warp);
+        let chunks = g.k * c.elem_bytes / 16;
+        // the fused kernels measured slower split (ncu, BENCHMARKS.md session 6): one warp a row
+        let plain = c.norm == 0 && c.up == 0;
+        let ksplit = if plain { gemv_ksplit(warp_rows, chunks, self.attn.sm_count * GEMV_WARPS_PER_SM) } else { 1 };
+        let ks = Arg::U32(ksplit as u32);
+        let args = [a0, a1, a2, a3, a4, a5, a6, a7, a8, Arg::Ptr(c.norm), Arg::F32(c.eps), Arg::Ptr(c.up), ks];
+        let grid = u32_of(OP, "gemv blocks", warp_rows.div_ceil(GEMV_WARPS / ksplit))?;
         self.launch(c.kernel, (grid, 1, 1), GEMV_WARPS as u32 * 32, &args, None)
     }
 
@@ -398,6 +280,7 @@ impl Cuda {
             self.launch_gemv(GemvCall {
                 kernel: &self.dev.kernels().gemv_fused[fusion][float_ix(OP, x.dtype())?][g.m - 1],
                 rows_per_warp: GEMV_ROWS_PER_WARP[0][g.m - 1],
+                elem_bytes: x.dtype().size_in_bytes(),
                 g,
                 x: at(x),
                 w: at(op.w_t),
@@ -426,154 +309,6 @@ impl Cuda {
         }
         Ok(())
     }
-
-    /// The D class of the tensor-core kernels, when they serve this call: bf16 / f16, D a
-    /// multiple of 16 (whole k-steps and 16-byte rows), every operand 16-byte aligned
-    /// (cp.async and the packed stores), at most 65535 CTA rows of KV heads.
-    fn tensor_core_class(&self, a: &AttnArgs) -> Option<usize> {
-        let d = a.dims.d;
-        let ok = matches!(a.dtype, DType::BF16 | DType::F16)
-            && d % 16 == 0
-            && (a.q | a.k | a.v | a.dst) % 16 == 0
-            && a.dims.hkv * (a.dims.h / a.dims.hkv).div_ceil(TC_DECODE_ROWS) <= u16::MAX as usize;
-        ok.then(|| TC_DMAX.iter().position(|&m| d <= m)).flatten()
-    }
-
-    /// The kernel arguments shared by attention.cu and the tensor-core kernels after their
-    /// first seven pointers and two of their own: heads .. window.
-    fn attention_tail(&self, a: &AttnArgs) -> Result<[Arg; 7]> {
-        const OP: &str = "attention";
-        Ok([
-            Arg::U32(u32_of(OP, "heads", a.dims.h)?),
-            Arg::U32(u32_of(OP, "kv heads", a.dims.hkv)?),
-            Arg::U32(a.dims.d as u32),
-            Arg::U32(u32_of(OP, "block-table columns", a.dims.mb)?),
-            Arg::U32(a.params.block_size),
-            Arg::F32(a.params.scale),
-            Arg::U32(a.params.sliding_window),
-        ])
-    }
-
-    fn attention_args(&self, a: &AttnArgs, ws0: u64, ws1: u64) -> Result<Vec<Arg>> {
-        let mut args = vec![a.q, a.k, a.v, a.tables, a.row_seq, a.positions, a.dst, ws0, ws1]
-            .into_iter()
-            .map(Arg::Ptr)
-            .collect::<Vec<_>>();
-        args.extend(self.attention_tail(a)?);
-        Ok(args)
-    }
-
-    /// attention_decode.cu: grid (nsplit, Hkv * ceil(G / 16), T), then attention_merge when
-    /// split (the kernel's own last-CTA merge, counters != 0, measured slower at small
-    /// batches: crates/cuda/dev/NOTES.md). nsplit comes from the device's CTA slots and the
-    /// grid's other dims, never from the context: one captured graph serves every position.
-    fn attention_decode(&self, c: usize, a: &AttnArgs) -> Result<()> {
-        let AttentionDims { t, h, hkv, d, .. } = a.dims;
-        let columns = t * hkv * (h / hkv).div_ceil(TC_DECODE_ROWS);
-        let mut splits = decode_splits(columns, self.attn.tc_decode_slots[c]);
-        while splits > 1 && t * h * splits * (d + 2) * 4 > self.attn.buf.bytes() {
-            splits -= 1;
-        }
-        let ws = self.attn.buf.ptr();
-        let ws_acc = ws + (t * h * splits * 2 * 4) as u64;
-        let k = self.dev.kernels();
-        let kernel = &k.attention_decode[c][(a.dtype == DType::F16) as usize];
-        let mut args = self.attention_args(a, ws, ws_acc)?;
-        args.insert(9, Arg::Ptr(0)); // counters: none, attention_merge finishes
-        let grid = (splits as u32, (columns / t) as u32, t as u32);
-        self.launch_smem(kernel, grid, TC_THREADS, tc_decode_smem(c, d), &args, None)?;
-        if splits > 1 {
-            let merge = &k.attention_merge[float_ix("attention", a.dtype)?];
-            let args = [Arg::Ptr(ws), Arg::Ptr(ws_acc), Arg::Ptr(a.dst), Arg::U32(d as u32), Arg::U32(splits as u32)];
-            self.launch(merge, (row_grid("attention", t * h)?, 1, 1), ATTENTION_BLOCK, &args, None)?;
-        }
-        Ok(())
-    }
-
-    /// attention_plan (one block) cuts the rows into items of at most TT tokens of one
-    /// sequence; attention_prefill.cu runs them on a grid bounded by shapes only:
-    /// min(T, ceil(T / TT) + R) x Hkv * ceil(G / 64) (its CTAs loop when a step has more
-    /// items than that, which only rows out of sequence order can cause).
-    fn attention_prefill(&self, c: usize, a: &AttnArgs) -> Result<()> {
-        const OP: &str = "attention";
-        let AttentionDims { t, h, hkv, d, r, .. } = a.dims;
-        let g = h / hkv;
-        let tt = (TC_PREFILL_ROWS / g).max(1);
-        let nhc = g.div_ceil(TC_PREFILL_ROWS);
-        let cap = t.min(t.div_ceil(tt) + r);
-        let count = self.attn.buf.ptr();
-        let items = count + 16;
-        let k = self.dev.kernels();
-        let rows = u32_of(OP, "query rows", t)?;
-        let plan = [
-            Arg::Ptr(a.row_seq),
-            Arg::Ptr(a.positions),
-            Arg::U32(rows),
-            Arg::U32(tt as u32),
-            Arg::Ptr(items),
-            Arg::Ptr(count),
-        ];
-        self.launch(&k.attention_plan, (1, 1, 1), ATTENTION_PLAN_THREADS, &plan, None)?;
-        let kernel = &k.attention_prefill[c][(a.dtype == DType::F16) as usize];
-        let args = self.attention_args(a, items, count)?;
-        let grid = (row_grid(OP, cap)?, (hkv * nhc) as u32, 1);
-        self.launch_smem(kernel, grid, TC_THREADS, tc_prefill_smem(c, d), &args, None)
-    }
-
-    /// attention.cu: every dtype, any D <= 256, any alignment; one CTA per (t, h) and split.
-    fn attention_cuda_cores(&self, a: &AttnArgs) -> Result<()> {
-        const OP: &str = "attention";
-        let AttentionDims { t, h, d, mb, block_size, .. } = a.dims;
-        let blocks = t * h;
-        let dx = float_ix(OP, a.dtype)?;
-        // 16-byte vector loads need whole vectors per head and 16-byte aligned rows.
-        let vec = 16 / a.dtype.size_in_bytes();
-        let vectorized = d % vec == 0 && (a.q | a.k | a.v | a.dst) % 16 == 0;
-        let k = self.dev.kernels();
-        let (kernel, chunks) = if vectorized { (&k.attention[dx], d / vec) } else { (&k.attention_scalar[dx], d) };
-        let lanes_per_key = chunks.next_power_of_two().min(32);
-        let splits = self.attention_splits(blocks, mb * block_size, d);
-        let ws = self.attn.buf.ptr();
-        let ws_acc = ws + (blocks * splits * 2 * 4) as u64;
-        let mut args = self.attention_args(a, ws, ws_acc)?;
-        args.push(Arg::U32(lanes_per_key as u32));
-        let grid = row_grid(OP, blocks)?;
-        self.launch(kernel, (grid, splits as u32, 1), ATTENTION_BLOCK, &args, None)?;
-        if splits > 1 {
-            let merge = &k.attention_merge[dx];
-            let args = [Arg::Ptr(ws), Arg::Ptr(ws_acc), Arg::Ptr(a.dst), Arg::U32(d as u32), Arg::U32(splits as u32)];
-            self.launch(merge, (grid, 1, 1), ATTENTION_BLOCK, &args, None)?;
-        }
-        Ok(())
-    }
-
-    /// Split count for attention over `blocks = T*H` queries and `slots` cache slots.
-    fn attention_splits(&self, blocks: usize, slots: usize, d: usize) -> usize {
-        let target = 2 * self.attn.sm_count;
-        if blocks == 0 || blocks >= target {
-            return 1;
-        }
-        let by_len = (slots / ATTENTION_MIN_KEYS_PER_SPLIT).max(1);
-        let mut n = target.div_ceil(blocks).min(ATTENTION_MAX_SPLITS).min(by_len);
-        while n > 1 && blocks * n * (d + 2) * 4 > self.attn.buf.bytes() {
-            n -= 1;
-        }
-        n
-    }
-}
-
-/// One attention call: the operands' first-element addresses and the checked dims.
-struct AttnArgs {
-    q: u64,
-    k: u64,
-    v: u64,
-    tables: u64,
-    row_seq: u64,
-    positions: u64,
-    dst: u64,
-    dtype: DType,
-    dims: AttentionDims,
-    params: AttentionParams,
 }
 
 /// Most arguments of any kernel (attention has 17).
@@ -628,6 +363,25 @@ fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
 /// the end of gemv.cu.
 const GEMV_WARPS: usize = 4;
 const GEMV_ROWS_PER_WARP: [[usize; 2]; 2] = [[1, 1], [2, 4]];
+/// gemv.cu's K split (`gemv_ksplit`): the grid's warps aimed at (a full occupancy of
+/// sm_90's 64 warps an SM), and the fewest 16-byte chunks a lane keeps (one step of loads in
+/// flight).
+const GEMV_WARPS_PER_SM: usize = 64;
+const GEMV_MIN_LANE_CHUNKS: usize = 4;
+
+/// Warps of a gemv.cu block that share its rows, each taking 1/ksplit of K (1, 2 or 4):
+/// doubled while the grid of `warp_rows` warp-rows has fewer than `target` warps and each
+/// lane would still stream [`GEMV_MIN_LANE_CHUNKS`] of the `chunks` 16-byte chunks of a row.
+/// A 2048-row down projection (K = 8192) thus runs 8192 warps of 4 KB instead of 2048 of
+/// 16 KB; the LM head and the wide gate_up keep one warp a row.
+fn gemv_ksplit(warp_rows: usize, chunks: usize, target: usize) -> usize {
+    let mut ks = 1;
+    while ks < GEMV_WARPS && warp_rows * ks < target && chunks >= 32 * 2 * ks * GEMV_MIN_LANE_CHUNKS {
+        ks *= 2;
+    }
+    ks
+}
+
 /// Rows of x up to which gemv.cu serves every projection (above, gemv.cu is FMA-bound from
 /// M = 4: crates/cuda/dev/NOTES.md; cuBLAS takes the projections, gemv_tc.cu the logits).
 const GEMV_MAX_M_SAME_DTYPE: usize = 2;
@@ -642,6 +396,8 @@ const GEMV_TC_MAX_M: usize = 16;
 struct GemvCall<'a> {
     kernel: &'a Kernel,
     rows_per_warp: usize,
+    /// Bytes of an element of x and W.
+    elem_bytes: usize,
     g: GemvShape,
     x: u64,
     w: u64,
@@ -742,14 +498,14 @@ pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 /// Rows as a grid: at most 2^31 - 1 blocks.
-fn row_grid(op: &'static str, rows: usize) -> Result<u32> {
+pub(crate) fn row_grid(op: &'static str, rows: usize) -> Result<u32> {
     if rows > i32::MAX as usize {
         return Err(Error::TooLarge { op, numel: rows });
     }
     Ok(rows as u32)
 }
 
-fn float_ix(op: &'static str, dtype: DType) -> Result<usize> {
+pub(crate) fn float_ix(op: &'static str, dtype: DType) -> Result<usize> {
     float_index(dtype).ok_or(Error::UnsupportedDType { op, dtype })
 }
 
@@ -1102,39 +858,11 @@ impl Backend for Cuda {
         params: AttentionParams,
         dst: &Tensor<Cuda>,
     ) -> Result<()> {
-        const OP: &str = "attention";
-        let dims = check::attention(q, k_cache, v_cache, block_tables, row_seq, positions, params.block_size, dst)?;
-        if dims.d > ATTENTION_MAX_D {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("head dim {} is over the kernel's limit of {ATTENTION_MAX_D}", dims.d),
-            });
-        }
-        self.in_bounds(OP, &[q, k_cache, v_cache, block_tables, row_seq, positions, dst])?;
-        if dims.t * dims.h == 0 || dims.d == 0 {
-            return Ok(());
-        }
-        let a = AttnArgs {
-            q: at(q),
-            k: at(k_cache),
-            v: at(v_cache),
-            tables: at(block_tables),
-            row_seq: at(row_seq),
-            positions: at(positions),
-            dst: at(dst),
-            dtype: q.dtype(),
-            dims,
-            params,
-        };
-        if let Some(c) = self.tensor_core_class(&a) {
-            if dims.t <= TC_DECODE_MAX_ROWS && self.attn.tc_decode[c] {
-                return self.attention_decode(c, &a);
-            }
-            if self.attn.tc_prefill[c] && 16 + dims.t * 8 <= self.attn.buf.bytes() {
-                return self.attention_prefill(c, &a);
-            }
-        }
-        self.attention_cuda_cores(&a)
+        self.attention_op(q, k_cache, v_cache, block_tables, row_seq, positions, params, dst)
+    }
+
+    fn decode_attention(&self, a: &DecodeAttention<'_, Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
+        self.decode_attention_op(a, dst)
     }
 
     fn sample(
@@ -1204,15 +932,18 @@ mod tests {
     }
 
     #[test]
-    fn decode_splits_fill_whole_waves() {
-        // H200: 132 SMs x 5 CTAs (D = 64) or x 3 (D = 128); columns = T * Hkv
-        assert_eq!(decode_splits(512, 660), 1, "batch 64 fits one wave");
-        assert_eq!(decode_splits(512, 396), 3, "1.3 waves -> 3.9 waves");
-        assert_eq!(decode_splits(64, 660), 10, "batch 8: one full wave");
-        assert_eq!(decode_splits(8, 660), TC_DECODE_MAX_SPLITS, "batch 1: capped");
-        for columns in 1..2000 {
-            let n = decode_splits(columns, 396);
-            assert!((1..=TC_DECODE_MAX_SPLITS).contains(&n), "{columns}: {n}");
+    fn gemv_splits_k_of_few_long_rows_only() {
+        let t = 132 * GEMV_WARPS_PER_SM; // H200
+        assert_eq!(gemv_ksplit(2048, 8192 / 8, t), 4, "1B down: 2048 rows of 1024 chunks");
+        assert_eq!(gemv_ksplit(2048, 2048 / 8, t), 2, "1B o_proj: 4 chunks a lane at most");
+        assert_eq!(gemv_ksplit(128_256 / 2, 2048 / 8, t), 1, "LM head: rows enough");
+        assert_eq!(gemv_ksplit(2048, 64, t), 1, "short rows");
+        for rows in [1, 7, 100, 5000, 20_000] {
+            for chunks in [8, 256, 1792, 4096] {
+                let ks = gemv_ksplit(rows, chunks, t);
+                assert!([1, 2, 4].contains(&ks) && GEMV_WARPS % ks == 0, "{rows} x {chunks}: {ks}");
+                assert!(ks == 1 || chunks >= 32 * ks * GEMV_MIN_LANE_CHUNKS, "{rows} x {chunks}: {ks}");
+            }
         }
     }
 

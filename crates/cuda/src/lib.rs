@@ -15,6 +15,8 @@ mod alloc;
 mod kernel_sources;
 
 #[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
 mod backend;
 #[cfg(feature = "cuda")]
 pub mod bench_launch;
@@ -35,6 +37,8 @@ pub use param_cache::{ArenaUpload, CacheGuard, CacheStats, ParamCache, PinScope,
 
 #[cfg(feature = "cuda")]
 pub use alloc::{size_class, PoolStats};
+#[cfg(feature = "cuda")]
+pub use attention::DECODE_MIN_CHUNK;
 #[cfg(feature = "cuda")]
 pub use backend::Cuda;
 #[cfg(feature = "cuda")]

@@ -75,6 +75,9 @@ pub struct BenchConfig {
     pub quant: Option<encore_tensor::QuantType>,
     /// Launch with programmatic dependent launch (`CudaDevice::set_pdl`).
     pub pdl: bool,
+    /// The decode attention's fewest keys a split (`Cuda::set_decode_min_chunk`); None: the
+    /// default.
+    pub decode_min_chunk: Option<u32>,
 }
 
 /// Capture of every decode bucket up to the largest batch, as at engine start.
@@ -163,6 +166,9 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchReport, EngineError> {
     let b = Cuda::new(cfg.ordinal).map_err(|e| EngineError::Device(format!("cuda:{}", cfg.ordinal), e.to_string()))?;
     let dev = b.device().clone();
     dev.set_pdl(cfg.pdl).map_err(|e| EngineError::Device(format!("cuda:{}", cfg.ordinal), format!("--pdl: {e}")))?;
+    if let Some(keys) = cfg.decode_min_chunk {
+        b.set_decode_min_chunk(keys);
+    }
     let copy_bw = copy_bandwidth(&b)?;
     let max_batch = *cfg.batches.iter().max().ok_or_else(|| EngineError::Config("--batch: no batch sizes".into()))?;
     if cfg.pos + 1 > cfg.ctx {

@@ -81,14 +81,18 @@ impl GraphDecoder {
         let max_tokens = mixed_max_tokens.min(runner.cfg.max_num_batched_tokens);
         let logits = runner.cfg.max_num_seqs;
         for tokens in token_buckets(max_tokens) {
-            let s = StepShape { tokens, logits };
+            let s = StepShape::mixed(tokens, logits);
             if !shapes.contains(&s) {
                 shapes.push(s);
             }
         }
         let me = Self::capture_shapes(runner, &shapes, mode, fail)?;
-        let mut mixed: Vec<usize> =
-            me.graphs.iter().filter(|g| g.shape.logits == logits).map(|g| g.shape.tokens).collect();
+        let mut mixed: Vec<usize> = me
+            .graphs
+            .iter()
+            .filter(|g| g.shape == StepShape::mixed(g.shape.tokens, logits))
+            .map(|g| g.shape.tokens)
+            .collect();
         mixed.sort_unstable();
         mixed.retain(|&t| t <= max_tokens);
         runner.mixed_buckets = mixed;
@@ -150,7 +154,7 @@ impl GraphDecoder {
         pad.pad_to(shape.tokens, shape.logits);
         runner.inputs.upload(&runner.backend, &pad)?;
         let ModelRunner { backend, model, cache, state, inputs, .. } = &*runner;
-        let step = || model.forward(backend, state, inputs, cache, shape.tokens, shape.logits);
+        let step = || model.forward(backend, state, inputs, cache, shape.tokens, shape.logits, shape.kind);
         step()?; // warm-up: fills the ParamCache in cached mode
         let dev = backend.device();
         let graph = capture(dev, || {
@@ -234,7 +238,7 @@ impl StepRunner<Cuda> for GraphDecoder {
             (false, false) => self.stats.mixed += 1,
         }
         if !replayed {
-            runner.forward(plan.tokens, plan.logits)?;
+            runner.forward(plan.tokens, plan.logits, plan.kind())?;
         }
         Ok(replayed)
     }

@@ -6,7 +6,7 @@
 
 use crate::buckets::{batch_buckets, bucket_for};
 use crate::EngineError;
-use encore_models::{HostInputs, InputDims, KvCache, Llama, LogitRow, RunState, StepInputs, TokenRow};
+use encore_models::{HostInputs, InputDims, KvCache, Llama, LogitRow, RunState, StepInputs, StepKind, TokenRow};
 use encore_tensor::{Backend, HostTensor, SampleParams};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -73,11 +73,18 @@ pub struct SeqChunk<'a> {
 pub struct StepShape {
     pub tokens: usize,
     pub logits: usize,
+    /// Decode shapes run the fused decode attention; a mixed shape of the same size is a
+    /// different graph.
+    pub kind: StepKind,
 }
 
 impl StepShape {
     pub fn decode(bucket: usize) -> Self {
-        StepShape { tokens: bucket, logits: bucket }
+        StepShape { tokens: bucket, logits: bucket, kind: StepKind::Decode }
+    }
+
+    pub fn mixed(tokens: usize, logits: usize) -> Self {
+        StepShape { tokens, logits, kind: StepKind::Mixed }
     }
 }
 
@@ -94,6 +101,16 @@ pub struct StepPlan {
     pub decode: bool,
 }
 
+impl StepPlan {
+    pub fn kind(&self) -> StepKind {
+        if self.decode {
+            StepKind::Decode
+        } else {
+            StepKind::Mixed
+        }
+    }
+}
+
 /// How a step whose inputs are uploaded runs: eagerly, or by replaying a captured graph.
 pub trait StepRunner<B: Backend> {
     /// Run the step `plan` describes. Returns true when a graph ran it.
@@ -105,7 +122,7 @@ pub struct Eager;
 
 impl<B: Backend> StepRunner<B> for Eager {
     fn run(&mut self, runner: &ModelRunner<B>, plan: StepPlan) -> Result<bool, EngineError> {
-        runner.forward(plan.tokens, plan.logits)?;
+        runner.forward(plan.tokens, plan.logits, plan.kind())?;
         Ok(false)
     }
 }
@@ -171,7 +188,7 @@ impl<B: Backend> ModelRunner<B> {
             Some(b) => return Err(EngineError::Config(format!("{} rows cannot run in bucket {b}", chunks.len()))),
             None if decode => bucket_for(chunks.len(), &self.buckets).map(StepShape::decode),
             None => bucket_for(host.tokens.len(), &self.mixed_buckets)
-                .map(|tokens| StepShape { tokens, logits: self.cfg.max_num_seqs }),
+                .map(|tokens| StepShape::mixed(tokens, self.cfg.max_num_seqs)),
         };
         if let Some(s) = shape {
             host.pad_to(s.tokens, s.logits);
@@ -205,10 +222,10 @@ impl<B: Backend> ModelRunner<B> {
         exec.run(self, plan)
     }
 
-    /// The forward pass over the uploaded inputs.
-    pub fn forward(&self, t: usize, n_logits: usize) -> Result<(), EngineError> {
+    /// The forward pass over the uploaded inputs, which are `kind`'s rows.
+    pub fn forward(&self, t: usize, n_logits: usize, kind: StepKind) -> Result<(), EngineError> {
         let r = self;
-        r.model.forward(&r.backend, &r.state, &r.inputs, &r.cache, t, n_logits)?;
+        r.model.forward(&r.backend, &r.state, &r.inputs, &r.cache, t, n_logits, kind)?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use encore_models::gguf::{GgufFile, GgufWeights};
 use encore_models::golden::{golden_dir, GreedyGolden, IdsGolden, LogitsGolden};
 use encore_models::hub::{default_model_path, gemma3_270m_path, open_model};
 use encore_models::weights::validate_weights;
-use encore_models::{HostInputs, InputDims, Llama, LogitRow, StepInputs, TokenRow};
+use encore_models::{HostInputs, InputDims, Llama, LogitRow, StepInputs, StepKind, TokenRow};
 use encore_tensor::{Backend, DType};
 
 /// Max |ours - HF| over the row, against a bound scaled by the row's magnitude.
@@ -42,7 +42,7 @@ fn tiny_models_match_transformers_logits() {
             host.logits.push(LogitRow::greedy(p as i32));
         }
         inputs.upload(&b, &host).unwrap();
-        model.forward(&b, &state, &inputs, &cache, t, t).unwrap();
+        model.forward(&b, &state, &inputs, &cache, t, t, StepKind::Mixed).unwrap();
         let got = b.download(&state.logits).unwrap().to_f32();
         let want = g.prefill_logits.to_f32();
         for r in 0..t {
@@ -56,7 +56,7 @@ fn tiny_models_match_transformers_logits() {
                 block_tables: vec![table.clone()],
             };
             inputs.upload(&b, &host).unwrap();
-            model.forward(&b, &state, &inputs, &cache, 1, 1).unwrap();
+            model.forward(&b, &state, &inputs, &cache, 1, 1, StepKind::Decode).unwrap();
             let got = b.download(&state.logits.narrow(0, 0, 1).unwrap()).unwrap().to_f32();
             check_row(&format!("{why} decode step {k}"), &got, &want[k * v..(k + 1) * v]);
         }

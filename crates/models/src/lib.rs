@@ -30,4 +30,4 @@ pub use error::ModelError;
 pub use kv_cache::KvCache;
 pub use linear::{Embedding, Linear, LoadOptions};
 pub use llama::{Llama, RunState};
-pub use step_inputs::{HostInputs, InputDims, LogitRow, StepInputs, TokenRow};
+pub use step_inputs::{HostInputs, InputDims, LogitRow, StepInputs, StepKind, TokenRow};

@@ -17,12 +17,13 @@ use crate::config::{ArchFlags, ModelConfig};
 use crate::kv_cache::KvCache;
 use crate::linear::{concat_rows, fuse, Embedding, HostWeight, Linear, LoadOptions};
 use crate::mlp::{GatedMlp, MlpScratch};
-use crate::step_inputs::StepInputs;
+use crate::step_inputs::{StepInputs, StepKind};
 use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, HostTensor, QuantType, Result as TResult, Tensor, UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, DecodeAttention, HostTensor, QuantType, Result as TResult, Tensor,
+    UnaryOp,
 };
 
 struct Layer<B: Backend> {
@@ -407,11 +408,12 @@ impl<B: Backend> Llama<B> {
         KvCache::<B>::bytes_per_token(self.cfg.num_hidden_layers, hkv, d, self.dtype)
     }
 
-    /// One forward pass over the first `t` token rows of `inp`. Logits are computed for the
-    /// token rows named by the first `n_logits` logit rows into the first rows of
-    /// `st.logits`, and the next token of each into `st.next`, chosen by each row's own
-    /// sampling settings (greedy or sampled with its uniform). Allocates nothing. Runs in
-    /// the backend's [`Backend::scoped`] context.
+    /// One forward pass over the first `t` token rows of `inp`, which are `kind`'s rows.
+    /// Logits are computed for the token rows named by the first `n_logits` logit rows into
+    /// the first rows of `st.logits`, and the next token of each into `st.next`, chosen by
+    /// each row's own sampling settings (greedy or sampled with its uniform). Allocates
+    /// nothing. Runs in the backend's [`Backend::scoped`] context.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         b: &B,
@@ -420,10 +422,12 @@ impl<B: Backend> Llama<B> {
         cache: &KvCache<B>,
         t: usize,
         n_logits: usize,
+        kind: StepKind,
     ) -> TResult<()> {
-        b.scoped(|| self.forward_in_place(b, st, inp, cache, t, n_logits))
+        b.scoped(|| self.forward_in_place(b, st, inp, cache, t, n_logits, kind))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward_in_place(
         &self,
         b: &B,
@@ -432,16 +436,25 @@ impl<B: Backend> Llama<B> {
         cache: &KvCache<B>,
         t: usize,
         n_logits: usize,
+        kind: StepKind,
     ) -> TResult<()> {
         let (_, h, hkv, d, _) = dims(&self.cfg);
-        let scale = self.cfg.attention_scale();
         let rows = |x: &Tensor<B>| x.narrow(0, 0, t);
         let (x, xn) = (rows(&st.x)?, rows(&st.xn)?);
         let (qkv, q, k, attn) = (rows(&st.qkv)?, rows(&st.q)?, rows(&st.k)?, rows(&st.attn)?);
         let (gate_up, act) = (rows(&st.gate_up)?, rows(&st.act)?);
-        let positions = inp.positions(t)?;
-        let (row_seq, slots, tables) = (inp.row_seq(t)?, inp.slot_mapping(t)?, inp.block_tables()?);
         let eps = self.cfg.rms_norm_eps;
+        let step = AttnStep {
+            positions: inp.positions(t)?,
+            row_seq: inp.row_seq(t)?,
+            slots: inp.slot_mapping(t)?,
+            tables: inp.block_tables()?,
+            heads: (h, hkv, d),
+            scale: self.cfg.attention_scale(),
+            block_size: cache.block_size as u32,
+            eps,
+            kind,
+        };
 
         // embed (Gemma: times sqrt(C), rounded to the compute dtype as transformers does)
         self.embed.forward(b, &inp.ids(t)?, &x)?;
@@ -455,27 +468,7 @@ impl<B: Backend> Llama<B> {
             if let Some(bias) = &layer.qkv_bias {
                 b.binary(BinaryOp::Add, &qkv, bias, &qkv)?;
             }
-            let q_raw = qkv.narrow(1, 0, h * d)?.reshape(&[t, h, d])?;
-            let k_raw = qkv.narrow(1, h * d, hkv * d)?.reshape(&[t, hkv, d])?;
-            let v_raw = qkv.narrow(1, (h + hkv) * d, hkv * d)?.reshape(&[t, hkv, d])?;
-            let Rope { cos, sin } = &layer.rope;
-            match &layer.qk_norm {
-                // per-head RMSNorm before RoPE, in place in the contiguous q / k buffers
-                Some(norm) => {
-                    for (raw, dst, w) in [(&q_raw, &q, &norm.q), (&k_raw, &k, &norm.k)] {
-                        b.copy(raw, dst)?;
-                        b.rms_norm(dst, w, eps, dst)?;
-                        b.rope(dst, cos, sin, &positions, dst)?;
-                    }
-                    b.kv_write(&k, &v_raw, &cache.k[l], &cache.v[l], &slots)?;
-                }
-                // RoPE of q and k and the K/V write in one launch
-                None => {
-                    b.rope_kv_write(&q_raw, &k_raw, &v_raw, cos, sin, &positions, &slots, &q, &cache.k[l], &cache.v[l])?
-                }
-            }
-            let params = AttentionParams { scale, sliding_window: layer.window, block_size: cache.block_size as u32 };
-            b.attention(&q, &cache.k[l], &cache.v[l], &tables, &row_seq, &positions, params, &attn)?;
+            layer.attend(b, &step, &qkv, (&q, &k), (&cache.k[l], &cache.v[l]), &attn)?;
             let attn = attn.reshape(&[t, h * d])?;
             residual_add(b, layer.post_attn_norm.as_ref(), eps, &xn, &x, |dst, add| {
                 layer.o_proj.run(b, &attn, dst, add)
@@ -511,6 +504,81 @@ impl<B: Backend> Llama<B> {
         }
         let next = st.next.narrow(0, 0, n)?;
         b.sample(&logits, &inp.uniform(n)?, &inp.sampling(n)?, &next)
+    }
+}
+
+/// What every layer's attention reads of one step.
+struct AttnStep<B: Backend> {
+    positions: Tensor<B>, // [T] i32
+    row_seq: Tensor<B>,   // [T] i32
+    slots: Tensor<B>,     // [T] i32
+    tables: Tensor<B>,    // [R, MB] i32
+    /// (H, Hkv, D)
+    heads: (usize, usize, usize),
+    scale: f32,
+    block_size: u32,
+    eps: f32,
+    kind: StepKind,
+}
+
+impl<B: Backend> Layer<B> {
+    /// `attn = attention(rope(q), rope(k), v)` over the layer's cache `(k, v)`, the step's k
+    /// and v written into it first; q, k, v are the heads of `qkv` (`[T, (H + 2 Hkv) D]`),
+    /// `scratch` the contiguous q and k (`[T, H, D]`, `[T, Hkv, D]`) for the rotated ones.
+    fn attend(
+        &self,
+        b: &B,
+        st: &AttnStep<B>,
+        qkv: &Tensor<B>,
+        scratch: (&Tensor<B>, &Tensor<B>),
+        (kc, vc): (&Tensor<B>, &Tensor<B>),
+        attn: &Tensor<B>,
+    ) -> TResult<()> {
+        let (h, hkv, d) = st.heads;
+        let t = qkv.dims()[0];
+        let q_raw = qkv.narrow(1, 0, h * d)?.reshape(&[t, h, d])?;
+        let k_raw = qkv.narrow(1, h * d, hkv * d)?.reshape(&[t, hkv, d])?;
+        let v_raw = qkv.narrow(1, (h + hkv) * d, hkv * d)?.reshape(&[t, hkv, d])?;
+        let (q, k) = scratch;
+        let Rope { cos, sin } = &self.rope;
+        let params = AttentionParams { scale: st.scale, sliding_window: self.window, block_size: st.block_size };
+        let AttnStep { positions, row_seq, slots, tables, .. } = st;
+        match (&self.qk_norm, st.kind) {
+            // per-head RMSNorm before RoPE, in place in the contiguous q / k buffers
+            (Some(norm), _) => {
+                for (raw, dst, w) in [(&q_raw, q, &norm.q), (&k_raw, k, &norm.k)] {
+                    b.copy(raw, dst)?;
+                    b.rms_norm(dst, w, st.eps, dst)?;
+                    b.rope(dst, cos, sin, positions, dst)?;
+                }
+                b.kv_write(k, &v_raw, kc, vc, slots)?;
+                b.attention(q, kc, vc, tables, row_seq, positions, params, attn)
+            }
+            // RoPE of q and k, the K/V write and attention in one op (one launch on CUDA)
+            (None, StepKind::Decode) => {
+                let a = DecodeAttention {
+                    q: &q_raw,
+                    k: &k_raw,
+                    v: &v_raw,
+                    cos,
+                    sin,
+                    positions,
+                    slot_mapping: slots,
+                    q_rot: q,
+                    k_cache: kc,
+                    v_cache: vc,
+                    block_tables: tables,
+                    row_seq,
+                    params,
+                };
+                b.decode_attention(&a, attn)
+            }
+            // RoPE of q and k and the K/V write in one launch, then attention
+            (None, StepKind::Mixed) => {
+                b.rope_kv_write(&q_raw, &k_raw, &v_raw, cos, sin, positions, slots, q, kc, vc)?;
+                b.attention(q, kc, vc, tables, row_seq, positions, params, attn)
+            }
+        }
     }
 }
 
@@ -673,7 +741,7 @@ mod tests {
             host.logits.push(LogitRow::greedy(p as i32));
         }
         inputs.upload(&Cpu, &host).unwrap();
-        model.forward(&Cpu, &state, &inputs, &cache, t, t).unwrap();
+        model.forward(&Cpu, &state, &inputs, &cache, t, t, StepKind::Mixed).unwrap();
         Cpu.download(&state.logits).unwrap().to_f32()
     }
 

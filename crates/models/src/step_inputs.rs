@@ -19,6 +19,18 @@
 
 use encore_tensor::{Backend, DType, Error, HostTensor, Result, SampleParams, Tensor};
 
+/// What a step's token rows are, for the ops whose fastest form depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    /// Every real row is the one new token of a different sequence (a pure decode step), so
+    /// no row attends another row's new key: attention fuses RoPE and the KV write
+    /// ([`encore_tensor::Backend::decode_attention`]).
+    Decode,
+    /// Anything else (prefill chunks, mixed steps): rows of one sequence attend each other's
+    /// new keys, which are written before attention runs.
+    Mixed,
+}
+
 /// Capacities of a [`StepInputs`] buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InputDims {

@@ -13,7 +13,7 @@ use encore_models::gguf::{hf_name_for, GgufFile, GgufWeights};
 use encore_models::golden::{golden_dir, LogitsGolden};
 use encore_models::safetensors::SafetensorsWeights;
 use encore_models::weights::{validate_weights, WeightSource};
-use encore_models::{HostInputs, InputDims, Llama, LogitRow, StepInputs, TokenRow};
+use encore_models::{HostInputs, InputDims, Llama, LogitRow, StepInputs, StepKind, TokenRow};
 use encore_tensor::{Backend, DType};
 
 /// llama.cpp's name of an HF tensor name (the inverse of `hf_name_for`).
@@ -106,7 +106,7 @@ fn prefill_logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
         host.logits.push(LogitRow::greedy(p as i32));
     }
     inputs.upload(&Cpu, &host).unwrap();
-    model.forward(&Cpu, &state, &inputs, &cache, t, t).unwrap();
+    model.forward(&Cpu, &state, &inputs, &cache, t, t, StepKind::Mixed).unwrap();
     Cpu.download(&state.logits).unwrap().to_f32()
 }
 

@@ -130,6 +130,34 @@ pub struct AttentionParams {
     pub block_size: u32,
 }
 
+/// The operands of [`Backend::decode_attention`]: those of [`Backend::rope_kv_write`]
+/// (`q_rot` its `q_dst`), then of [`Backend::attention`] over the rotated q.
+pub struct DecodeAttention<'a, B: Backend> {
+    /// `[T, H, D]`, unrotated (may be a strided view of a fused qkv, as `k` and `v`).
+    pub q: &'a Tensor<B>,
+    /// `[T, Hkv, D]`, unrotated.
+    pub k: &'a Tensor<B>,
+    /// `[T, Hkv, D]`.
+    pub v: &'a Tensor<B>,
+    /// `[P, D/2]` f32.
+    pub cos: &'a Tensor<B>,
+    pub sin: &'a Tensor<B>,
+    /// `[T]` i32.
+    pub positions: &'a Tensor<B>,
+    /// `[T]` i32: where each row's k and v go (negative: nowhere).
+    pub slot_mapping: &'a Tensor<B>,
+    /// Scratch `[T, H, D]` for the rotated q; its contents afterwards are unspecified.
+    pub q_rot: &'a Tensor<B>,
+    /// `[N * bs, Hkv, D]`.
+    pub k_cache: &'a Tensor<B>,
+    pub v_cache: &'a Tensor<B>,
+    /// `[R, MB]` i32.
+    pub block_tables: &'a Tensor<B>,
+    /// `[T]` i32.
+    pub row_seq: &'a Tensor<B>,
+    pub params: AttentionParams,
+}
+
 /// Filters and temperature of one row of [`Backend::sample`]. The kept set of a row is every
 /// token whose probability `p = softmax(logits / temperature)` is at least the largest of:
 /// the k-th largest p (top-k), `min_p * max p` (min-p), and the smallest p of the highest-p
@@ -397,6 +425,16 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
         params: AttentionParams,
         dst: &Tensor<Self>,
     ) -> Result<()>;
+    /// The attention of a pure decode step in one op: [`Backend::rope_kv_write`] of
+    /// `a.q, a.k, a.v`, then [`Backend::attention`] of the rotated q into `dst` (`[T, H, D]`).
+    /// Only for steps in which no row attends another row's new key (every row a different
+    /// sequence, or padding) and each real row's slot is its position's slot in its block
+    /// table, which lets a backend fuse the two: the result is that of the two ops. The
+    /// default runs them in turn.
+    fn decode_attention(&self, a: &DecodeAttention<'_, Self>, dst: &Tensor<Self>) -> Result<()> {
+        self.rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
+        self.attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params, dst)
+    }
     /// Index of the largest value of each row over the last dim (first on ties), u32.
     fn argmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
     /// One token per row of f32 `logits: [R, V]`, each row with its own settings

@@ -68,7 +68,21 @@ parity!(argmax, parity::argmax_cases, false);
 parity!(sample, parity::sample_cases, false);
 parity!(matmul, parity::matmul_cases, false);
 parity!(attention, parity::attention_cases, false);
+parity!(decode_attention, parity::decode_attention_cases, false);
 parity!(qmatmul, parity::run_quant_cases, false);
+
+/// The fused decode attention at other fewest-keys-a-split settings than the default: one
+/// tile a split (the most splits, so the in-kernel merge of many), 64, and one split for
+/// every row of the cases (no merge).
+#[test]
+fn decode_attention_at_every_split_size() {
+    for keys in [1, 64, 4096] {
+        let b = cuda(LaunchParamMode::Inline);
+        b.set_decode_min_chunk(keys);
+        parity::decode_attention_cases(&b);
+        parity::attention_cases(&b);
+    }
+}
 
 #[test]
 fn name_names_the_device() {
@@ -400,10 +414,12 @@ fn fill_uniform_on_the_device_is_uniform_in_range_and_seeded() {
 fn decode_shaped_matmul_gemv_matches_cpu() {
     let mut rng = Rng::fresh("decode_shaped_matmul_gemv_matches_cpu");
     let gpu = cuda(LaunchParamMode::Inline);
-    let (n, k) = (301, 512);
+    let n = 301;
     let cases = DType::FLOATS.map(|d| (d, d)).into_iter().chain([(DType::BF16, DType::F32), (DType::F16, DType::F32)]);
-    for (dt, out) in cases {
-        for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17] {
+    // K = 2048 and 4096: gemv.cu splits K over 2 and 4 warps of a block (few rows, long rows)
+    for (dt, out, k) in cases.flat_map(|(d, o)| [(d, o, 512), (d, o, 2048), (d, o, 4096)]) {
+        let ms: &[usize] = if k == 512 { &[1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17] } else { &[1, 2, 3] };
+        for &m in ms {
             // x is a [m, k] view at offset 2k of a [m + 3, k + 16] buffer: row stride k + 16
             let xbuf = random(&mut rng, dt, &[m + 3, k + 16], -1.0, 1.0);
             let w = random(&mut rng, dt, &[n, k], -1.0, 1.0);
@@ -430,7 +446,7 @@ fn decode_shaped_matmul_gemv_matches_cpu() {
                 assert_eq!(ours, (m <= max_m) as u64, "{dt}->{out} m={m} add={accumulate}: ours for M <= {max_m}");
                 let got = gpu.download(&go).unwrap().to_f32();
                 let want: Vec<f64> = Cpu.download(&co).unwrap().to_f32().iter().map(|&v| v as f64).collect();
-                // sums of 512 products of values in [-1, 1): scale the per-dtype tolerance by sqrt(K)
+                // sums of K products of values in [-1, 1): scale the per-dtype tolerance by sqrt(K)
                 let (atol, rtol) = encore_tensor::testing::tolerance(out);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     let tol = atol * (k as f64).sqrt() * 4.0 + 2.0 * rtol * w.abs();
@@ -452,8 +468,9 @@ fn fused_norm_and_gated_projections_match_the_unfused_ops_on_cpu() {
     use encore_tensor::{FusedMatmul, GluActivation};
     let mut rng = Rng::fresh("fused_norm_and_gated_projections_match_the_unfused_ops_on_cpu");
     let gpu = cuda(LaunchParamMode::Inline);
-    let (n, k, eps) = (301, 512, 1e-5);
-    for dt in DType::FLOATS {
+    let (n, eps) = (301, 1e-5);
+    // K = 4096: the K split over a block's warps (gemv.cu), with the norm's sum of squares
+    for (dt, k) in DType::FLOATS.into_iter().flat_map(|d| [(d, 512), (d, 4096)]) {
         for m in [1, 2, 3] {
             for glu in [None, Some(GluActivation::Silu), Some(GluActivation::GeluTanh)] {
                 // x: [m, k] at row 2 of a [m + 3, k + 16] buffer; w: [n, k], or [2n, k] = [gate; up]
@@ -505,7 +522,7 @@ fn fused_norm_and_gated_projections_match_the_unfused_ops_on_cpu() {
                     }
                     let got = gpu.download(&go).unwrap().to_f32();
                     let want = Cpu.download(&co).unwrap().to_f32();
-                    // sums of 512 products of normed x (|x| <~ 3) and w in [-0.2, 0.2), and
+                    // sums of K products of normed x (|x| <~ 3) and w in [-0.2, 0.2), and
                     // products of two such sums with GLU
                     let (atol, rtol) = encore_tensor::testing::tolerance(dt);
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
