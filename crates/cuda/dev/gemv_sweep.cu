@@ -51,8 +51,9 @@ template <typename O, int MT, int R, int U>
 __global__ void __launch_bounds__(gemv_cu::WARPS * 32)
     gemv_var(const bf16* x, const bf16* w, O* y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,
                    uint32_t ldy, uint32_t acc, const bf16*, float, const bf16*, uint32_t ksplit) {
-    gemv_cu::gemv_impl<bf16, O, MT, R, U, false, gemv_cu::ACT_NONE>(x, w, y, M, N, K, ldx, ldy, acc, nullptr, 0.f,
-                                                                    nullptr, ksplit);
+    if (ksplit != 1) __trap();  // the variants are unsplit
+    gemv_cu::gemv_impl<bf16, O, MT, R, U, false, gemv_cu::ACT_NONE, 1>(x, w, y, M, N, K, ldx, ldy, acc, nullptr, 0.f,
+                                                                       nullptr);
 }
 
 // every gemv.cu entry: (x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu, ksplit)

@@ -131,11 +131,12 @@ __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ld
     }
 }
 
-template <typename T, typename O, int MT, int R, int U, bool NORM, int ACT>
+template <typename T, typename O, int MT, int R, int U, bool NORM, int ACT, int KS>
 __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __restrict__ w, O* __restrict__ y,
                                           uint32_t M, uint32_t N, uint32_t K, uint32_t ldx, uint32_t ldy,
                                           uint32_t accumulate, const T* __restrict__ nw, float eps,
-                                          const T* __restrict__ wu, uint32_t ksplit) {
+                                          const T* __restrict__ wu) {
+    constexpr uint32_t ksplit = KS;  // a compile-time stride: the unsplit loop is the plain one
     constexpr int V = Vec16<T>::N;
     constexpr int RR = ACT == ACT_NONE ? R : 2 * R;  // weight rows a warp streams
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -225,15 +226,21 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 
 // NAME, input T, output O, MT (max rows of x), R (rows of W a warp), U (chunks a row a step),
 // NORM, ACT (the fusions). One signature for every entry: nw, eps and wu are unused by the
-// entries without their fusion; ksplit divides WARPS.
+// entries without their fusion; ksplit is 1, 2 or 4 (each a compile-time instantiation: a
+// runtime stride made the unsplit loop of the Llama-3.1-8B projections slower).
 #define GEMV_FUSED(NAME, T, O, MT, R, U, NORM, ACT)                                                          \
     extern "C" __global__ void __launch_bounds__(gemv_cu::WARPS * 32) NAME(const T* __restrict__ x,          \
         const T* __restrict__ w, O* __restrict__ y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,       \
         uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu,    \
         uint32_t ksplit) {                                                                                 \
         ENCORE_PDL_ENTRY();                                                                                \
-        gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu,   \
-                                                      ksplit);                                             \
+        if (ksplit == 4) {                                                                                 \
+            gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT, 4>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu); \
+        } else if (ksplit == 2) {                                                                          \
+            gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT, 2>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu); \
+        } else {                                                                                           \
+            gemv_cu::gemv_impl<T, O, MT, R, U, NORM, ACT, 1>(x, w, y, M, N, K, ldx, ldy, accumulate, nw, eps, wu); \
+        }                                                                                                  \
     }
 #define GEMV(NAME, T, O, MT, R, U) GEMV_FUSED(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE)
 

@@ -1,6 +1,6 @@
-//! Launchers of the attention kernels for [`Cuda`]: [`Backend::attention`] (attention.cu on
+//! Launchers of the attention kernels for [`Cuda`]: `Backend::attention` (attention.cu on
 //! CUDA cores, attention_decode.cu and attention_prefill.cu on tensor cores) and the fused
-//! decode form [`Backend::decode_attention`] (rope + KV write + attention in one launch),
+//! decode form `Backend::decode_attention` (rope + KV write + attention in one launch),
 //! with the device's attention workspace (split-K partials, the prefill plan) allocated once, in [`Cuda::from_device`].
 //!
 //! Kernel choice, from shapes only (so every launch can be captured): bf16 / f16 with D a
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use cudarc::driver::sys;
 use encore_tensor::check::{self, AttentionDims};
-use encore_tensor::{AttentionParams, Backend, DType, DecodeAttention, Error, Result, Tensor};
+use encore_tensor::{AttentionParams, DType, DecodeAttention, Error, Result, Tensor};
 
 use crate::backend::{at, float_ix, row_grid, u32_of, Arg};
 use crate::device::{CudaDevice, DeviceBuffer};
@@ -300,34 +300,13 @@ impl Cuda {
         self.attention_cuda_cores(&a)
     }
 
-    /// [`Backend::decode_attention`]: one attention_decode.cu launch with the rope + KV-write
+    /// `Backend::decode_attention`: one attention_decode.cu launch with the rope + KV-write
     /// prologue when the tensor-core decode kernel serves the step, D <= [`FUSED_DECODE_MAX_D`]
     /// and q, k, v have adjacent heads (the decoder's views of its fused qkv); otherwise
     /// rope_kv_write then attention.
     pub(crate) fn decode_attention_op(&self, a: &DecodeAttention<'_, Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         const OP: &str = "decode_attention";
-        let (_, _, _, _, num_slots) = check::rope_kv_write(
-            a.q,
-            a.k,
-            a.v,
-            a.cos,
-            a.sin,
-            a.positions,
-            a.slot_mapping,
-            a.q_rot,
-            a.k_cache,
-            a.v_cache,
-        )?;
-        let dims = check::attention(
-            a.q_rot,
-            a.k_cache,
-            a.v_cache,
-            a.block_tables,
-            a.row_seq,
-            a.positions,
-            a.params.block_size,
-            dst,
-        )?;
+        let (dims, num_slots) = check::decode_attention(a, dst)?;
         let all = [a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache];
         self.in_bounds(OP, &all)?;
         self.in_bounds(OP, &[a.block_tables, a.row_seq, dst])?;
@@ -338,28 +317,7 @@ impl Cuda {
             .tensor_core_class(&args)
             .filter(|&c| dims.t <= TC_DECODE_MAX_ROWS && self.attn.tc_decode[c] && dims.d <= FUSED_DECODE_MAX_D);
         let (Some(c), (Some(q_row), Some(k_row), Some(v_row))) = (class, rows) else {
-            self.rope_kv_write(
-                a.q,
-                a.k,
-                a.v,
-                a.cos,
-                a.sin,
-                a.positions,
-                a.slot_mapping,
-                a.q_rot,
-                a.k_cache,
-                a.v_cache,
-            )?;
-            return self.attention(
-                a.q_rot,
-                a.k_cache,
-                a.v_cache,
-                a.block_tables,
-                a.row_seq,
-                a.positions,
-                a.params,
-                dst,
-            );
+            return a.unfused(self, dst);
         };
         if dims.t * dims.h == 0 {
             return Ok(());
@@ -425,7 +383,7 @@ impl Cuda {
     /// write empty partials). The kernel's own last-CTA merge (counters) measured slower than
     /// the merge kernel in the decode step, 2.3 us a layer at Llama-3.1-8B batch 1
     /// (BENCHMARKS.md, session 6), so the launcher passes no counters. `new_kv`: the fused
-    /// rope + KV-write prologue ([`Backend::decode_attention`]), and q's row stride.
+    /// rope + KV-write prologue (`Backend::decode_attention`), and q's row stride.
     fn attention_decode(&self, c: usize, a: &AttnArgs, new_kv: Option<&NewKvArgs>) -> Result<()> {
         const OP: &str = "attention";
         let AttentionDims { t, h, hkv, d, .. } = a.dims;

@@ -158,6 +158,16 @@ pub struct DecodeAttention<'a, B: Backend> {
     pub params: AttentionParams,
 }
 
+impl<B: Backend> DecodeAttention<'_, B> {
+    /// The two ops this one stands for, in turn: [`Backend::rope_kv_write`], then
+    /// [`Backend::attention`] of the rotated q into `dst`.
+    pub fn unfused(&self, b: &B, dst: &Tensor<B>) -> Result<()> {
+        let a = self;
+        b.rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
+        b.attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params, dst)
+    }
+}
+
 /// Filters and temperature of one row of [`Backend::sample`]. The kept set of a row is every
 /// token whose probability `p = softmax(logits / temperature)` is at least the largest of:
 /// the k-th largest p (top-k), `min_p * max p` (min-p), and the smallest p of the highest-p
@@ -432,8 +442,7 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
     /// table, which lets a backend fuse the two: the result is that of the two ops. The
     /// default runs them in turn.
     fn decode_attention(&self, a: &DecodeAttention<'_, Self>, dst: &Tensor<Self>) -> Result<()> {
-        self.rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
-        self.attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params, dst)
+        a.unfused(self, dst)
     }
     /// Index of the largest value of each row over the last dim (first on ties), u32.
     fn argmax(&self, x: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;

@@ -377,6 +377,19 @@ pub fn attention<B: Backend>(
     Ok(AttentionDims { t, h, hkv, d, s, r, mb, block_size: bs })
 }
 
+/// [`crate::Backend::decode_attention`]'s operands: those of `rope_kv_write` and of
+/// `attention` over the rotated q. Returns the attention dims and the cache slots.
+pub fn decode_attention<B: Backend>(
+    a: &crate::DecodeAttention<'_, B>,
+    dst: &Tensor<B>,
+) -> Result<(AttentionDims, usize)> {
+    let (.., slots) =
+        rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
+    let dims =
+        attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params.block_size, dst)?;
+    Ok((dims, slots))
+}
+
 pub fn argmax<B: Backend>(x: &Tensor<B>, dst: &Tensor<B>) -> Result<Rows> {
     const OP: &str = "argmax";
     float(OP, x)?;
