@@ -307,9 +307,11 @@ impl Cuda {
     pub(crate) fn decode_attention_op(&self, a: &DecodeAttention<'_, Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         const OP: &str = "decode_attention";
         let (dims, num_slots) = check::decode_attention(a, dst)?;
-        let all = [a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache];
-        self.in_bounds(OP, &all)?;
-        self.in_bounds(OP, &[a.block_tables, a.row_seq, dst])?;
+        let (q, k, v, cos, sin, positions, slots) = (a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping);
+        self.in_bounds(
+            OP,
+            &[q, k, v, cos, sin, positions, slots, a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, dst],
+        )?;
         let mut args =
             AttnArgs::new(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, dst, dims, a.params);
         let rows = (head_rows(a.q), head_rows(a.k), head_rows(a.v));

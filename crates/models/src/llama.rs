@@ -554,8 +554,7 @@ impl<B: Backend> Layer<B> {
                 b.kv_write(k, &v_raw, kc, vc, slots)?;
                 b.attention(q, kc, vc, tables, row_seq, positions, params, attn)
             }
-            // RoPE of q and k, the K/V write and attention in one op (one launch on CUDA)
-            (None, StepKind::Decode) => {
+            (None, kind) => {
                 let a = DecodeAttention {
                     q: &q_raw,
                     k: &k_raw,
@@ -571,12 +570,12 @@ impl<B: Backend> Layer<B> {
                     row_seq,
                     params,
                 };
-                b.decode_attention(&a, attn)
-            }
-            // RoPE of q and k and the K/V write in one launch, then attention
-            (None, StepKind::Mixed) => {
-                b.rope_kv_write(&q_raw, &k_raw, &v_raw, cos, sin, positions, slots, q, kc, vc)?;
-                b.attention(q, kc, vc, tables, row_seq, positions, params, attn)
+                match kind {
+                    // RoPE of q and k, the K/V write and attention in one op (one launch on CUDA)
+                    StepKind::Decode => b.decode_attention(&a, attn),
+                    // RoPE of q and k and the K/V write in one launch, then attention
+                    StepKind::Mixed => a.unfused(b, attn),
+                }
             }
         }
     }
