@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(128)
             uint32_t mb, uint32_t bs, float scale, uint32_t window) {
     // q contiguous [T, H, D], no fused prologue, chunks of at least one tile (64 keys)
     const attention_tc::NewKv<bf16> none{};
-    attention_tc::decode_impl<bf16, DMAX, STAGES>(q, k, v, bt, rs, pos, dst, ws_ml, ws_acc, counters, h, hkv, d, mb, bs,
+    attention_tc::decode_impl<bf16, DMAX, STAGES, false>(q, k, v, bt, rs, pos, dst, ws_ml, ws_acc, counters, h, hkv, d, mb, bs,
                                                   scale, window, h * d, 1, none);
 }
 template <int DMAX, int STAGES, int MINB>

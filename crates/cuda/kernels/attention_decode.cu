@@ -3,7 +3,7 @@
 // Backend::attention): query t at position pos attends keys max(0, pos - window + 1)..=pos
 // of sequence row_seq[t] through its block table; padded rows (pos < 0) give zeros.
 //
-// Fused decode prologue (Backend::decode_attention; `nk.k != nullptr`): q is the unrotated
+// Fused decode prologue (Backend::decode_attention; the `rope` entries): q is the unrotated
 // q of a fused qkv, and the launch also does rope_kv_write's work, so a decode layer's
 // attention is one launch. Each CTA rotates its q rows in shared memory once they land; the
 // row's new key (position pos) is rotated once per CTA that needs it: the first head chunk
@@ -44,7 +44,8 @@
 // Shared memory (dynamic): Q [16][D + 8], then STAGES x {K, V} [64][D + 8] elements; a
 // launch with less traps (the launcher's tc_decode_smem must match decode_stages).
 //
-// Entry points: attention_decode_d<DMAX>_<dtype>, DMAX in {64, 128, 256}.
+// Entry points: attention_decode_d<DMAX>_<dtype>, DMAX in {64, 128, 256}, and the fused
+// prologue's attention_decode_rope_d<DMAX>_<dtype>, DMAX in {64, 128}.
 #include "attention_tc.cuh"
 
 namespace attention_tc {
@@ -110,7 +111,7 @@ struct NewKv {
     uint32_t k_row, v_row, max_pos, num_slots;
 };
 
-template <typename T, int DMAX, int STAGES>
+template <typename T, int DMAX, int STAGES, bool FUSED>
 __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __restrict__ k_cache,
                                             const T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,
                                             const int32_t* __restrict__ row_seq,
@@ -148,7 +149,7 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
     // The fused prologue's new key: attended by the split that holds pos (then pos is its
     // last key, send - 1), stored by that split's first head chunk (split 0's when pos is
     // outside the range: a padded row, or a caller's position past the table).
-    const bool fused = nk.k != nullptr;
+    const bool fused = FUSED;  // a compile-time branch: the plain entries carry none of it
     const bool attends_new = fused && pos >= sbeg && pos < send;
     const int store_split = pos >= kbeg && pos < kend ? (pos - kbeg) / chunk : 0;
     const bool stores_new = fused && g0 == 0 && split == store_split;
@@ -294,7 +295,10 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
 
 }  // namespace attention_tc
 
-#define ATTENTION_DECODE(NAME, T, DMAX)                                                                        \
+// NAME, T, DMAX, FUSED: the plain entries (attention_decode_d<DMAX>_<dtype>, the NewKv
+// arguments unused) and the fused-prologue ones (attention_decode_rope_d<DMAX>_<dtype>),
+// separate functions so that the plain kernel's registers are not the fused code's.
+#define ATTENTION_DECODE(NAME, T, DMAX, FUSED)                                                                 \
     extern "C" __global__ void __launch_bounds__(attention_tc::THREADS)                                        \
         NAME(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,            \
              const int32_t* __restrict__ block_tables, const int32_t* __restrict__ row_seq,                     \
@@ -305,18 +309,24 @@ __device__ __forceinline__ void decode_impl(const T* __restrict__ q, const T* __
              const float* cos_table, const float* sin_table, const int32_t* slots, uint32_t k_row,               \
              uint32_t v_row, uint32_t max_pos, uint32_t num_slots) {                                             \
         ENCORE_PDL_ENTRY();                                                                                    \
+        if (FUSED && k_new == nullptr) __trap();                                                               \
         const attention_tc::NewKv<T> nk{k_new, v_new, k_store, v_store, cos_table, sin_table,                 \
                                         slots, k_row, v_row, max_pos, num_slots};                             \
-        attention_tc::decode_impl<T, DMAX, attention_tc::decode_stages(DMAX)>(                                  \
+        attention_tc::decode_impl<T, DMAX, attention_tc::decode_stages(DMAX), FUSED>(                           \
             q, k_cache, v_cache, block_tables, row_seq, positions, dst, ws_ml, ws_acc, counters, heads, heads_kv, \
             head_dim, max_blocks, block_size, scale, window, q_row, min_chunk, nk);                             \
     }
 
-ATTENTION_DECODE(attention_decode_d64_bf16, __nv_bfloat16, 64)
-ATTENTION_DECODE(attention_decode_d64_f16, __half, 64)
-ATTENTION_DECODE(attention_decode_d128_bf16, __nv_bfloat16, 128)
-ATTENTION_DECODE(attention_decode_d128_f16, __half, 128)
-ATTENTION_DECODE(attention_decode_d256_bf16, __nv_bfloat16, 256)
-ATTENTION_DECODE(attention_decode_d256_f16, __half, 256)
+ATTENTION_DECODE(attention_decode_d64_bf16, __nv_bfloat16, 64, false)
+ATTENTION_DECODE(attention_decode_d64_f16, __half, 64, false)
+ATTENTION_DECODE(attention_decode_d128_bf16, __nv_bfloat16, 128, false)
+ATTENTION_DECODE(attention_decode_d128_f16, __half, 128, false)
+ATTENTION_DECODE(attention_decode_d256_bf16, __nv_bfloat16, 256, false)
+ATTENTION_DECODE(attention_decode_d256_f16, __half, 256, false)
+// The fused prologue (attention.rs FUSED_DECODE_MAX_D): D classes 64 and 128.
+ATTENTION_DECODE(attention_decode_rope_d64_bf16, __nv_bfloat16, 64, true)
+ATTENTION_DECODE(attention_decode_rope_d64_f16, __half, 64, true)
+ATTENTION_DECODE(attention_decode_rope_d128_bf16, __nv_bfloat16, 128, true)
+ATTENTION_DECODE(attention_decode_rope_d128_f16, __half, 128, true)
 
 #undef ATTENTION_DECODE

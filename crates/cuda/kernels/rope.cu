@@ -21,6 +21,9 @@
 // with rope_impl and attention_decode.cu's fused prologue, so the cache holds exactly the
 // bits of rope + kv_write. One thread per (t, head of H + 2 Hkv, i < D/2): a pair of q, a
 // pair of k, or two elements of v.
+//
+// norm_rope_kv_write_<dtype>: the same with the per-head RMSNorm of q and k before the
+// rotation (Qwen3, Gemma 3: Backend::norm_rope_kv_write), one warp a head.
 #include "common.cuh"
 
 namespace rope_cu {
@@ -99,6 +102,86 @@ __device__ __forceinline__ void rope_kv_write_impl(const T* __restrict__ q, cons
     }
 }
 
+// One warp per (t, head of H + 2 Hkv): q and k heads are RMS-normed over their D values,
+// rounded to T, then rotated pair by pair (through the warp's shared row, so any even
+// D <= 256); v heads are copied. The sum of squares mirrors rms_norm.cu launched on the
+// [T * heads, D] rows with `vthreads * 32` threads (backend.rs row_block): lane l plays
+// its threads l + 32 v (v < vthreads), each summing x[c]^2 over its columns in order, warp
+// sums per v, then their sum; so q_dst and the caches hold the bits of copy, rms_norm and
+// rope_kv_write.
+constexpr int NORM_WARPS = 4;
+constexpr int NORM_MAX_D = 256;
+
+template <typename T>
+__device__ __forceinline__ void norm_rope_kv_write_impl(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ q_dst,
+    T* __restrict__ k_cache, T* __restrict__ v_cache, const float* __restrict__ cos_table,
+    const float* __restrict__ sin_table, const int32_t* __restrict__ positions, const int32_t* __restrict__ slots,
+    const T* __restrict__ q_norm, const T* __restrict__ k_norm, float eps, uint32_t tokens, uint32_t heads,
+    uint32_t heads_kv, uint32_t half, uint32_t max_pos, uint32_t num_slots, uint32_t vthreads, View3 sq, View3 sk,
+    View3 sv, View3 sd) {
+    constexpr int E = NORM_MAX_D / 32;  // elements a lane holds
+    __shared__ float rows[NORM_WARPS][NORM_MAX_D];
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint32_t all_heads = heads + 2 * heads_kv, d = 2 * half;
+    const uint32_t g = blockIdx.x * NORM_WARPS + warp;
+    if (d > NORM_MAX_D || vthreads == 0 || vthreads > 2) __trap();
+    if (g >= tokens * all_heads) return;  // the whole warp
+    const uint32_t j = g % all_heads, t = g / all_heads;
+    const int32_t slot = slots[t];
+    const bool stored = slot >= 0 && static_cast<uint32_t>(slot) < num_slots;
+    const bool is_q = j < heads;
+    if (!is_q && !stored) return;
+    const uint32_t hk = j < heads + heads_kv ? j - heads : j - heads - heads_kv;
+    const size_t c0 = (static_cast<size_t>(slot) * heads_kv + hk) * d;  // the cache row
+    if (j >= heads + heads_kv) {
+        const T* x = v + static_cast<size_t>(t) * sv.s0 + static_cast<size_t>(hk) * sv.s1;
+        for (uint32_t c = lane; c < d; c += 32) v_cache[c0 + c] = x[static_cast<size_t>(c) * sv.s2];
+        return;
+    }
+    const T* x = is_q ? q + static_cast<size_t>(t) * sq.s0 + static_cast<size_t>(j) * sq.s1
+                      : k + static_cast<size_t>(t) * sk.s0 + static_cast<size_t>(hk) * sk.s1;
+    const uint32_t xs = is_q ? sq.s2 : sk.s2;
+    float xv[E];
+    float ss0 = 0.f, ss1 = 0.f;  // threads lane and lane + 32 of rms_norm's block
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const uint32_t c = lane + 32 * e;
+        xv[e] = c < d ? load_f32(x + static_cast<size_t>(c) * xs) : 0.f;
+        if (c < d) {
+            if (vthreads == 2 && (e & 1)) {
+                ss1 += xv[e] * xv[e];
+            } else {
+                ss0 += xv[e] * xv[e];
+            }
+        }
+    }
+    float ss = warp_sum(ss0);
+    if (vthreads == 2) ss += warp_sum(ss1);
+    const float inv = rms_inv(ss, d, eps);
+    const T* w = is_q ? q_norm : k_norm;
+    float* row = rows[warp];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        const uint32_t c = lane + 32 * e;
+        if (c < d) row[c] = round_to<T>(xv[e] * inv * load_f32(w + c));
+    }
+    __syncwarp();
+    const int32_t p = positions[t];
+    for (uint32_t i = lane; i < half; i += 32) {
+        float o0, o1;
+        rope_pair(row[i], row[i + half], p, i, half, max_pos, cos_table, sin_table, o0, o1);
+        if (is_q) {
+            T* o = q_dst + static_cast<size_t>(t) * sd.s0 + static_cast<size_t>(j) * sd.s1;
+            store_f32(o + static_cast<size_t>(i) * sd.s2, o0);
+            store_f32(o + static_cast<size_t>(i + half) * sd.s2, o1);
+        } else {
+            store_f32(k_cache + c0 + i, o0);
+            store_f32(k_cache + c0 + i + half, o1);
+        }
+    }
+}
+
 }  // namespace rope_cu
 
 #define ROPE(NAME, T)                                                                               \
@@ -131,3 +214,25 @@ ROPE_KV_WRITE(rope_kv_write_bf16, __nv_bfloat16)
 ROPE_KV_WRITE(rope_kv_write_f16, __half)
 
 #undef ROPE_KV_WRITE
+
+// norm_rope_kv_write_<dtype> (Backend::norm_rope_kv_write): rope_kv_write with the per-head
+// RMSNorm of q and k (weights q_norm, k_norm [D]) first; grid ceil(T (H + 2 Hkv) / 4) x 128.
+#define NORM_ROPE_KV_WRITE(NAME, T)                                                                                \
+    extern "C" __global__ void __launch_bounds__(rope_cu::NORM_WARPS * 32) NAME(const T* __restrict__ q,             \
+        const T* __restrict__ k, const T* __restrict__ v, T* __restrict__ q_dst, T* __restrict__ k_cache,          \
+        T* __restrict__ v_cache, const float* __restrict__ cos_table, const float* __restrict__ sin_table,         \
+        const int32_t* __restrict__ positions, const int32_t* __restrict__ slots, const T* __restrict__ q_norm,    \
+        const T* __restrict__ k_norm, float eps, uint32_t tokens, uint32_t heads, uint32_t heads_kv, uint32_t half, \
+        uint32_t max_pos, uint32_t num_slots, uint32_t vthreads, uint32_t q0, uint32_t q1, uint32_t q2, uint32_t k0, \
+        uint32_t k1, uint32_t k2, uint32_t v0, uint32_t v1, uint32_t v2, uint32_t d0, uint32_t d1, uint32_t d2) {    \
+        ENCORE_PDL_ENTRY();                                                                                        \
+        rope_cu::norm_rope_kv_write_impl<T>(q, k, v, q_dst, k_cache, v_cache, cos_table, sin_table, positions,      \
+            slots, q_norm, k_norm, eps, tokens, heads, heads_kv, half, max_pos, num_slots, vthreads, {q0, q1, q2},   \
+            {k0, k1, k2}, {v0, v1, v2}, {d0, d1, d2});                                                             \
+    }
+
+NORM_ROPE_KV_WRITE(norm_rope_kv_write_f32, float)
+NORM_ROPE_KV_WRITE(norm_rope_kv_write_bf16, __nv_bfloat16)
+NORM_ROPE_KV_WRITE(norm_rope_kv_write_f16, __half)
+
+#undef NORM_ROPE_KV_WRITE

@@ -51,11 +51,13 @@ const TC_DECODE_MAX_SPLITS: usize = 32;
 /// (`encore bench --decode-min-chunk`).
 pub const DECODE_MIN_CHUNK: u32 = 64;
 
-/// The fused decode prologue (rope + KV write inside attention_decode.cu) serves head dims up
-/// to this: at 64 it measured as fast as rope_kv_write + attention or faster (Llama-3.2-1B,
-/// SmolLM2-135M), at 128 slower (Llama-3.1-8B batch 1: 4.63 against 4.38 ms a step, every
-/// call of BENCHMARKS.md session 6; not explained yet), so those keep the two launches.
-const FUSED_DECODE_MAX_D: usize = 64;
+/// The fused decode prologue (rope + KV write inside attention_decode.cu, its own entry
+/// points `attention_decode_rope_*`) serves head dims up to this. Session 6 measured it slower
+/// at 128 while it shared one function with the plain kernel (whose registers it then set);
+/// as separate entries it is 0.7% faster than rope_kv_write + attention at Llama-3.1-8B and
+/// Qwen2.5-7B batch 1 (BENCHMARKS.md, session 7).
+const FUSED_DECODE_MAX_D: usize = 128;
+const _: () = assert!(FUSED_DECODE_MAX_D <= TC_DMAX[1], "attention_decode_rope has the D classes 64 and 128");
 /// attention_plan runs as one block of this many threads.
 const ATTENTION_PLAN_THREADS: u32 = 1024;
 /// The attention workspace: split-K partials or the prefill plan, whichever a launch uses.
@@ -138,7 +140,8 @@ impl AttentionWorkspace {
                 if need[kind] > optin.max(0) as usize {
                     continue;
                 }
-                for kernel in kernels {
+                let rope = k.attention_decode_rope.get(c).filter(|_| kind == 0).into_iter().flatten();
+                for kernel in kernels.iter().chain(rope) {
                     // SAFETY: a function handle of this device's loaded module; the attribute
                     // takes a byte count within the device's opt-in limit (checked above).
                     drv("cuFuncSetAttribute", unsafe {
@@ -302,8 +305,8 @@ impl Cuda {
 
     /// `Backend::decode_attention`: one attention_decode.cu launch with the rope + KV-write
     /// prologue when the tensor-core decode kernel serves the step, D <= [`FUSED_DECODE_MAX_D`]
-    /// and q, k, v have adjacent heads (the decoder's views of its fused qkv); otherwise
-    /// rope_kv_write then attention.
+    /// and q, k, v have adjacent heads (the decoder's views of its fused qkv), without
+    /// qk_norm; otherwise (norm_)rope_kv_write then attention.
     pub(crate) fn decode_attention_op(&self, a: &DecodeAttention<'_, Cuda>, dst: &Tensor<Cuda>) -> Result<()> {
         const OP: &str = "decode_attention";
         let (dims, num_slots) = check::decode_attention(a, dst)?;
@@ -318,7 +321,8 @@ impl Cuda {
         let class = self
             .tensor_core_class(&args)
             .filter(|&c| dims.t <= TC_DECODE_MAX_ROWS && self.attn.tc_decode[c] && dims.d <= FUSED_DECODE_MAX_D);
-        let (Some(c), (Some(q_row), Some(k_row), Some(v_row))) = (class, rows) else {
+        // (the per-head norm of Qwen3 / Gemma 3 runs in norm_rope_kv_write, before attention)
+        let (Some(c), (Some(q_row), Some(k_row), Some(v_row)), None) = (class, rows, a.qk_norm) else {
             return a.unfused(self, dst);
         };
         if dims.t * dims.h == 0 {
@@ -397,7 +401,11 @@ impl Cuda {
         let ws = self.attn.buf.ptr();
         let ws_acc = ws + (t * h * splits * 2 * 4) as u64;
         let kernels = self.dev.kernels();
-        let kernel = &kernels.attention_decode[c][(a.dtype == DType::F16) as usize];
+        let dt = (a.dtype == DType::F16) as usize;
+        let kernel = match new_kv {
+            Some(_) => &kernels.attention_decode_rope[c][dt], // c < 2: FUSED_DECODE_MAX_D <= 128
+            None => &kernels.attention_decode[c][dt],
+        };
         let mut args = self.attention_args(a, ws, ws_acc)?;
         args.insert(9, Arg::Ptr(0)); // counters: none, attention_merge finishes
         let q_row = new_kv.map_or(h * d, |n| n.q_row);

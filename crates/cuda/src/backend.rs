@@ -493,6 +493,22 @@ fn row_block(cols: usize) -> u32 {
     cols.div_ceil(4).next_power_of_two().clamp(32, 1024) as u32
 }
 
+/// rope.cu's norm_rope_kv_write: warps a block (NORM_WARPS), the largest D (NORM_MAX_D).
+const NORM_ROPE_WARPS: usize = 4;
+const NORM_ROPE_MAX_D: usize = 256;
+
+/// The `[T, heads, D]` strides of rope.cu's q, k, v and q_dst views as 12 u32 arguments (the
+/// kernels compute offsets from each view's start in 64 bits).
+fn view_strides(op: &'static str, views: [&Tensor<Cuda>; 4]) -> Result<[Arg; 12]> {
+    let mut strides = [Arg::U32(0); 12];
+    for (i, view) in views.into_iter().enumerate() {
+        for (j, &stride) in view.layout().strides().iter().enumerate() {
+            strides[3 * i + j] = Arg::U32(u32_of(op, "stride", stride)?);
+        }
+    }
+    Ok(strides)
+}
+
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::InvalidArgument { op, msg: format!("{what} {v} exceeds u32") })
 }
@@ -814,14 +830,7 @@ impl Backend for Cuda {
             return Ok(());
         }
         u32_of(OP, "threads", work)?;
-        // [T, heads, D] strides of q, k, v, q_dst: offsets from each view's start are
-        // computed in 64 bits from these u32 strides
-        let mut strides = [Arg::U32(0); 12];
-        for (i, view) in [q, k, v, q_dst].into_iter().enumerate() {
-            for (j, &stride) in view.layout().strides().iter().enumerate() {
-                strides[3 * i + j] = Arg::U32(u32_of(OP, "stride", stride)?);
-            }
-        }
+        let strides = view_strides(OP, [q, k, v, q_dst])?;
         let head = [
             Arg::Ptr(at(q)),
             Arg::Ptr(at(k)),
@@ -845,6 +854,55 @@ impl Backend for Cuda {
         args[16..].copy_from_slice(&strides);
         let kernel = &self.dev.kernels().rope_kv_write[float_ix(OP, q.dtype())?];
         self.launch(kernel, (elementwise_grid(work), 1, 1), ELEMENTWISE_BLOCK, &args, None)
+    }
+
+    /// rope.cu `norm_rope_kv_write`: copy + rms_norm of q and of k, then rope_kv_write, in
+    /// one launch (D <= 256 and contiguous norm weights; otherwise those ops).
+    fn norm_rope_kv_write(&self, a: &DecodeAttention<'_, Cuda>) -> Result<()> {
+        const OP: &str = "norm_rope_kv_write";
+        let (t, h, hkv, d, s) = check::norm_rope_kv_write(a)?;
+        let Some(n) = a.qk_norm else { unreachable!("checked") };
+        let (q, k, v, q_dst) = (a.q, a.k, a.v, a.q_rot);
+        self.in_bounds(
+            OP,
+            &[q, k, v, a.cos, a.sin, a.positions, a.slot_mapping, q_dst, a.k_cache, a.v_cache, n.q, n.k],
+        )?;
+        if d > NORM_ROPE_MAX_D || !n.q.is_contiguous() || !n.k.is_contiguous() {
+            return a.norm_rope_kv_write_ops(self);
+        }
+        let warps = t * (h + 2 * hkv);
+        if warps == 0 {
+            return Ok(());
+        }
+        u32_of(OP, "threads", warps * 32)?;
+        // rms_norm's block over rows of D (`row_block`), which the kernel's sums mirror
+        let vthreads = row_block(d) / 32;
+        let mut args = vec![
+            Arg::Ptr(at(q)),
+            Arg::Ptr(at(k)),
+            Arg::Ptr(at(v)),
+            Arg::Ptr(at(q_dst)),
+            Arg::Ptr(at(a.k_cache)),
+            Arg::Ptr(at(a.v_cache)),
+            Arg::Ptr(at(a.cos)),
+            Arg::Ptr(at(a.sin)),
+            Arg::Ptr(at(a.positions)),
+            Arg::Ptr(at(a.slot_mapping)),
+            Arg::Ptr(at(n.q)),
+            Arg::Ptr(at(n.k)),
+            Arg::F32(n.eps),
+            Arg::U32(t as u32),
+            Arg::U32(h as u32),
+            Arg::U32(hkv as u32),
+            Arg::U32((d / 2) as u32),
+            Arg::U32(u32_of(OP, "table rows", a.cos.dims()[0])?),
+            Arg::U32(u32_of(OP, "slots", s)?),
+            Arg::U32(vthreads),
+        ];
+        args.extend(view_strides(OP, [q, k, v, q_dst])?);
+        let kernel = &self.dev.kernels().norm_rope_kv_write[float_ix(OP, q.dtype())?];
+        let grid = u32_of(OP, "blocks", warps.div_ceil(NORM_ROPE_WARPS))?;
+        self.launch(kernel, (grid, 1, 1), NORM_ROPE_WARPS as u32 * 32, &args, None)
     }
 
     fn attention(

@@ -153,6 +153,13 @@ const BINARY: [[&str; 3]; 6] = [
     per_dtype!("binary_min"),
 ];
 
+/// attention_decode.cu's fused-prologue entries (rope + KV write, `Backend::decode_attention`),
+/// `[D class 64, 128][bf16, f16]`.
+const ATTENTION_DECODE_ROPE: [[&str; 2]; 2] = [
+    ["attention_decode_rope_d64_bf16", "attention_decode_rope_d64_f16"],
+    ["attention_decode_rope_d128_bf16", "attention_decode_rope_d128_f16"],
+];
+
 /// Tensor-core attention entries, `[decode, prefill][D class 64, 128, 256][bf16, f16]`
 /// (attention_decode.cu, attention_prefill.cu): `attention_<kind>_d<DMAX>_<dtype>`.
 const ATTENTION_TC: [[[&str; 2]; 3]; 2] = [
@@ -188,6 +195,8 @@ pub struct Kernels {
     pub rope: [Kernel; 3],
     /// rope.cu `rope_kv_write_<dtype>`: rope of q and k, k and v into the cache, one launch.
     pub rope_kv_write: [Kernel; 3],
+    /// rope.cu `norm_rope_kv_write_<dtype>`: the same with the per-head RMSNorm of q and k.
+    pub norm_rope_kv_write: [Kernel; 3],
     pub embedding: [Kernel; 3],
     /// gemv.cu `gemv_<dtype>_m<tier>`: decode-shaped x @ W^T (M <= 2), `[dtype][tier]`
     /// (tiers in [`GEMV_TIERS`]), and `gemv_<bf16|f16>_f32_m<tier>` at dtype index 3, 4: f32
@@ -215,6 +224,9 @@ pub struct Kernels {
     /// attention_decode.cu: `[D class (64, 128, 256)][bf16, f16]`, tensor cores, one CTA per
     /// (query row, KV head, split).
     pub attention_decode: [[Kernel; 2]; 3],
+    /// attention_decode.cu `attention_decode_rope_d<64|128>_<dtype>`: `[D class][bf16, f16]`,
+    /// the same kernel with the fused rope + KV-write prologue.
+    pub attention_decode_rope: [[Kernel; 2]; 2],
     /// attention_prefill.cu: `[D class][bf16, f16]`, tensor cores over the plan's items.
     pub attention_prefill: [[Kernel; 2]; 3],
     /// attention_prefill.cu `attention_plan`: cuts the step's rows into prefill items.
@@ -271,6 +283,7 @@ impl Kernels {
             argmax: three(per_dtype!("argmax"))?,
             rope: three(per_dtype!("rope"))?,
             rope_kv_write: three(per_dtype!("rope_kv_write"))?,
+            norm_rope_kv_write: three(per_dtype!("norm_rope_kv_write"))?,
             embedding: three(per_dtype!("embedding"))?,
             fill_uniform: three(per_dtype!("fill_uniform"))?,
             gemv: GEMV
@@ -292,6 +305,10 @@ impl Kernels {
             attention_scalar: three(per_dtype!("attention_scalar"))?,
             attention_merge: three(per_dtype!("attention_merge"))?,
             attention_decode: pairs(&ATTENTION_TC[0])?,
+            attention_decode_rope: [
+                [get(module, ATTENTION_DECODE_ROPE[0][0])?, get(module, ATTENTION_DECODE_ROPE[0][1])?],
+                [get(module, ATTENTION_DECODE_ROPE[1][0])?, get(module, ATTENTION_DECODE_ROPE[1][1])?],
+            ],
             attention_prefill: pairs(&ATTENTION_TC[1])?,
             attention_plan: one("attention_plan")?,
             qgemv: QGEMV
@@ -318,6 +335,7 @@ impl Kernels {
         v.push(&self.sample);
         v.push(&self.attention_plan);
         v.extend(self.attention_decode.iter().chain(&self.attention_prefill).flatten());
+        v.extend(self.attention_decode_rope.iter().flatten());
         v.extend(self.unary.iter().flatten());
         v.extend(self.binary.iter().flatten());
         for k in [
@@ -328,6 +346,7 @@ impl Kernels {
             &self.argmax,
             &self.rope,
             &self.rope_kv_write,
+            &self.norm_rope_kv_write,
             &self.embedding,
             &self.fill_uniform,
             &self.kv_write,
@@ -442,6 +461,7 @@ mod tests {
         table.extend(GEMV_FUSED.iter().flatten().flatten().map(|s| s.to_string()));
         table.extend(["copy_u32_u32", "copy_i32_i32", "sample_f32", "qcvt_bf16_f16", "qepi_bf16"].map(String::from));
         table.extend(ATTENTION_TC.iter().flatten().flatten().map(|s| s.to_string()).chain(["attention_plan".into()]));
+        table.extend(ATTENTION_DECODE_ROPE.iter().flatten().map(|s| s.to_string()));
         for op in [
             "silu_mul",
             "gelu_mul",
@@ -450,6 +470,7 @@ mod tests {
             "argmax",
             "rope",
             "rope_kv_write",
+            "norm_rope_kv_write",
             "embedding",
             "fill_uniform",
             "kv_write",

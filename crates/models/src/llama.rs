@@ -22,15 +22,15 @@ use crate::weights::WeightSource;
 use crate::ModelError;
 use encore_tensor::rope;
 use encore_tensor::{
-    AttentionParams, Backend, BinaryOp, DType, DecodeAttention, HostTensor, QuantType, Result as TResult, Tensor,
-    UnaryOp,
+    AttentionParams, Backend, BinaryOp, DType, DecodeAttention, HostTensor, QkNorm, QuantType, Result as TResult,
+    Tensor, UnaryOp,
 };
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B>,        // [C]
     qkv: Linear<B>,              // [(H + 2 Hkv) D, C]
     qkv_bias: Option<Tensor<B>>, // [(H + 2 Hkv) D]
-    qk_norm: Option<QkNorm<B>>,
+    qk_norm: Option<QkNormWeights<B>>,
     o_proj: Linear<B>,                 // [C, H D]
     post_attn_norm: Option<Tensor<B>>, // [C] (Gemma: on the attention output)
     mlp_norm: Tensor<B>,               // [C]
@@ -43,7 +43,7 @@ struct Layer<B: Backend> {
 }
 
 /// Per-head RMSNorm weights of q and k (Qwen3, Gemma 3).
-struct QkNorm<B: Backend> {
+struct QkNormWeights<B: Backend> {
     q: Tensor<B>, // [D]
     k: Tensor<B>, // [D]
 }
@@ -153,7 +153,7 @@ impl<B: Backend> Llama<B> {
                 None
             };
             let qk_norm = match flags.qk_norm {
-                true => Some(QkNorm {
+                true => Some(QkNormWeights {
                     q: norm(&format!("{p}.self_attn.q_norm.weight"), d)?,
                     k: norm(&format!("{p}.self_attn.k_norm.weight"), d)?,
                 }),
@@ -543,40 +543,29 @@ impl<B: Backend> Layer<B> {
         let Rope { cos, sin } = &self.rope;
         let params = AttentionParams { scale: st.scale, sliding_window: self.window, block_size: st.block_size };
         let AttnStep { positions, row_seq, slots, tables, .. } = st;
-        match (&self.qk_norm, st.kind) {
-            // per-head RMSNorm before RoPE, in place in the contiguous q / k buffers
-            (Some(norm), _) => {
-                for (raw, dst, w) in [(&q_raw, q, &norm.q), (&k_raw, k, &norm.k)] {
-                    b.copy(raw, dst)?;
-                    b.rms_norm(dst, w, st.eps, dst)?;
-                    b.rope(dst, cos, sin, positions, dst)?;
-                }
-                b.kv_write(k, &v_raw, kc, vc, slots)?;
-                b.attention(q, kc, vc, tables, row_seq, positions, params, attn)
-            }
-            (None, kind) => {
-                let a = DecodeAttention {
-                    q: &q_raw,
-                    k: &k_raw,
-                    v: &v_raw,
-                    cos,
-                    sin,
-                    positions,
-                    slot_mapping: slots,
-                    q_rot: q,
-                    k_cache: kc,
-                    v_cache: vc,
-                    block_tables: tables,
-                    row_seq,
-                    params,
-                };
-                match kind {
-                    // RoPE of q and k, the K/V write and attention in one op (one launch on CUDA)
-                    StepKind::Decode => b.decode_attention(&a, attn),
-                    // RoPE of q and k and the K/V write in one launch, then attention
-                    StepKind::Mixed => a.unfused(b, attn),
-                }
-            }
+        let a = DecodeAttention {
+            q: &q_raw,
+            k: &k_raw,
+            v: &v_raw,
+            cos,
+            sin,
+            positions,
+            slot_mapping: slots,
+            q_rot: q,
+            k_cache: kc,
+            v_cache: vc,
+            block_tables: tables,
+            row_seq,
+            params,
+            // per-head RMSNorm before RoPE (the composed ops norm k into the k scratch)
+            qk_norm: self.qk_norm.as_ref().map(|n| QkNorm { q: &n.q, k: &n.k, eps: st.eps, k_normed: k }),
+        };
+        match st.kind {
+            // RoPE of q and k, the K/V write and attention in one op (one launch on CUDA
+            // without qk_norm; two with it)
+            StepKind::Decode => b.decode_attention(&a, attn),
+            // RoPE of q and k (qk_norm first) and the K/V write in one launch, then attention
+            StepKind::Mixed => a.unfused(b, attn),
         }
     }
 }
@@ -685,7 +674,7 @@ impl<B: Backend> Shared<B> {
 /// A layer's norm weights as ones (random models): the flags say which exist.
 struct LayerNorms<B: Backend> {
     attn: Tensor<B>,
-    qk: Option<QkNorm<B>>,
+    qk: Option<QkNormWeights<B>>,
     post_attn: Option<Tensor<B>>,
     mlp: Tensor<B>,
     post_mlp: Option<Tensor<B>>,
@@ -697,7 +686,7 @@ impl<B: Backend> LayerNorms<B> {
         Ok(LayerNorms {
             attn: ones(b, dtype, c)?,
             qk: match flags.qk_norm {
-                true => Some(QkNorm { q: ones(b, dtype, d)?, k: ones(b, dtype, d)? }),
+                true => Some(QkNormWeights { q: ones(b, dtype, d)?, k: ones(b, dtype, d)? }),
                 false => None,
             },
             post_attn: sandwich(flags.sandwich_norms)?,

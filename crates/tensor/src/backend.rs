@@ -156,14 +156,75 @@ pub struct DecodeAttention<'a, B: Backend> {
     /// `[T]` i32.
     pub row_seq: &'a Tensor<B>,
     pub params: AttentionParams,
+    /// The per-head RMSNorm of q and k before RoPE (Qwen3, Gemma 3), or `None`.
+    pub qk_norm: Option<QkNorm<'a, B>>,
 }
 
+/// The per-head RMSNorm of q and k before RoPE ([`DecodeAttention::qk_norm`]): each head's
+/// D values as [`Backend::rms_norm`] over rows of D computes and rounds them.
+pub struct QkNorm<'a, B: Backend> {
+    /// `[D]` weights of q's and k's norm, in q's dtype.
+    pub q: &'a Tensor<B>,
+    pub k: &'a Tensor<B>,
+    pub eps: f32,
+    /// Scratch `[T, Hkv, D]` for the normed k of the composed ops (its contents afterwards
+    /// are unspecified).
+    pub k_normed: &'a Tensor<B>,
+}
+
+impl<B: Backend> Clone for QkNorm<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for QkNorm<'_, B> {}
+
 impl<B: Backend> DecodeAttention<'_, B> {
-    /// The two ops this one stands for, in turn: [`Backend::rope_kv_write`], then
-    /// [`Backend::attention`] of the rotated q into `dst`.
+    /// [`Backend::norm_rope_kv_write`] as the ops it stands for: [`Backend::copy`] and
+    /// [`Backend::rms_norm`] of q into `q_rot` and of k into `k_normed`, then
+    /// [`Backend::rope_kv_write`] of those.
+    pub fn norm_rope_kv_write_ops(&self, b: &B) -> Result<()> {
+        let a = self;
+        crate::check::norm_rope_kv_write(a)?;
+        let Some(n) = a.qk_norm else { unreachable!("checked") };
+        b.copy(a.q, a.q_rot)?;
+        b.rms_norm(a.q_rot, n.q, n.eps, a.q_rot)?;
+        b.copy(a.k, n.k_normed)?;
+        b.rms_norm(n.k_normed, n.k, n.eps, n.k_normed)?;
+        b.rope_kv_write(
+            a.q_rot,
+            n.k_normed,
+            a.v,
+            a.cos,
+            a.sin,
+            a.positions,
+            a.slot_mapping,
+            a.q_rot,
+            a.k_cache,
+            a.v_cache,
+        )
+    }
+
+    /// The ops this one stands for, in turn: [`Backend::rope_kv_write`] (with `qk_norm`,
+    /// [`Backend::norm_rope_kv_write`]), then [`Backend::attention`] of the rotated q into
+    /// `dst`.
     pub fn unfused(&self, b: &B, dst: &Tensor<B>) -> Result<()> {
         let a = self;
-        b.rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
+        match a.qk_norm {
+            None => b.rope_kv_write(
+                a.q,
+                a.k,
+                a.v,
+                a.cos,
+                a.sin,
+                a.positions,
+                a.slot_mapping,
+                a.q_rot,
+                a.k_cache,
+                a.v_cache,
+            )?,
+            Some(_) => b.norm_rope_kv_write(a)?,
+        }
         b.attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params, dst)
     }
 }
@@ -417,6 +478,13 @@ pub trait Backend: Clone + Send + Sync + Sized + 'static {
         k_cache: &Tensor<Self>,
         v_cache: &Tensor<Self>,
     ) -> Result<()>;
+    /// [`Backend::rope_kv_write`] of `a` (into `a.q_rot` and the caches) with q's and k's
+    /// heads RMS-normed first (`a.qk_norm`, which must be set): exactly the ops the default
+    /// runs, [`Backend::copy`] and [`Backend::rms_norm`] of q into `q_rot` and of k into
+    /// `k_normed`, then `rope_kv_write` of those. Backends fuse it into one launch.
+    fn norm_rope_kv_write(&self, a: &DecodeAttention<'_, Self>) -> Result<()> {
+        a.norm_rope_kv_write_ops(self)
+    }
     /// Causal attention over a paged cache. `q, dst: [T, H, D]`; caches `[N * bs, Hkv, D]`
     /// (`bs = params.block_size`); `block_tables: [R, MB]` i32, row `r` the blocks of one
     /// sequence in order; `row_seq: [T]` i32, the block-table row of each query;

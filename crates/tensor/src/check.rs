@@ -383,11 +383,37 @@ pub fn decode_attention<B: Backend>(
     a: &crate::DecodeAttention<'_, B>,
     dst: &Tensor<B>,
 ) -> Result<(AttentionDims, usize)> {
-    let (.., slots) =
-        rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
+    let (.., slots) = match a.qk_norm {
+        None => rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?,
+        Some(_) => norm_rope_kv_write(a)?,
+    };
     let dims =
         attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params.block_size, dst)?;
     Ok((dims, slots))
+}
+
+/// `Backend::norm_rope_kv_write`: `rope_kv_write`'s operands, and norm weights `[D]` of q's
+/// dtype and a k scratch of k's dims and dtype; returns `rope_kv_write`'s (T, H, Hkv, D, S).
+pub fn norm_rope_kv_write<B: Backend>(
+    a: &crate::DecodeAttention<'_, B>,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    const OP: &str = "norm_rope_kv_write";
+    let Some(n) = a.qk_norm else {
+        return Err(Error::InvalidArgument { op: OP, msg: "no qk_norm weights".into() });
+    };
+    let dims = rope_kv_write(a.q, a.k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)?;
+    let d = dims.3;
+    for w in [n.q, n.k] {
+        same_dtype(OP, a.q, w)?;
+        if w.dims() != [d] {
+            return Err(Error::ShapeMismatch { op: OP, lhs: w.dims().to_vec(), rhs: vec![d] });
+        }
+    }
+    same_dtype(OP, a.k, n.k_normed)?;
+    if n.k_normed.dims() != a.k.dims() {
+        return Err(Error::ShapeMismatch { op: OP, lhs: n.k_normed.dims().to_vec(), rhs: a.k.dims().to_vec() });
+    }
+    Ok(dims)
 }
 
 pub fn argmax<B: Backend>(x: &Tensor<B>, dst: &Tensor<B>) -> Result<Rows> {

@@ -16,8 +16,8 @@ pub mod rope;
 pub mod testing;
 
 pub use backend::{
-    AttentionParams, Backend, BinaryOp, DecodeAttention, FusedMatmul, GluActivation, QInput, SampleParams, Tensor,
-    UnaryOp, SAMPLE_UNIFORM_SCALE,
+    AttentionParams, Backend, BinaryOp, DecodeAttention, FusedMatmul, GluActivation, QInput, QkNorm, SampleParams,
+    Tensor, UnaryOp, SAMPLE_UNIFORM_SCALE,
 };
 pub use dtype::DType;
 pub use error::{Error, Result};

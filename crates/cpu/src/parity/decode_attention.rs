@@ -2,15 +2,17 @@
 //! (each row its own sequence: positions from 0 to past a thousand, so one to many 64-key
 //! tiles and one to several key splits; a padded row), grouped heads from 1 to 20 a KV head
 //! (20: two head chunks of the tensor-core kernel), head dims 16 to 128, with and without a
-//! sliding window; q, k, v narrowed out of one fused qkv, as the decoder has them. Against
-//! the same backend's `rope_kv_write` then `attention` on copies of the caches, bit for bit
-//! (the output and both caches), and against the f64 reference on the rotated q.
+//! sliding window, with and without the per-head RMSNorm of q and k (`qk_norm`, head dims
+//! to 256); q, k, v narrowed out of one fused qkv, as the decoder has them. Against the same
+//! backend's ops on copies of the caches, bit for bit (the output and both caches):
+//! `rope_kv_write` then `attention`, with qk_norm `copy` + `rms_norm` of q and of k first;
+//! and against the f64 reference on the rotated q.
 
 use super::attention::{reference, Paging};
 use super::inputs::{download, expect_err, i32s, input, output, View};
 use encore_tensor::rope::{tables, RopeScaling};
 use encore_tensor::testing::{assert_close, Rng};
-use encore_tensor::{AttentionParams, Backend, DType, DecodeAttention, Error, HostTensor, Tensor};
+use encore_tensor::{AttentionParams, Backend, DType, DecodeAttention, Error, HostTensor, QkNorm, Tensor};
 
 /// Row t is sequence t at position POS[t] (-1: padded). Sequence 1 shares sequence 0's first
 /// block (Paging::random), which sequence 0 (at 300) does not write this step.
@@ -25,12 +27,14 @@ pub fn decode_attention_cases<B: Backend>(b: &B) {
     let seq_t = i32s(b, &(0..t as i32).collect::<Vec<_>>());
     let pos_t = i32s(b, &POS);
     for dt in DType::FLOATS {
-        for (h, hkv, d) in [(8, 2, 64), (40, 2, 64), (4, 1, 128), (4, 4, 16)] {
+        let shapes = [(8, 2, 64, false), (40, 2, 64, false), (4, 1, 128, false), (4, 4, 16, false)];
+        let normed = [(8, 2, 64, true), (16, 8, 128, true), (4, 1, 256, true), (4, 4, 16, true)];
+        for (h, hkv, d, norm) in shapes.into_iter().chain(normed) {
             let (cos, sin) = tables(d, MAX_POS, 10000.0, &RopeScaling::None);
             let cos_t = b.tensor(&HostTensor::from_f32(&[MAX_POS, d / 2], &cos)).unwrap();
             let sin_t = b.tensor(&HostTensor::from_f32(&[MAX_POS, d / 2], &sin)).unwrap();
             for (block_size, window) in [(16, 0), (16, 200)] {
-                let what = format!("decode_attention {dt} H={h} Hkv={hkv} D={d} window={window}");
+                let what = format!("decode_attention {dt} H={h} Hkv={hkv} D={d} window={window} qk_norm={norm}");
                 let paging = Paging::random(&mut rng, block_size, &last);
                 let tables_t = paging.upload(b);
                 let slots = paging.blocks * block_size;
@@ -53,6 +57,10 @@ pub fn decode_attention_cases<B: Backend>(b: &B) {
                 };
                 let q_rot = b.zeros(dt, &[t, h, d]).unwrap();
                 let out = output(b, &mut rng, dt, &[t, h, d], View::Contiguous);
+                let weight = |rng: &mut Rng| input(b, rng, dt, &[d], View::Contiguous, (0.5, 1.5));
+                let (wq, wk) = (weight(&mut rng), weight(&mut rng));
+                let k_normed = b.zeros(dt, &[t, hkv, d]).unwrap();
+                let qk_norm = norm.then_some(QkNorm { q: &wq.t, k: &wk.t, eps: 1e-6, k_normed: &k_normed });
                 let a = DecodeAttention {
                     q: &q,
                     k: &k,
@@ -67,16 +75,29 @@ pub fn decode_attention_cases<B: Backend>(b: &B) {
                     block_tables: &tables_t,
                     row_seq: &seq_t,
                     params,
+                    qk_norm,
                 };
                 b.decode_attention(&a, &out.t).unwrap();
-                // the two unfused ops
+                // the unfused ops
                 let (q2, out2) = (b.zeros(dt, &[t, h, d]).unwrap(), b.zeros(dt, &[t, h, d]).unwrap());
-                b.rope_kv_write(&q, &k, &v, &cos_t, &sin_t, &pos_t, &slots_t, &q2, &kc2, &vc2).unwrap();
+                if norm {
+                    let k2 = b.zeros(dt, &[t, hkv, d]).unwrap();
+                    b.copy(&q, &q2).unwrap();
+                    b.rms_norm(&q2, &wq.t, 1e-6, &q2).unwrap();
+                    b.copy(&k, &k2).unwrap();
+                    b.rms_norm(&k2, &wk.t, 1e-6, &k2).unwrap();
+                    b.rope_kv_write(&q2, &k2, &v, &cos_t, &sin_t, &pos_t, &slots_t, &q2, &kc2, &vc2).unwrap();
+                } else {
+                    b.rope_kv_write(&q, &k, &v, &cos_t, &sin_t, &pos_t, &slots_t, &q2, &kc2, &vc2).unwrap();
+                }
                 b.attention(&q2, &kc2, &vc2, &tables_t, &seq_t, &pos_t, params, &out2).unwrap();
                 let got = download(b, &out.t);
                 assert_eq!(download(b, &kc.t), download(b, &kc2), "{what}: k cache as rope_kv_write's");
                 assert_eq!(download(b, &vc.t), download(b, &vc2), "{what}: v cache as rope_kv_write's");
-                assert!(got == download(b, &out2), "{what}: output differs from rope_kv_write + attention");
+                assert!(got == download(b, &out2), "{what}: output differs from the unfused ops");
+                if norm {
+                    assert_eq!(download(b, &q_rot), download(b, &q2), "{what}: rotated q as the unfused ops'");
+                }
                 let (qv, kv, vv) = (download(b, &q2), download(b, &kc2), download(b, &vc2));
                 let want = reference(&qv, &kv, &vv, &rows, &paging, (h, hkv, d), params);
                 assert_close(&what, dt, &got, &want);
@@ -106,8 +127,23 @@ fn bad_arguments<B: Backend>(b: &B) {
         block_tables: &blocks,
         row_seq: &ix,
         params,
+        qk_norm: None,
     };
     b.decode_attention(&good, &f(&[2, 4, 8])).unwrap();
+    let (w8, w6) = (f(&[8]), f(&[6]));
+    let norm = QkNorm { q: &w8, k: &w8, eps: 1e-6, k_normed: &k };
+    b.decode_attention(&DecodeAttention { qk_norm: Some(norm), ..good }, &f(&[2, 4, 8])).unwrap();
+    expect_err!(
+        "decode_attention qk_norm weight dims",
+        b.decode_attention(&DecodeAttention { qk_norm: Some(QkNorm { k: &w6, ..norm }), ..good }, &q),
+        Error::ShapeMismatch { .. }
+    );
+    expect_err!(
+        "decode_attention qk_norm k scratch",
+        b.decode_attention(&DecodeAttention { qk_norm: Some(QkNorm { k_normed: &q, ..norm }), ..good }, &q),
+        Error::ShapeMismatch { .. }
+    );
+    expect_err!("norm_rope_kv_write without weights", b.norm_rope_kv_write(&good), Error::InvalidArgument { .. });
     let k6 = f(&[2, 2, 6]);
     expect_err!(
         "decode_attention k head dim",

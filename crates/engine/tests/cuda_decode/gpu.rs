@@ -242,19 +242,25 @@ fn pdl_decode_is_bit_identical_to_plain_launches() {
 
 /// The decode step's launches at one row: per layer the fused qkv (norm in), the fused
 /// decode attention (rope, K/V write and attention), its split merge, o_proj (+ residual),
-/// the fused gate_up (norm in, activation out) and down (+ residual): 6 a layer, plus the
-/// head (embedding gather, norm, LM head, sample) and the embedding.
+/// the fused gate_up (norm in, activation out) and down (+ residual): 6 a layer at head dims
+/// 32 and 128, plus the head (embedding gather, norm, LM head, sample) and the embedding.
+/// With Qwen3's per-head q/k norms the norms, rope and K/V write are one launch before the
+/// attention: 7 a layer.
 #[test]
 fn a_one_row_decode_step_launches_six_kernels_a_layer() {
-    let cfg = ModelConfig { attention_bias: false, ..small(1000) }; // Qwen2's bias is one add more
-    let layers = cfg.num_hidden_layers;
-    let r = cuda_runner_for(cfg, 1, 256);
-    let dev = r.backend.device().clone();
-    r.prefill_static(0, &[5, 6, 7], 0).unwrap();
-    let s0 = dev.launch_stats();
-    r.decode_static(&mut Eager, &[DecodeRow::greedy(0, 8, 3)], Some(1)).unwrap();
-    let kernels = dev.launch_stats().since(&s0).kernels as usize;
-    assert!(kernels <= 6 * layers + 6, "{kernels} kernels for {layers} layers");
+    for (head_dim, qk_norm, per_layer) in [(32, false, 6), (128, false, 6), (128, true, 7)] {
+        let mut cfg = ModelConfig { attention_bias: false, head_dim, ..small(1000) }; // Qwen2's bias is one add more
+        cfg.flags.qk_norm = qk_norm;
+        let layers = cfg.num_hidden_layers;
+        let r = cuda_runner_for(cfg, 1, 256);
+        let dev = r.backend.device().clone();
+        r.prefill_static(0, &[5, 6, 7], 0).unwrap();
+        let s0 = dev.launch_stats();
+        r.decode_static(&mut Eager, &[DecodeRow::greedy(0, 8, 3)], Some(1)).unwrap();
+        let kernels = dev.launch_stats().since(&s0).kernels as usize;
+        let what = format!("D = {head_dim}, qk_norm {qk_norm}: {kernels} kernels for {layers} layers");
+        assert!(kernels <= per_layer * layers + 6, "{what}");
+    }
 }
 
 #[test]
