@@ -191,18 +191,14 @@ impl<B: Backend> DecodeAttention<'_, B> {
         b.rms_norm(a.q_rot, n.q, n.eps, a.q_rot)?;
         b.copy(a.k, n.k_normed)?;
         b.rms_norm(n.k_normed, n.k, n.eps, n.k_normed)?;
-        b.rope_kv_write(
-            a.q_rot,
-            n.k_normed,
-            a.v,
-            a.cos,
-            a.sin,
-            a.positions,
-            a.slot_mapping,
-            a.q_rot,
-            a.k_cache,
-            a.v_cache,
-        )
+        self.rope_kv_write_of(b, a.q_rot, n.k_normed)
+    }
+
+    /// [`Backend::rope_kv_write`] of the given q and k (`[T, H, D]`, `[T, Hkv, D]`) with this
+    /// op's v, tables, positions, slots, rotated-q scratch and caches.
+    fn rope_kv_write_of(&self, b: &B, q: &Tensor<B>, k: &Tensor<B>) -> Result<()> {
+        let a = self;
+        b.rope_kv_write(q, k, a.v, a.cos, a.sin, a.positions, a.slot_mapping, a.q_rot, a.k_cache, a.v_cache)
     }
 
     /// The ops this one stands for, in turn: [`Backend::rope_kv_write`] (with `qk_norm`,
@@ -211,18 +207,7 @@ impl<B: Backend> DecodeAttention<'_, B> {
     pub fn unfused(&self, b: &B, dst: &Tensor<B>) -> Result<()> {
         let a = self;
         match a.qk_norm {
-            None => b.rope_kv_write(
-                a.q,
-                a.k,
-                a.v,
-                a.cos,
-                a.sin,
-                a.positions,
-                a.slot_mapping,
-                a.q_rot,
-                a.k_cache,
-                a.v_cache,
-            )?,
+            None => a.rope_kv_write_of(b, a.q, a.k)?,
             Some(_) => b.norm_rope_kv_write(a)?,
         }
         b.attention(a.q_rot, a.k_cache, a.v_cache, a.block_tables, a.row_seq, a.positions, a.params, dst)
