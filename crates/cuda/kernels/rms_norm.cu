@@ -20,7 +20,7 @@ __device__ __forceinline__ void rms_norm_impl(const T* x, const T* __restrict__ 
 #pragma unroll 4
     for (uint32_t c = threadIdx.x; c < cols; c += blockDim.x) {
         const float v = load_f32(xr + c);
-        ss += v * v;
+        ss = fmaf(v, v, ss);  // explicit: norm_rope_kv_write (rope.cu) mirrors this sum bit for bit
     }
     ss = block_sum(ss, scratch);
     const float inv = rms_inv(ss, cols, eps);

@@ -107,8 +107,8 @@ __device__ __forceinline__ void rope_kv_write_impl(const T* __restrict__ q, cons
 // D <= 256); v heads are copied. The sum of squares mirrors rms_norm.cu launched on the
 // [T * heads, D] rows with `vthreads * 32` threads (backend.rs row_block): lane l plays
 // its threads l + 32 v (v < vthreads), each summing x[c]^2 over its columns in order, warp
-// sums per v, then their sum; so q_dst and the caches hold the bits of copy, rms_norm and
-// rope_kv_write.
+// sums per v, then their sum; the rotation is rope_pair's (its table lookup hoisted); so
+// q_dst and the caches hold the bits of copy, rms_norm and rope_kv_write.
 constexpr int NORM_WARPS = 4;
 constexpr int NORM_MAX_D = 256;
 
@@ -142,35 +142,56 @@ __device__ __forceinline__ void norm_rope_kv_write_impl(
     const T* x = is_q ? q + static_cast<size_t>(t) * sq.s0 + static_cast<size_t>(j) * sq.s1
                       : k + static_cast<size_t>(t) * sk.s0 + static_cast<size_t>(hk) * sk.s1;
     const uint32_t xs = is_q ? sq.s2 : sk.s2;
-    float xv[E];
+    const T* w = is_q ? q_norm : k_norm;
+    // Every load the head needs goes out at once: x and the norm weight by element, the
+    // angles of the lane's pairs i = lane + 32 u (rope_pair's table lookup, done here so that
+    // it does not wait behind the sum).
+    constexpr int UP = NORM_MAX_D / 64;  // pairs a lane rotates
+    const int32_t p = positions[t];
+    const bool rot = p >= 0 && static_cast<uint32_t>(p) < max_pos;  // else rope_pair's copy
+    float ca[UP], sa[UP];  // cos, sin of each pair's angle
+#pragma unroll
+    for (int u = 0; u < UP; ++u) {
+        const uint32_t i = lane + 32 * u;
+        const size_t ti = static_cast<size_t>(rot ? p : 0) * half + i;
+        ca[u] = rot && i < half ? cos_table[ti] : 1.f;
+        sa[u] = rot && i < half ? sin_table[ti] : 0.f;
+    }
+    float xv[E], wv[E];
     float ss0 = 0.f, ss1 = 0.f;  // threads lane and lane + 32 of rms_norm's block
 #pragma unroll
     for (int e = 0; e < E; ++e) {
         const uint32_t c = lane + 32 * e;
         xv[e] = c < d ? load_f32(x + static_cast<size_t>(c) * xs) : 0.f;
-        if (c < d) {
+        wv[e] = c < d ? load_f32(w + c) : 0.f;
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+        if (lane + 32 * e < d) {
+            // fmaf as rms_norm.cu writes it: no contraction choice left to the compiler
             if (vthreads == 2 && (e & 1)) {
-                ss1 += xv[e] * xv[e];
+                ss1 = fmaf(xv[e], xv[e], ss1);
             } else {
-                ss0 += xv[e] * xv[e];
+                ss0 = fmaf(xv[e], xv[e], ss0);
             }
         }
     }
     float ss = warp_sum(ss0);
     if (vthreads == 2) ss += warp_sum(ss1);
     const float inv = rms_inv(ss, d, eps);
-    const T* w = is_q ? q_norm : k_norm;
     float* row = rows[warp];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
         const uint32_t c = lane + 32 * e;
-        if (c < d) row[c] = round_to<T>(xv[e] * inv * load_f32(w + c));
+        if (c < d) row[c] = round_to<T>(xv[e] * inv * wv[e]);
     }
     __syncwarp();
-    const int32_t p = positions[t];
-    for (uint32_t i = lane; i < half; i += 32) {
-        float o0, o1;
-        rope_pair(row[i], row[i + half], p, i, half, max_pos, cos_table, sin_table, o0, o1);
+#pragma unroll
+    for (int u = 0; u < UP; ++u) {
+        const uint32_t i = lane + 32 * u;
+        if (i >= half) break;
+        float o0 = row[i], o1 = row[i + half];
+        if (rot) rope_rotate(row[i], row[i + half], ca[u], sa[u], o0, o1);
         if (is_q) {
             T* o = q_dst + static_cast<size_t>(t) * sd.s0 + static_cast<size_t>(j) * sd.s1;
             store_f32(o + static_cast<size_t>(i) * sd.s2, o0);
