@@ -263,13 +263,6 @@ impl Kernels {
         let table = |names: &[[&'static str; 3]]| -> Result<Vec<[Kernel; 3]>, CudaError> {
             names.iter().map(|n| three(*n)).collect()
         };
-        // three rows of two kernels: the tensor-core attention and the fused GEMV tables
-        let pairs = |names: &[[&'static str; 2]; 3]| -> Result<[[Kernel; 2]; 3], CudaError> {
-            let two = |[a, b]: [&'static str; 2]| -> Result<[Kernel; 2], CudaError> {
-                Ok([get(module, a)?, get(module, b)?])
-            };
-            Ok([two(names[0])?, two(names[1])?, two(names[2])?])
-        };
         Ok(Kernels {
             copy: vec_to_array(table(&COPY)?),
             copy_u32: one("copy_u32_u32")?,
@@ -286,30 +279,21 @@ impl Kernels {
             norm_rope_kv_write: three(per_dtype!("norm_rope_kv_write"))?,
             embedding: three(per_dtype!("embedding"))?,
             fill_uniform: three(per_dtype!("fill_uniform"))?,
-            gemv: GEMV
-                .iter()
-                .map(|&[a, b]| Ok([get(module, a)?, get(module, b)?]))
-                .collect::<Result<Vec<_>, CudaError>>()?
-                .try_into()
-                .unwrap_or_else(|_| panic!("five gemv dtypes")),
-            gemv_tc: GEMV_TC
-                .iter()
-                .map(|&[a, b]| Ok([get(module, a)?, get(module, b)?]))
-                .collect::<Result<Vec<_>, CudaError>>()?
-                .try_into()
-                .unwrap_or_else(|_| panic!("two gemv_tc dtypes")),
-            gemv_fused: [pairs(&GEMV_FUSED[0])?, pairs(&GEMV_FUSED[1])?, pairs(&GEMV_FUSED[2])?],
+            gemv: pair_rows(module, &GEMV)?,
+            gemv_tc: pair_rows(module, &GEMV_TC)?,
+            gemv_fused: [
+                pair_rows(module, &GEMV_FUSED[0])?,
+                pair_rows(module, &GEMV_FUSED[1])?,
+                pair_rows(module, &GEMV_FUSED[2])?,
+            ],
             sample: one("sample_f32")?,
             kv_write: three(per_dtype!("kv_write"))?,
             attention: three(per_dtype!("attention"))?,
             attention_scalar: three(per_dtype!("attention_scalar"))?,
             attention_merge: three(per_dtype!("attention_merge"))?,
-            attention_decode: pairs(&ATTENTION_TC[0])?,
-            attention_decode_rope: [
-                [get(module, ATTENTION_DECODE_ROPE[0][0])?, get(module, ATTENTION_DECODE_ROPE[0][1])?],
-                [get(module, ATTENTION_DECODE_ROPE[1][0])?, get(module, ATTENTION_DECODE_ROPE[1][1])?],
-            ],
-            attention_prefill: pairs(&ATTENTION_TC[1])?,
+            attention_decode: pair_rows(module, &ATTENTION_TC[0])?,
+            attention_decode_rope: pair_rows(module, &ATTENTION_DECODE_ROPE)?,
+            attention_prefill: pair_rows(module, &ATTENTION_TC[1])?,
             attention_plan: one("attention_plan")?,
             qgemv: QGEMV
                 .iter()
@@ -363,6 +347,16 @@ impl Kernels {
         v.extend([&self.qcvt_bf16_f16, &self.qepi_bf16]);
         v
     }
+}
+
+/// N rows of two kernels (the two dtypes or tiers of a table), row i from `names[i]`.
+fn pair_rows<const N: usize>(
+    module: sys::CUmodule,
+    names: &[[&'static str; 2]; N],
+) -> Result<[[Kernel; 2]; N], CudaError> {
+    let rows =
+        names.iter().map(|&[a, b]| Ok([get(module, a)?, get(module, b)?])).collect::<Result<Vec<_>, CudaError>>()?;
+    Ok(rows.try_into().unwrap_or_else(|_| unreachable!("one row per row of names")))
 }
 
 fn vec_to_array<const N: usize>(v: Vec<[Kernel; 3]>) -> [[Kernel; 3]; N] {
