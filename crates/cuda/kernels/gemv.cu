@@ -86,19 +86,24 @@ __device__ __forceinline__ float act_of(float g) {
 
 // acc[m][r] += x[m, chunk] (* nw[chunk] with NORM) . w[r][chunk] for the U chunks
 // `c + cs u` (u < UA) of this lane, over the RR weight rows `wr`; with NORM also
-// ss[m] += x[m, chunk]^2 (the lane's share of the row's sum of squares).
-template <typename T, int MT, int RR, int UA, bool NORM>
+// ss[m] += x[m, chunk]^2 (the lane's share of the row's sum of squares). MASK: the row's
+// last step, only the chunks below `chunks` (all of their loads still issued first).
+template <typename T, int MT, int RR, int UA, bool NORM, bool MASK = false>
 __device__ __forceinline__ void gemv_chunks(const T* __restrict__ x, uint32_t ldx, uint32_t M,
                                             const uint4* const (&wr)[RR], const T* __restrict__ nw, uint32_t c,
-                                            uint32_t cs, float (&acc)[MT][RR], float (&ss)[MT]) {
+                                            uint32_t cs, float (&acc)[MT][RR], float (&ss)[MT],
+                                            uint32_t chunks = 0) {
     constexpr int V = Vec16<T>::N;
     uint4 wv[UA][RR];
 #pragma unroll
     for (int u = 0; u < UA; ++u)
 #pragma unroll
-        for (int r = 0; r < RR; ++r) wv[u][r] = __ldcs(wr[r] + c + cs * u);
+        for (int r = 0; r < RR; ++r) {
+            if (!MASK || c + cs * u < chunks) wv[u][r] = __ldcs(wr[r] + c + cs * u);
+        }
 #pragma unroll
     for (int u = 0; u < UA; ++u) {
+        if (MASK && c + cs * u >= chunks) break;
         const size_t col = static_cast<size_t>(c + cs * u) * V;
         float g[V];
         if constexpr (NORM) load16_f32(nw + col, g);
@@ -161,7 +166,8 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
     const uint32_t cs = 32 * ksplit;  // chunks between a lane's consecutive chunks
     uint32_t c = 32 * kp + lane;
     for (; c + cs * (U - 1) < chunks; c += cs * U) gemv_chunks<T, MT, RR, U, NORM>(x, ldx, M, wr, nw, c, cs, acc, ss);
-    for (; c < chunks; c += cs) gemv_chunks<T, MT, RR, 1, NORM>(x, ldx, M, wr, nw, c, cs, acc, ss);
+    // the < U chunks left, their loads issued together (not one dependent load at a time)
+    if (c < chunks) gemv_chunks<T, MT, RR, U - 1 < 1 ? 1 : U - 1, NORM, true>(x, ldx, M, wr, nw, c, cs, acc, ss, chunks);
     // the warp's sums (every lane gets each), then the group's: warps kp = 0.. in order
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
