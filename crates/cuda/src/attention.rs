@@ -155,18 +155,8 @@ impl AttentionWorkspace {
                 *ok = true;
             }
             if tc_decode[c] {
-                let mut per_sm = 0;
-                // SAFETY: valid out-pointer, a loaded function, its block size and a dynamic
-                // shared-memory size within the limit just set.
-                drv("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
-                    sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                        &mut per_sm,
-                        k.attention_decode[c][0].func,
-                        TC_THREADS as i32,
-                        need[0],
-                    )
-                })?;
-                tc_decode_slots[c] = sm_count * per_sm.max(1) as usize;
+                // a dynamic shared-memory size within the limit just set
+                tc_decode_slots[c] = sm_count * k.attention_decode[c][0].blocks_per_sm(TC_THREADS, need[0])?;
             }
         }
         let buf = dev.alloc(ATTENTION_WS_BYTES.max(4 * sm_count * (ATTENTION_MAX_D + 2) * 4))?;

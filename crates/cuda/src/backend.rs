@@ -39,6 +39,9 @@ pub struct Cuda {
     /// sample.cu's split-argmax scratch: u64 keys then u32 counters, [`SAMPLE_SCRATCH_ROWS`]
     /// each, zero between launches (the kernel resets what it used).
     sample_scratch: Arc<DeviceBuffer>,
+    /// Warps of each plain gemv.cu kernel (`Kernels::gemv`'s `[row][tier]`) the whole device
+    /// holds at once: the one wave [`gemv_ksplit`] keeps a grid in.
+    gemv_slots: [[usize; 2]; 5],
 }
 
 /// Rows whose greedy argmax sample.cu can split over several blocks (larger launches, e.g.
@@ -82,7 +85,13 @@ impl Cuda {
         let sm_count = (sms.max(1)) as usize;
         let ws = AttentionWorkspace::new(&dev, cu_device, sm_count)?;
         let sample_scratch = Arc::new(dev.alloc_zeroed(SAMPLE_SCRATCH_ROWS * (8 + 4))?);
-        Ok(Cuda { dev, attn: Arc::new(ws), quant: Arc::default(), sample_scratch })
+        let mut gemv_slots = [[0; 2]; 5];
+        for (slots, kernels) in gemv_slots.iter_mut().zip(&dev.kernels().gemv) {
+            for (s, kernel) in slots.iter_mut().zip(kernels) {
+                *s = sm_count * GEMV_WARPS * kernel.blocks_per_sm(GEMV_WARPS as u32 * 32, 0)?;
+            }
+        }
+        Ok(Cuda { dev, attn: Arc::new(ws), quant: Arc::default(), sample_scratch, gemv_slots })
     }
 
     pub fn device(&self) -> &CudaDevice {
@@ -188,6 +197,7 @@ impl Cuda {
         };
         self.launch_gemv(GemvCall {
             kernel: &self.dev.kernels().gemv[row][tier],
+            warp_slots: self.gemv_slots[row][tier],
             rows_per_warp: GEMV_ROWS_PER_WARP[(row >= 3) as usize][tier],
             elem_bytes: lhs.dtype().size_in_bytes(),
             g,
@@ -233,9 +243,7 @@ impl Cuda {
         let [a0, a1, a2, a3, a4, a5, a6, a7, a8] = g.args(c.x, c.w, c.y, c.accumulate)?;
         let warp_rows = g.n.div_ceil(c.rows_per_warp);
         let chunks = g.k * c.elem_bytes / 16;
-        // the fused kernels measured slower split (ncu, BENCHMARKS.md session 6): one warp a row
-        let plain = c.norm == 0 && c.up == 0;
-        let ksplit = if plain { gemv_ksplit(warp_rows, chunks, self.attn.sm_count * GEMV_WARPS_PER_SM) } else { 1 };
+        let ksplit = if c.warp_slots > 0 { gemv_ksplit(warp_rows, chunks, c.warp_slots) } else { 1 };
         let ks = Arg::U32(ksplit as u32);
         let args = [a0, a1, a2, a3, a4, a5, a6, a7, a8, Arg::Ptr(c.norm), Arg::F32(c.eps), Arg::Ptr(c.up), ks];
         let grid = u32_of(OP, "gemv blocks", warp_rows.div_ceil(GEMV_WARPS / ksplit))?;
@@ -279,6 +287,8 @@ impl Cuda {
         if g.n > 0 {
             self.launch_gemv(GemvCall {
                 kernel: &self.dev.kernels().gemv_fused[fusion][float_ix(OP, x.dtype())?][g.m - 1],
+                // measured slower split (ncu, BENCHMARKS.md session 6): one warp a row
+                warp_slots: 0,
                 rows_per_warp: GEMV_ROWS_PER_WARP[0][g.m - 1],
                 elem_bytes: x.dtype().size_in_bytes(),
                 g,
@@ -363,20 +373,21 @@ fn at_offset(t: &Tensor<Cuda>, offset: usize) -> Arg {
 /// the end of gemv.cu.
 const GEMV_WARPS: usize = 4;
 const GEMV_ROWS_PER_WARP: [[usize; 2]; 2] = [[1, 1], [2, 4]];
-/// gemv.cu's K split (`gemv_ksplit`): the grid's warps aimed at (a full occupancy of
-/// sm_90's 64 warps an SM), and the fewest 16-byte chunks a lane keeps (one step of loads in
-/// flight).
-const GEMV_WARPS_PER_SM: usize = 64;
+/// gemv.cu's K split (`gemv_ksplit`): the fewest 16-byte chunks a lane keeps (one step of
+/// loads in flight).
 const GEMV_MIN_LANE_CHUNKS: usize = 4;
 
 /// Warps of a gemv.cu block that share its rows, each taking 1/ksplit of K (1, 2 or 4):
-/// doubled while the grid of `warp_rows` warp-rows has fewer than `target` warps and each
-/// lane would still stream [`GEMV_MIN_LANE_CHUNKS`] of the `chunks` 16-byte chunks of a row.
-/// A 2048-row down projection (K = 8192) thus runs 8192 warps of 4 KB instead of 2048 of
-/// 16 KB; the LM head and the wide gate_up keep one warp a row.
-fn gemv_ksplit(warp_rows: usize, chunks: usize, target: usize) -> usize {
+/// doubled while the grid of `warp_rows` warp-rows still fits one wave of the kernel's
+/// `slots` (the warps the device holds at once) and each lane would still stream
+/// [`GEMV_MIN_LANE_CHUNKS`] of the `chunks` 16-byte chunks of a row. A 2048-row down
+/// projection (K = 8192) thus runs 8192 warps of 4 KB instead of 2048 of 16 KB; a 4096-row
+/// one (Llama-3.1-8B) is split 2 ways, not 4: 16384 warps were two waves and a few, the last
+/// few warps streaming alone (H200, session 8 call B: 8B b1 4.19 against 4.49 ms); the LM
+/// head and the wide gate_up keep one warp a row.
+fn gemv_ksplit(warp_rows: usize, chunks: usize, slots: usize) -> usize {
     let mut ks = 1;
-    while ks < GEMV_WARPS && warp_rows * ks < target && chunks >= 32 * 2 * ks * GEMV_MIN_LANE_CHUNKS {
+    while ks < GEMV_WARPS && warp_rows * ks * 2 <= slots && chunks >= 32 * 2 * ks * GEMV_MIN_LANE_CHUNKS {
         ks *= 2;
     }
     ks
@@ -395,6 +406,8 @@ const GEMV_TC_MAX_M: usize = 16;
 /// and the fusions' operands: the norm weight and epsilon, the up weight (0 where unused).
 struct GemvCall<'a> {
     kernel: &'a Kernel,
+    /// The kernel's warps in one wave of the device, for the K split; 0: no split.
+    warp_slots: usize,
     rows_per_warp: usize,
     /// Bytes of an element of x and W.
     elem_bytes: usize,
@@ -991,8 +1004,10 @@ mod tests {
 
     #[test]
     fn gemv_splits_k_of_few_long_rows_only() {
-        let t = 132 * GEMV_WARPS_PER_SM; // H200
+        let t = 132 * 64; // H200, 16 blocks of 4 warps an SM
         assert_eq!(gemv_ksplit(2048, 8192 / 8, t), 4, "1B down: 2048 rows of 1024 chunks");
+        assert_eq!(gemv_ksplit(2048, 8192 / 8, 132 * 60), 2, "8192 warps are past one wave of 7920");
+        assert_eq!(gemv_ksplit(4096, 14336 / 8, t), 2, "8B down: one wave of 8192 warps, not two and a bit");
         assert_eq!(gemv_ksplit(2048, 2048 / 8, t), 2, "1B o_proj: 4 chunks a lane at most");
         assert_eq!(gemv_ksplit(128_256 / 2, 2048 / 8, t), 1, "LM head: rows enough");
         assert_eq!(gemv_ksplit(2048, 64, t), 1, "short rows");
@@ -1001,6 +1016,7 @@ mod tests {
                 let ks = gemv_ksplit(rows, chunks, t);
                 assert!([1, 2, 4].contains(&ks) && GEMV_WARPS % ks == 0, "{rows} x {chunks}: {ks}");
                 assert!(ks == 1 || chunks >= 32 * ks * GEMV_MIN_LANE_CHUNKS, "{rows} x {chunks}: {ks}");
+                assert!(ks == 1 || rows * ks <= t, "{rows} x {chunks}: {ks} is past one wave");
             }
         }
     }

@@ -24,6 +24,20 @@ pub struct Kernel {
     pub name: &'static str,
 }
 
+impl Kernel {
+    /// Blocks of `threads` threads with `smem` bytes of dynamic shared memory that one SM
+    /// holds at once (the driver's occupancy calculator: registers, shared memory, limits).
+    pub(crate) fn blocks_per_sm(&self, threads: u32, smem: usize) -> Result<usize, CudaError> {
+        let mut blocks = 0;
+        // SAFETY: valid out-pointer and a function of a loaded module; the caller passes a
+        // block size and shared-memory size the kernel may be launched with.
+        drv("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+            sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut blocks, self.func, threads as i32, smem)
+        })?;
+        Ok(blocks.max(1) as usize)
+    }
+}
+
 // SAFETY: a CUfunction is an immutable driver handle valid for the life of its module (the
 // device keeps the module loaded as long as the table lives); the driver API may be called
 // with it from any thread.

@@ -416,9 +416,16 @@ fn decode_shaped_matmul_gemv_matches_cpu() {
     let gpu = cuda(LaunchParamMode::Inline);
     let n = 301;
     let cases = DType::FLOATS.map(|d| (d, d)).into_iter().chain([(DType::BF16, DType::F32), (DType::F16, DType::F32)]);
-    // K = 2048 and 4096: gemv.cu splits K over 2 and 4 warps of a block (few rows, long rows)
-    for (dt, out, k) in cases.flat_map(|(d, o)| [(d, o, 512), (d, o, 2048), (d, o, 4096)]) {
-        let ms: &[usize] = if k == 512 { &[1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17] } else { &[1, 2, 3] };
+    // K = 2048 and 4096: gemv.cu splits K over 2 and 4 warps of a block (few rows, long rows);
+    // K = 1000: lanes with a last step of fewer than U chunks (the masked step), some after
+    // a full one
+    for (dt, out, k) in cases.flat_map(|(d, o)| [(d, o, 512), (d, o, 1000), (d, o, 2048), (d, o, 4096)]) {
+        // (gemv_tc.cu takes K % 32 == 0: at K = 1000 three rows go to cuBLAS)
+        let ms: &[usize] = match k {
+            512 => &[1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17],
+            1000 => &[1, 2],
+            _ => &[1, 2, 3],
+        };
         for &m in ms {
             // x is a [m, k] view at offset 2k of a [m + 3, k + 16] buffer: row stride k + 16
             let xbuf = random(&mut rng, dt, &[m + 3, k + 16], -1.0, 1.0);
