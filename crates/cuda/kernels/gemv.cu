@@ -231,12 +231,12 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 }  // namespace gemv_cu
 
 // NAME, input T, output O, MT (max rows of x), R (rows of W a warp), U (chunks a row a step),
-// NORM, ACT (the fusions), BOUNDS (its __launch_bounds__). One signature for
-// every entry: nw, eps and wu are unused by the entries without their fusion; ksplit is 1, 2
-// or 4 (each a compile-time instantiation: a runtime stride made the unsplit loop of the
-// Llama-3.1-8B projections slower).
+// NORM, ACT (the fusions), BOUNDS (its __launch_bounds__). One signature for every entry:
+// nw, eps and wu are unused by the entries without their fusion; ksplit is 1, 2 or 4 (each a
+// compile-time instantiation: a runtime stride made the unsplit loop of the Llama-3.1-8B
+// projections slower).
 #define GEMV_ENTRY(NAME, T, O, MT, R, U, NORM, ACT, BOUNDS)                                                  \
-    extern "C" __global__ void BOUNDS NAME(const T* __restrict__ x,          \
+    extern "C" __global__ void BOUNDS NAME(const T* __restrict__ x,                                          \
         const T* __restrict__ w, O* __restrict__ y, uint32_t M, uint32_t N, uint32_t K, uint32_t ldx,       \
         uint32_t ldy, uint32_t accumulate, const T* __restrict__ nw, float eps, const T* __restrict__ wu,    \
         uint32_t ksplit) {                                                                                 \
@@ -252,13 +252,13 @@ __device__ __forceinline__ void gemv_impl(const T* __restrict__ x, const T* __re
 #define GEMV_BOUNDS __launch_bounds__(gemv_cu::WARPS * 32)
 #define GEMV_FUSED(NAME, T, O, MT, R, U, NORM, ACT) GEMV_ENTRY(NAME, T, O, MT, R, U, NORM, ACT, GEMV_BOUNDS)
 #define GEMV(NAME, T, O, MT, R, U) GEMV_ENTRY(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE, GEMV_BOUNDS)
-// The plain bf16 / f16 one-row projections at 32 registers, 16 blocks (64 warps) an SM, the most an SM
-// holds: with the launcher's K split (backend.rs gemv_ksplit: the grid in one wave of the
-// kernel's occupancy) a 2048-row projection split 4 ways (8192 warps) or a 4096-row one split
-// 2 ways is one wave, where at 34 registers (60 warps an SM) it spilled into a second of a
-// few warps that ran alone (H200, session 8 call B: Llama-3.1-8B b1 4.19 against 4.49 ms).
-// The fused kernels keep their registers: capped at 40 they were slower (call B, encore-w).
-// (f32 stays uncapped: 32 registers spill 200 bytes there.)
+// The plain bf16 / f16 one-row projections at 32 registers: 16 blocks (64 warps) an SM, the
+// most an SM holds. With the launcher's K split (backend.rs gemv_ksplit: the grid in one
+// wave of the kernel's occupancy) a 2048-row projection split 4 ways (8192 warps) or a
+// 4096-row one split 2 ways is one wave; at 34 registers (60 warps an SM) it ran past one
+// wave, its last few warps alone (H200, session 8 call B: Llama-3.1-8B b1 4.19 against
+// 4.49 ms). The fused kernels keep their registers: capped at 40 they were slower (call B,
+// encore-w). f32 stays uncapped: at 32 registers it spills 200 bytes.
 #define GEMV_ONE_WAVE(NAME, T, O, MT, R, U) \
     GEMV_ENTRY(NAME, T, O, MT, R, U, false, gemv_cu::ACT_NONE, __launch_bounds__(gemv_cu::WARPS * 32, 16))
 
